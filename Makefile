@@ -2,6 +2,7 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 BOOT := scripts/bootstrap.sh
+export PYTHONPATH := $(CURDIR)/src
 OUT ?= results
 
 .PHONY: bench bench-full test lint typecheck unit integration verify clean
@@ -9,12 +10,12 @@ OUT ?= results
 ## Main job: the AMS benchmark in quick mode (trains or reuses the cached models first).
 bench:
 	venv=$$($(BOOT)); mkdir -p $(OUT); \
-	$$venv/bin/edgeadapt bench ams --quick --out $(OUT)/ams-quick.json
+	$$venv/bin/python -m edgeadapt bench ams --quick --out $(OUT)/ams-quick.json
 
 ## The full AMS benchmark (10 minutes of video).
 bench-full:
 	venv=$$($(BOOT)); mkdir -p $(OUT); \
-	$$venv/bin/edgeadapt bench ams --out $(OUT)/ams-full.json
+	$$venv/bin/python -m edgeadapt bench ams --out $(OUT)/ams-full.json
 
 ## Everything CI checks: lint, types, the whole test suite.
 test:

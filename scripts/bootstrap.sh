@@ -3,8 +3,8 @@
 #
 # The environment lives outside the checkout, keyed by the Python version and a hash of the
 # pinned requirement files, so every checkout and CI clone on a machine shares one install and a
-# change of pins builds a fresh one. The project itself is installed editable on every call (a few
-# seconds), so the environment always points at the checkout that called it.
+# change of pins builds a fresh one. The project itself is not installed into it: callers put the
+# checkout's src/ on PYTHONPATH (the Makefile and pytest do), so several checkouts can share it.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,7 +24,4 @@ if [ ! -f "$venv/.complete" ]; then
   (cd "$root/requirements" && "$venv/bin/python" -m pip install -q -r dev.txt >&2)
   touch "$venv/.complete"
 fi
-
-# Editable install of this checkout (no dependency resolution, no build isolation: offline-safe).
-"$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$root" >&2
 echo "$venv"
