@@ -1,0 +1,1 @@
+"""Benchmarks that print and save their figures as JSON."""
