@@ -56,7 +56,8 @@ def test_horizon_buffer_draws_only_from_the_horizon_and_evicts() -> None:
     gen = torch.Generator().manual_seed(0)
     frames, labels = buf.sample(256, now=29.0, generator=gen)
     drawn = set((frames[:, 0, 0, 0] * 255).round().long().tolist())
-    assert drawn <= set(range(19, 30)) and len(drawn) == 11
+    assert drawn <= set(range(19, 30))
+    assert len(drawn) == 11
     assert labels.dtype == torch.long
     with pytest.raises(LookupError):
         buf.sample(1, now=100.0, generator=gen)

@@ -40,8 +40,10 @@ def test_masked_adam_matches_hand_computed_reference() -> None:
         assert opt.m.tolist() == pytest.approx(m, abs=1e-7)
         assert opt.v.tolist() == pytest.approx(v, abs=1e-9)
     # Unmasked coordinates never moved; u_last covers all coordinates.
-    assert p[1].item() == -2.0 and p[3].item() == 3.0
-    assert opt.u_last is not None and bool((opt.u_last[[1, 3]] != 0).all())
+    assert p[1].item() == -2.0
+    assert p[3].item() == 3.0
+    assert opt.u_last is not None
+    assert bool((opt.u_last[[1, 3]] != 0).all())
 
 
 def test_masked_sgd_momentum_reference() -> None:
@@ -69,7 +71,8 @@ def test_first_phase_and_random_masks_have_exact_size_and_vary() -> None:
     gen = torch.Generator().manual_seed(1)
     a = select_mask(1000, 0.05, "gradient", None, gen)
     b = select_mask(1000, 0.05, "random", torch.ones(1000), gen)
-    assert int(a.sum()) == 50 and int(b.sum()) == 50
+    assert int(a.sum()) == 50
+    assert int(b.sum()) == 50
     assert not torch.equal(a, b)
     assert int(select_mask(10, 0.05, "full", None, gen).sum()) == 10
 

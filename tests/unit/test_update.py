@@ -24,7 +24,9 @@ from edgeadapt.models.zoo import build_student
 def _update(n: int, idx: np.ndarray, seed: int = 0, version: int = 1) -> ModelUpdate:
     rng = np.random.default_rng(seed)
     values = rng.normal(size=len(idx)).astype(np.float32)
-    return ModelUpdate(version, version - 1, n, np.sort(idx).astype(np.int64), values.astype(np.float16))
+    return ModelUpdate(
+        version, version - 1, n, np.sort(idx).astype(np.int64), values.astype(np.float16)
+    )
 
 
 @pytest.mark.parametrize("kind", ["random", "clustered", "full"])
@@ -85,7 +87,9 @@ def test_non_finite_values_are_refused() -> None:
 def test_apply_writes_only_the_selected_positions() -> None:
     flat = torch.zeros(20)
     apply_update(flat, ModelUpdate(1, 0, 20, np.array([2, 5]), np.array([1.5, -2.0], np.float16)))
-    assert flat[2] == 1.5 and flat[5] == -2.0 and float(flat.abs().sum()) == 3.5
+    assert flat[2] == 1.5
+    assert flat[5] == -2.0
+    assert float(flat.abs().sum()) == 3.5
 
 
 def test_edge_model_rejects_corrupt_and_stale_updates_and_keeps_its_model() -> None:
@@ -99,15 +103,18 @@ def test_edge_model_rejects_corrupt_and_stale_updates_and_keeps_its_model() -> N
     corrupt = bytearray(good)
     corrupt[-1] ^= 0xFF
     assert edge.apply(bytes(corrupt)) is False
-    assert edge.rejected == 1 and edge.version == 0
+    assert edge.rejected == 1
+    assert edge.version == 0
     assert torch.equal(torch.nn.utils.parameters_to_vector(edge.active.parameters()), before)
 
     stale = encode_update(_update(n, np.arange(0, n, 50), version=5))  # base version 4
-    assert edge.apply(stale) is False and edge.rejected == 2
+    assert edge.apply(stale) is False
+    assert edge.rejected == 2
 
     assert edge.apply(good) is True
     after = torch.nn.utils.parameters_to_vector(edge.active.parameters())
     spare = torch.nn.utils.parameters_to_vector(edge.inactive.parameters())
-    assert edge.version == 1 and edge.applied == 1
+    assert edge.version == 1
+    assert edge.applied == 1
     assert not torch.equal(after, before)
     assert torch.equal(after, spare)  # both copies patched

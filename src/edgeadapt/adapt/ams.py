@@ -34,8 +34,8 @@ class AMSConfig:
     r_min: float = 0.1
     r_max: float = 1.0
     r_init: float = 1.0
-    eta_r: float = 4.0
-    phi_target: float = 0.06
+    eta_r: float = 2.0
+    phi_target: float = 0.3
     control_period: float = 10.0  # delta_t
     atr: bool = True
     atr_enter: float = 0.25
@@ -59,7 +59,9 @@ def freeze_batchnorm(model: nn.Module) -> None:
 class Teacher:
     """Labels frames with the large model, in batches."""
 
-    def __init__(self, model: SegmentationModel, device: torch.device, batch_size: int = 32) -> None:
+    def __init__(
+        self, model: SegmentationModel, device: torch.device, batch_size: int = 32
+    ) -> None:
         self.model = model.to(device).eval()
         self.device = device
         self.batch_size = batch_size
@@ -124,12 +126,18 @@ class AMSSession:
 
     def control(self, now: float) -> tuple[float, float]:
         """ASR/ATR tick, at most once per control period: (sampling rate, T_update)."""
-        if self._last_control is None or now - self._last_control >= self.config.control_period - 1e-9:
+        if (
+            self._last_control is None
+            or now - self._last_control >= self.config.control_period - 1e-9
+        ):
             self._last_control = now
             rate = self.sampling.tick()
             interval = self.interval.tick(rate) if self.config.atr else self.config.t_update
             return rate, interval
-        return self.sampling.rate, self.interval.interval if self.config.atr else self.config.t_update
+        return (
+            self.sampling.rate,
+            self.interval.interval if self.config.atr else self.config.t_update,
+        )
 
     # -- training phase -------------------------------------------------------------------
     def train_phase(self, now: float) -> ModelUpdate | None:
@@ -139,7 +147,12 @@ class AMSSession:
         cfg = self.config
         self.phase += 1
         mask = select_mask(
-            self.num_params, cfg.gamma, cfg.selection, self.optimizer.u_last, self.generator, self.device
+            self.num_params,
+            cfg.gamma,
+            cfg.selection,
+            self.optimizer.u_last,
+            self.generator,
+            self.device,
         )
         before = self.optimizer.flat_params().clone()
         criterion = nn.CrossEntropyLoss()
@@ -195,7 +208,9 @@ class EdgeModel:
         try:
             update = decode_update(data, self.num_params)
             if update.base_version != self.version and not update.full:
-                raise UpdateError(f"update for version {update.base_version}, edge is at {self.version}")
+                raise UpdateError(
+                    f"update for version {update.base_version}, edge is at {self.version}"
+                )
         except UpdateError:
             self.rejected += 1
             return False
@@ -210,5 +225,5 @@ class EdgeModel:
     def predict(self, images: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
-        return self.active(x).argmax(1).cpu()
-
+        pred: torch.Tensor = self.active(x).argmax(1).cpu()
+        return pred

@@ -28,8 +28,8 @@ class SamplingRateController:
 
     r_min: float = 0.1
     r_max: float = 1.0
-    eta_r: float = 4.0
-    phi_target: float = 0.06
+    eta_r: float = 2.0
+    phi_target: float = 0.3
     rate: float = 1.0
     _phis: list[float] = field(default_factory=list)
 
@@ -45,7 +45,9 @@ class SamplingRateController:
         """End of a control period: move the rate from this period's phi scores."""
         if self._phis:
             mean = sum(self._phis) / len(self._phis)
-            self.rate = min(max(self.rate + self.eta_r * (mean - self.phi_target), self.r_min), self.r_max)
+            self.rate = min(
+                max(self.rate + self.eta_r * (mean - self.phi_target), self.r_min), self.r_max
+            )
             self._phis.clear()
         return self.rate
 

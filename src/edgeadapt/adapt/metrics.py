@@ -6,7 +6,9 @@ import numpy as np
 import torch
 
 
-def frame_miou(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, num_classes: int) -> float:
+def frame_miou(
+    pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, num_classes: int
+) -> float:
     """Mean IoU of one frame over the classes present in either map, in [0, 1].
 
     IoU per class is TP / (TP + FN + FP). A frame where both maps are empty of every class cannot

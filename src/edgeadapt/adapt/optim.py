@@ -112,7 +112,9 @@ class MaskedAdam(MaskedOptimizer):
 class MaskedSGD(MaskedOptimizer):
     """SGD with momentum (the Just-In-Time baseline's optimiser) with masked steps."""
 
-    def __init__(self, params: Iterable[nn.Parameter], lr: float = 0.01, momentum: float = 0.9) -> None:
+    def __init__(
+        self, params: Iterable[nn.Parameter], lr: float = 0.01, momentum: float = 0.9
+    ) -> None:
         super().__init__(params)
         self.lr, self.momentum = lr, momentum
         self.buf = torch.zeros(self.numel, device=self._device)

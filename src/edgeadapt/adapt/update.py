@@ -93,10 +93,20 @@ def encode_update(update: ModelUpdate) -> bytes:
         as_bits = zlib.compress(np.packbits(bits).tobytes(), 9)
         gaps = np.diff(update.indices, prepend=-1) - 1
         as_gaps = zlib.compress(_leb128(gaps), 9)
-        encoding, mask = (MASK_BITS, as_bits) if len(as_bits) <= len(as_gaps) else (MASK_GAPS, as_gaps)
+        encoding, mask = (
+            (MASK_BITS, as_bits) if len(as_bits) <= len(as_gaps) else (MASK_GAPS, as_gaps)
+        )
     header = HEADER.pack(
-        MAGIC, FORMAT, encoding, 0, update.version, update.base_version, update.num_params,
-        len(values), len(mask), 0,
+        MAGIC,
+        FORMAT,
+        encoding,
+        0,
+        update.version,
+        update.base_version,
+        update.num_params,
+        len(values),
+        len(mask),
+        0,
     )
     body = mask + values.tobytes()
     crc = zlib.crc32(body, zlib.crc32(header))
@@ -107,13 +117,17 @@ def decode_update(data: bytes, num_params: int | None = None) -> ModelUpdate:
     """Parse and verify an encoded update; raise :class:`UpdateError` on anything wrong."""
     if len(data) < HEADER.size:
         raise UpdateError(f"update of {len(data)} bytes is shorter than its header")
-    magic, fmt, encoding, _, version, base, n_params, count, mask_len, crc = HEADER.unpack_from(data)
+    magic, fmt, encoding, _, version, base, n_params, count, mask_len, crc = HEADER.unpack_from(
+        data
+    )
     if magic != MAGIC or fmt != FORMAT:
         raise UpdateError("not an edgeadapt model update (bad magic or format)")
     if num_params is not None and n_params != num_params:
         raise UpdateError(f"update is for a model of {n_params} parameters, not {num_params}")
     if len(data) != HEADER.size + mask_len + 2 * count:
-        raise UpdateError(f"update is {len(data)} bytes, header says {HEADER.size + mask_len + 2 * count}")
+        raise UpdateError(
+            f"update is {len(data)} bytes, header says {HEADER.size + mask_len + 2 * count}"
+        )
     zeroed = data[:_CRC_OFFSET] + b"\0\0\0\0"
     if zlib.crc32(data[HEADER.size :], zlib.crc32(zeroed)) != crc:
         raise UpdateError("checksum mismatch")

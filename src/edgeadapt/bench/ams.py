@@ -87,6 +87,7 @@ class VariantResult:
     updates: int = 0
     rejected: int = 0
     seconds: float = 0.0
+    control: list[tuple[float, float, float]] = field(default_factory=list)  # t, r, T_update
 
     def summary(self, duration: float) -> dict[str, float | int]:
         return {
@@ -122,8 +123,8 @@ class Harness:
         self.eval_times = [i / self.fps for i in self.eval_index]
         frames = [video.frame(i) for i in self.eval_index]
         self.eval_images = np.stack([f.image for f in frames])
-        truth = [f.truth for f in frames]
-        self.eval_truth = torch.from_numpy(np.stack(truth)) if all(t is not None for t in truth) else None
+        truth = [f.truth for f in frames if f.truth is not None]
+        self.eval_truth = torch.from_numpy(np.stack(truth)) if len(truth) == len(frames) else None
         self.eval_teacher = self.teacher.label(self.eval_images)
         self._uploads: dict[tuple[int, ...], tuple[int, np.ndarray, torch.Tensor]] = {}
 
@@ -145,7 +146,9 @@ class Harness:
             stop += 1
         if stop == start:
             return
-        pred = torch.cat([edge.predict(self.eval_images[i : i + 64]) for i in range(start, stop, 64)])
+        pred = torch.cat(
+            [edge.predict(self.eval_images[i : min(i + 64, stop)]) for i in range(start, stop, 64)]
+        )
         for k, p in zip(range(start, stop), pred, strict=True):
             result.eval_times.append(self.eval_times[k])
             result.miou_teacher.append(frame_miou(p, self.eval_teacher[k], NUM_CLASSES))
@@ -170,12 +173,13 @@ class Harness:
             while next_sample < t_end - 1e-9:
                 times.append(next_sample)
                 next_sample += 1.0 / rate
-            indices = [min(int(round(s * self.fps)), self.num_frames - 1) for s in times]
+            indices = [min(round(s * self.fps), self.num_frames - 1) for s in times]
             if indices:
                 nbytes, decoded, labels = self.upload(indices)
                 result.uplink_bytes += nbytes
                 session.ingest(decoded, labels, times)
             rate, interval = session.control(t_end)
+            result.control.append((t_end, rate, interval))
             next_sample = max(next_sample, t_end)  # a slower rate applies from the next sample
             update = session.train_phase(t_end)
             if update is not None:
@@ -247,7 +251,9 @@ class Harness:
             if accuracy(x, y) >= jit.threshold:
                 stride = min(stride * 2, jit.max_stride)
             else:
-                mask = select_mask(optimizer.numel, jit.gamma, "gradient", optimizer.u_last, gen, self.device)
+                mask = select_mask(
+                    optimizer.numel, jit.gamma, "gradient", optimizer.u_last, gen, self.device
+                )
                 before = optimizer.flat_params().clone()
                 for _ in range(jit.max_updates):
                     loss = criterion(model(x), y)
@@ -321,7 +327,25 @@ def targets(variants: dict[str, dict[str, float | int]]) -> dict[str, Any]:
     return out
 
 
-def plot(path: Path, results: dict[str, VariantResult], summary: dict[str, dict[str, Any]], title: str) -> None:
+def control_summary(result: VariantResult | None) -> dict[str, float] | None:
+    """How ASR and ATR behaved: mean sampling rate, update interval, share of slow-down rounds."""
+    if result is None or not result.control:
+        return None
+    rates = [r for _, r, _ in result.control]
+    intervals = [i for _, _, i in result.control]
+    tau = min(intervals)
+    return {
+        "mean_rate_fps": round(float(np.mean(rates)), 3),
+        "min_rate_fps": round(min(rates), 3),
+        "mean_t_update_s": round(float(np.mean(intervals)), 2),
+        "max_t_update_s": round(max(intervals), 2),
+        "slowdown_rounds": round(sum(i > tau for i in intervals) / len(intervals), 3),
+    }
+
+
+def plot(
+    path: Path, results: dict[str, VariantResult], summary: dict[str, dict[str, Any]], title: str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -341,7 +365,9 @@ def plot(path: Path, results: dict[str, VariantResult], summary: dict[str, dict[
     for name, s in summary.items():
         x = max(float(s["downlink_kbps"]), 1.0)
         ax2.scatter(x, s["miou_teacher"], s=40)
-        ax2.annotate(name, (x, s["miou_teacher"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        ax2.annotate(
+            name, (x, s["miou_teacher"]), fontsize=8, xytext=(4, 4), textcoords="offset points"
+        )
     ax2.set_xscale("log")
     ax2.set_xlabel("downlink (kbps, log; no_customization drawn at 1)")
     ax2.set_ylabel("mIoU vs teacher (%)")
@@ -366,13 +392,21 @@ def run_benchmark(
         results[name] = harness.run(name)
         s = results[name].summary(harness.duration)
         log.info(
-            "%-16s mIoU teacher %6.2f truth %6.2f  up %8.2f kbps  down %9.2f kbps  updates %4d  (%.0fs)",
-            name, s["miou_teacher"], s["miou_truth"], s["uplink_kbps"], s["downlink_kbps"],
-            s["updates"], results[name].seconds,
+            "%-16s mIoU teacher %6.2f truth %6.2f  up %8.2f  down %9.2f kbps  updates %4d (%.0fs)",
+            name,
+            s["miou_teacher"],
+            s["miou_truth"],
+            s["uplink_kbps"],
+            s["downlink_kbps"],
+            s["updates"],
+            results[name].seconds,
         )
     variants = {name: r.summary(harness.duration) for name, r in results.items()}
     teacher_vs_truth = (
-        [frame_miou(p, t, NUM_CLASSES) for p, t in zip(harness.eval_teacher, harness.eval_truth, strict=True)]
+        [
+            frame_miou(p, t, NUM_CLASSES)
+            for p, t in zip(harness.eval_teacher, harness.eval_truth, strict=True)
+        ]
         if harness.eval_truth is not None
         else []
     )
@@ -380,7 +414,10 @@ def run_benchmark(
         "video": {"spec": video.spec, "seconds": harness.duration, "fps": video.fps},
         "variants": variants,
         "targets": targets(variants),
-        "teacher_miou_truth": round(100 * float(np.mean(teacher_vs_truth)), 2) if teacher_vs_truth else None,
+        "teacher_miou_truth": round(100 * float(np.mean(teacher_vs_truth)), 2)
+        if teacher_vs_truth
+        else None,
+        "ams_control": control_summary(results.get("ams")),
         "student_parameters": sum(p.numel() for p in student.parameters()),
         "evaluated_frames": len(harness.eval_index),
         "seconds": {name: round(r.seconds, 1) for name, r in results.items()}
@@ -398,9 +435,13 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--quick", action="store_true", help="5 minutes of video instead of 10")
     parser.add_argument("--video", default=None, help="video spec (default: synthetic, by --seed)")
     parser.add_argument("--seed", type=int, default=1, help="synthetic video seed")
-    parser.add_argument("--out", type=Path, required=True, help="JSON output; a .png is written beside it")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="JSON output; a .png is written beside it"
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
-    parser.add_argument("--eval-stride", type=float, default=None, help="seconds between scored frames")
+    parser.add_argument(
+        "--eval-stride", type=float, default=None, help="seconds between scored frames"
+    )
     parser.add_argument("--jit-threshold", type=float, default=JITConfig.threshold)
     parser.add_argument("--gamma", type=float, default=AMSConfig.gamma)
     parser.add_argument("--profile", default="bench", help="model training profile (bench, tiny)")
@@ -437,6 +478,15 @@ def run(args: argparse.Namespace) -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     png = args.out.with_suffix(".png")
     plot(png, results, report["variants"], report["video"]["spec"])
-    print(json.dumps({"video": report["video"], "variants": report["variants"], "targets": report["targets"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "video": report["video"],
+                "variants": report["variants"],
+                "targets": report["targets"],
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {args.out} and {png}")
     return 0

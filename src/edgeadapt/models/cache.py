@@ -20,17 +20,29 @@ from edgeadapt.models import train
 
 log = logging.getLogger(__name__)
 
-DATA_VERSION = 1
+DATA_VERSION = 2
 
 # Training profiles: the benchmark's models and the test suite's small ones.
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "bench": {
-        "teacher": {"epochs": 4, "steps_per_epoch": 250, "batch_size": 16, "lr": 2e-3},
+        "teacher": {"epochs": 6, "steps_per_epoch": 250, "batch_size": 16, "lr": 2e-3},
         "student": {"epochs": 4, "steps_per_epoch": 250, "batch_size": 16, "lr": 2e-3},
     },
     "tiny": {
-        "teacher": {"epochs": 1, "steps_per_epoch": 30, "batch_size": 8, "lr": 3e-3},
-        "student": {"epochs": 1, "steps_per_epoch": 20, "batch_size": 8, "lr": 3e-3},
+        "teacher": {
+            "epochs": 1,
+            "steps_per_epoch": 30,
+            "batch_size": 8,
+            "lr": 3e-3,
+            "bn_batches": 5,
+        },
+        "student": {
+            "epochs": 1,
+            "steps_per_epoch": 20,
+            "batch_size": 8,
+            "lr": 3e-3,
+            "bn_batches": 5,
+        },
     },
 }
 

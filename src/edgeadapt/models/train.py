@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from edgeadapt.adapt.metrics import ConfusionMatrix
-from edgeadapt.models.data import SceneBatches
+from edgeadapt.models.data import Distribution, SceneBatches
 from edgeadapt.models.zoo import SegmentationModel, build_student, build_teacher, num_parameters
 from edgeadapt.video.synthetic import NUM_CLASSES
 
@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--height", default=64, type=int)
     parser.add_argument("--width", default=128, type=int)
     parser.add_argument("--eval-batches", default=8, type=int)
+    parser.add_argument(
+        "--bn-batches", default=40, type=int, help="BatchNorm recalibration batches"
+    )
     parser.add_argument("--seed", default=0, type=int)
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--print-freq", default=50, type=int)
@@ -66,12 +69,12 @@ def pick_device(name: str) -> torch.device:
 
 def make_model(args: argparse.Namespace) -> SegmentationModel:
     if args.role == "teacher":
-        return build_teacher(NUM_CLASSES, args.arch or "deeplabv3_mobilenet_v3_large")
+        return build_teacher(NUM_CLASSES, args.arch or "lraspp_mobilenet_v3_large")
     return build_student(NUM_CLASSES, args.width_mult)
 
 
 def make_data(args: argparse.Namespace, seed_offset: int = 0) -> SceneBatches:
-    distribution = "library" if args.role == "teacher" else "generic"
+    distribution: Distribution = "library" if args.role == "teacher" else "generic"
     return SceneBatches(
         distribution,
         args.batch_size,
@@ -102,7 +105,7 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
         lr_scheduler.step()
-        total += float(loss)
+        total += float(loss.item())
         if print_freq and (step + 1) % print_freq == 0:
             log.info(
                 "epoch %d step %d/%d loss %.4f lr %.2e (%.2fs/step)",
@@ -114,6 +117,30 @@ def train_one_epoch(
                 (time.monotonic() - t0) / (step + 1),
             )
     return total / max(steps, 1)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module, data: SceneBatches, device: torch.device, batches: int
+) -> None:
+    """Recompute BatchNorm running statistics as exact averages over ``batches`` batches.
+
+    torchvision's MobileNetV3 uses BatchNorm momentum 0.01, so after a short schedule the running
+    statistics still lag far behind the weights and the model scores badly in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    for _ in range(batches):
+        model(data.batch()[0].to(device))
+    for m, momentum in zip(norms, saved, strict=True):
+        m.momentum = momentum
+    model.eval()
 
 
 @torch.no_grad()
@@ -147,7 +174,7 @@ def main(args: argparse.Namespace) -> Path:
 
     def schedule(step: int) -> float:
         if step < warmup:
-            return (step + 1) / warmup
+            return float((step + 1) / warmup)
         progress = (step - warmup) / max(total_steps - warmup, 1)
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
@@ -177,6 +204,8 @@ def main(args: argparse.Namespace) -> Path:
             args.steps_per_epoch,
             args.print_freq,
         )
+        if epoch == args.epochs - 1:
+            recalibrate_batchnorm(model, data, device, args.bn_batches)
         payload = {
             "schema": CHECKPOINT_SCHEMA,
             "model": model.state_dict(),
@@ -184,8 +213,11 @@ def main(args: argparse.Namespace) -> Path:
             "lr_scheduler": lr_scheduler.state_dict(),
             "epoch": epoch,
             "step": (epoch + 1) * args.steps_per_epoch,
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                     if not callable(v)},
+            "args": {
+                k: str(v) if isinstance(v, Path) else v
+                for k, v in vars(args).items()
+                if not callable(v)
+            },
             "ids": {"role": args.role, "arch": model.arch, "config": model.config},
             "train_loss": loss,
         }
@@ -193,11 +225,12 @@ def main(args: argparse.Namespace) -> Path:
         log.info("epoch %d done, loss %.4f, saved %s", epoch, loss, out)
 
     # Evaluate on held-out scenes of the role's own distribution and on the library.
-    for dist in ("library", "generic"):
+    dists: tuple[Distribution, ...] = ("library", "generic")
+    for dist in dists:
         held_out = SceneBatches(dist, args.batch_size, args.height, args.width, seed=args.seed + 99)
         cm = evaluate(model, held_out, device, args.eval_batches)
         log.info("%s on held-out %s scenes: mIoU %.1f%%", args.role, dist, 100 * cm.miou())
-    return out
+    return Path(out)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -56,13 +56,14 @@ class AVSource(VideoSource):
         if self._consumed:
             raise RuntimeError("an AVSource is read once; open the spec again to re-read it")
         self._consumed = True
-        for index, frame in enumerate(self._container.decode(self._stream)):
+        for index, decoded in enumerate(self._container.decode(self._stream)):
             if index < start or (index - start) % stride:
                 continue
+            frame = decoded
             if self._resize:
-                frame = frame.reformat(width=self.width, height=self.height)
+                frame = decoded.reformat(width=self.width, height=self.height)
             image = frame.to_ndarray(format="rgb24")
-            ts = float(frame.time) if frame.time is not None else index / self.fps
+            ts = float(frame.time or 0.0) if frame.pts is not None else index / self.fps
             yield Frame(index=index, timestamp=ts, image=np.ascontiguousarray(image))
 
     def close(self) -> None:

@@ -56,7 +56,7 @@ def decode_h264(data: bytes) -> list[RGBImage]:
     try:
         with av.open(io.BytesIO(data), mode="r", format="h264") as container:
             for frame in container.decode(video=0):
-                out.append(frame.to_ndarray(format="rgb24"))
+                out.append(np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8))
     except (av.error.FFmpegError, ValueError) as exc:
         raise CodecError(f"not a decodable H.264 stream: {exc}") from exc
     if not out:

@@ -1,6 +1,6 @@
 """``edgeadapt video render``: write a synthetic video (and its labels) to a file.
 
-    edgeadapt video render synthetic:seed=3,duration=60 --out clip.mp4 [--labels labels.npz]
+edgeadapt video render synthetic:seed=3,duration=60 --out clip.mp4 [--labels labels.npz]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A synthetic drifting street-scene video with per-pixel ground truth, deterministic by seed.
 
 The generator stands in for the long real-world videos that continuous-learning research uses
-(Outdoor Scenes, A2D2, Cityscapes): scenes built from seven semantic classes that drift over minutes,
+(Outdoor Scenes, A2D2, Cityscapes): scenes of seven semantic classes that drift over minutes,
 so that a small model specialised to what the camera sees *now* beats a generic one.
 
 A video is a timeline of segments. Each segment shows one *scene type* (a :class:`Style`: palette,
@@ -75,7 +75,9 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[float, float, float]:
     return [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
 
 
-def _palette(rng: np.random.Generator, min_dist: float = 0.3) -> tuple[tuple[float, float, float], ...]:
+def _palette(
+    rng: np.random.Generator, min_dist: float = 0.3
+) -> tuple[tuple[float, float, float], ...]:
     """Seven colours, pairwise at least ``min_dist`` apart in RGB, so classes are separable."""
     colours: list[tuple[float, float, float]] = []
     while len(colours) < NUM_CLASSES:
@@ -180,7 +182,9 @@ class Conditions:
     pan: float = 0.0  # canvas offset, fraction of canvas width
 
 
-def daylight(t: float, phase: float, period: float = 480.0) -> tuple[float, tuple[float, float, float]]:
+def daylight(
+    t: float, phase: float, period: float = 480.0
+) -> tuple[float, tuple[float, float, float]]:
     """Illumination gain and colour tint over the time of day (dusk -> noon -> dusk)."""
     s = math.sin(2 * math.pi * t / period + phase)
     gain = 0.75 + 0.4 * s
@@ -222,14 +226,19 @@ def _value_noise(rng: np.random.Generator, h: int, w: int, scale: float) -> Floa
 
 def _texture(rng: np.random.Generator, kind: int, scale: float, h: int, w: int) -> FloatArray:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    out: FloatArray
     if kind == NOISE:
         return _value_noise(rng, h, w, scale)
     if kind == HSTRIPES:
-        return np.sin(2 * np.pi * yy / scale).astype(np.float32)
+        out = np.sin(2 * np.pi * yy / scale).astype(np.float32)
+        return out
     if kind == VSTRIPES:
-        return np.sin(2 * np.pi * xx / scale).astype(np.float32)
+        out = np.sin(2 * np.pi * xx / scale).astype(np.float32)
+        return out
     if kind == CHECKER:
-        return np.tanh(3 * np.sin(np.pi * yy / scale) * np.sin(np.pi * xx / scale)).astype(np.float32)
+        out = np.tanh(3 * np.sin(np.pi * yy / scale) * np.sin(np.pi * xx / scale)).astype(
+            np.float32
+        )
     return np.zeros((h, w), np.float32)
 
 
@@ -250,13 +259,15 @@ class PreparedScene:
         self.palette = np.asarray(self.style.palette, np.float32)
 
 
-def prepare_scene(style: Style, layout: Layout, height: int, width: int, seed: int) -> PreparedScene:
+def prepare_scene(
+    style: Style, layout: Layout, height: int, width: int, seed: int
+) -> PreparedScene:
     rng = np.random.default_rng(seed)
     cw = width * CANVAS_MULT
-    hz = int(round(layout.horizon * height))
+    hz = round(layout.horizon * height)
     sky = np.full((height, cw), SKY, np.uint8)
     for x0, x1, top in layout.buildings:
-        top_row = int(round(hz - top * hz))
+        top_row = round(hz - top * hz)
         sky[max(top_row, 0) : hz, int(x0 * cw) : max(int(x1 * cw), int(x0 * cw) + 1)] = BUILDING
     yy, xx = np.mgrid[0:height, 0:cw]
     for x, r in layout.trees:
@@ -307,7 +318,7 @@ def random_tracks(
         tracks.append(
             Track(
                 cls=CAR if is_car else PERSON,
-                depth=float(rng.uniform(0.15, 0.95)),
+                depth=float(rng.uniform(0.3, 1.0)),
                 x0=-0.2 if direction > 0 else 1.2,
                 speed=float(speed * direction),
                 t0=float(ts),
@@ -319,7 +330,9 @@ def random_tracks(
     return tuple(tracks)
 
 
-def _draw_tracks(label: LabelMap, scene: PreparedScene, tracks: tuple[Track, ...], t: float) -> None:
+def _draw_tracks(
+    label: LabelMap, scene: PreparedScene, tracks: tuple[Track, ...], t: float
+) -> None:
     h, w = label.shape
     hz = scene.layout.horizon * h
     for tr in tracks:
@@ -327,21 +340,25 @@ def _draw_tracks(label: LabelMap, scene: PreparedScene, tracks: tuple[Track, ...
             continue
         cx = (tr.x0 + tr.speed * (t - tr.t0)) * w
         yb = hz + tr.depth * (h - hz)
-        scale = (0.25 + tr.depth) * tr.size * h / 64
+        scale = 1.8 * (0.25 + tr.depth) * tr.size * h / 64
         if tr.cls == CAR:
             cw_, ch = 14 * scale, 6 * scale
             x0, x1 = int(cx - cw_ / 2), int(cx + cw_ / 2) + 1
             y0, y1 = int(yb - ch), int(yb) + 1
             label[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = CAR
             cab0 = int(cx - cw_ / 4)
-            label[max(int(y0 - ch * 0.6), 0) : max(y0, 0), max(cab0, 0) : max(int(cx + cw_ / 4), 0)] = CAR
+            label[
+                max(int(y0 - ch * 0.6), 0) : max(y0, 0), max(cab0, 0) : max(int(cx + cw_ / 4), 0)
+            ] = CAR
         else:
             pw, ph = 2.2 * scale, 8 * scale
             ys, xs = np.ogrid[0:h, 0:w]
             y0 = max(int(yb - ph - 2), 0)
             x0 = max(int(cx - pw - 2), 0)
             sub_y, sub_x = ys[y0 : int(yb) + 1], xs[:, x0 : int(cx + pw) + 2]
-            body = ((sub_x - cx) / max(pw, 0.5)) ** 2 + ((sub_y - (yb - ph * 0.45)) / (ph * 0.45)) ** 2 <= 1
+            body = ((sub_x - cx) / max(pw, 0.5)) ** 2 + (
+                (sub_y - (yb - ph * 0.45)) / (ph * 0.45)
+            ) ** 2 <= 1
             head = (sub_x - cx) ** 2 + (sub_y - (yb - ph * 0.95)) ** 2 <= (pw * 0.8) ** 2
             region = label[y0 : int(yb) + 1, x0 : int(cx + pw) + 2]
             region[(body | head)[: region.shape[0], : region.shape[1]]] = PERSON
@@ -469,13 +486,11 @@ class SyntheticVideo(VideoSource):
             raise ValueError("synthetic video needs duration > 0, fps > 0 and size >= 16x16")
         self.seed, self.fps, self.width, self.height = seed, fps, width, height
         self.library_size = library_size
-        self._num_frames = int(round(duration * fps))
+        self._num_frames = round(duration * fps)
         self.segments = build_timeline(seed, duration, library_size, types_per_video)
         self._starts = [s.start for s in self.segments]
         self._phase = float(np.random.default_rng([seed, 2]).uniform(0, 2 * math.pi))
-        self.spec = (
-            f"synthetic:seed={seed},duration={duration:g},size={width}x{height},fps={fps:g}"
-        )
+        self.spec = f"synthetic:seed={seed},duration={duration:g},size={width}x{height},fps={fps:g}"
 
     @classmethod
     def from_spec(cls, spec: str) -> SyntheticVideo:
@@ -570,4 +585,3 @@ class SyntheticVideo(VideoSource):
             }
             for s in self.segments
         ]
-
