@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeadapt.api import keys
-from edgeadapt.api.conditions import Condition, set_conditions
+from edgeadapt.api.conditions import Condition, Reason, set_conditions
 from edgeadapt.api.v1alpha1 import API_VERSION, Kind
 
 Body = dict[str, Any]
@@ -169,6 +169,18 @@ def status_differs(current: Mapping[str, Any] | None, desired: Mapping[str, Any]
     return any(cur.get(k) != v for k, v in desired.items())
 
 
+# Ready=False reasons that need someone's attention; the others are progress.
+WARNING_REASONS = frozenset(
+    {
+        Reason.POLICY_NOT_FOUND,
+        Reason.MODEL_ZOO_NOT_FOUND,
+        Reason.NOT_SELECTED,
+        Reason.NO_TRAINER_CAPACITY,
+        Reason.AGENT_FAILED,
+    }
+)
+
+
 def transition_events(
     current: Mapping[str, Any] | None, desired: Mapping[str, Any], kind: str
 ) -> list[Event]:
@@ -188,7 +200,7 @@ def transition_events(
         (c.get("message", "") for c in desired.get("conditions", []) if c.get("type") == "Ready"),
         "",
     )
-    etype = "Normal" if status == "True" or reason in ("Progressing", "Suspended") else "Warning"
+    etype = "Warning" if reason in WARNING_REASONS else "Normal"
     return [Event(etype, str(reason), f"{kind} Ready={status}: {message}")]
 
 
