@@ -17,7 +17,7 @@ if [ ! -x "$GO" ] && ! command -v "$GO" >/dev/null; then
 fi
 export GOFLAGS="${GOFLAGS:--buildvcs=false}"
 
-key=$(cd "$tools" && { cat ./*/go.mod ./*/go.sum ./*/*.go 2>/dev/null; "$GO" version; } | sha256sum | cut -c1-16)
+key=$(cd "$tools" && { cat ./*/go.mod ./*/go.sum ./*/cmd/*/*.go "$root/scripts/k8s-tools.sh"; "$GO" version; } | sha256sum | cut -c1-16)
 bin="${EDGEADAPT_BIN_CACHE:-$HOME/.cache/edgeadapt/bin}/$key"
 mkdir -p "$bin"
 
@@ -50,6 +50,10 @@ ldflags_of() {
         helm)
             v=$(pinned helm helm.sh/helm/v3)
             printf -- '-X helm.sh/helm/v3/internal/version.version=%s ' "$v"
+            # helm's default Kubernetes version (for `helm template`) is its client-go's.
+            local cg; cg=$(pinned helm k8s.io/client-go); cg=${cg#v0.}
+            printf -- '-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 '
+            printf -- '-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=%s ' "${cg%%.*}"
             ;;
     esac
     printf -- '-s -w'
