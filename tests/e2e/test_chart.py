@@ -93,11 +93,21 @@ def test_crds_are_gated_by_values(helm: str) -> None:
     ]
     assert all(d["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep" for d in crds)
     for crd in crds:
-        source = yaml.safe_load((REPO / "crds" / f"edgeadapt.io_{crd['spec']['names']['plural']}.yaml").read_text())
+        source = yaml.safe_load(
+            (REPO / "crds" / f"edgeadapt.io_{crd['spec']['names']['plural']}.yaml").read_text()
+        )
         assert crd["spec"] == source["spec"]
-    unkept = [d for d in render(helm, "--set=crds.keep=false") if d["kind"] == "CustomResourceDefinition"]
-    assert all("helm.sh/resource-policy" not in d["metadata"].get("annotations", {}) for d in unkept)
-    assert not [d for d in render(helm, "--set=crds.enabled=false") if d["kind"] == "CustomResourceDefinition"]
+    unkept = [
+        d for d in render(helm, "--set=crds.keep=false") if d["kind"] == "CustomResourceDefinition"
+    ]
+    assert all(
+        "helm.sh/resource-policy" not in d["metadata"].get("annotations", {}) for d in unkept
+    )
+    assert not [
+        d
+        for d in render(helm, "--set=crds.enabled=false")
+        if d["kind"] == "CustomResourceDefinition"
+    ]
 
 
 @pytest.mark.parametrize(

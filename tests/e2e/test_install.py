@@ -51,9 +51,9 @@ def installed(local_cluster: LocalCluster) -> Iterator[LocalCluster]:
 
 
 @pytest.fixture(scope="module")
-def chart_operator(installed: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
-    OperatorProcess
-]:
+def chart_operator(
+    installed: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
     cluster = installed
     token = cluster.kubectl(
         "create", "token", RELEASE, "-n", SYSTEM_NS, "--duration=2h"
@@ -75,7 +75,14 @@ def test_chart_installs_and_its_operator_pod_runs(installed: LocalCluster) -> No
     assert deployment["status"].get("availableReplicas") == 1
     pods = json.loads(
         cluster.kubectl(
-            "get", "pods", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/component=operator", "-o", "json"
+            "get",
+            "pods",
+            "-n",
+            SYSTEM_NS,
+            "-l",
+            "app.kubernetes.io/component=operator",
+            "-o",
+            "json",
         ).stdout
     )["items"]
     assert len(pods) == 1

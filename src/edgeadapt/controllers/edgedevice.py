@@ -41,7 +41,6 @@ from edgeadapt.controllers.common import (
     child_metadata,
     pod_ready,
     rules,
-    spec_hash,
     status_differs,
     status_with_conditions,
     transition_events,
@@ -349,15 +348,3 @@ def _pod_state(pod: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> str
 def _node_of(pod: Mapping[str, Any] | None) -> str | None:
     node = ((pod or {}).get("spec") or {}).get("nodeName")
     return str(node) if node else None
-
-
-__all__ = [
-    "RBAC_RULES",
-    "Binding",
-    "agent_pod",
-    "decide",
-    "new_pool",
-    "resolve_binding",
-    "spec_hash",
-    "token_secret",
-]
