@@ -81,6 +81,7 @@ def test_new_device_gets_a_secret_and_an_agent_pod_on_its_edge_node() -> None:
     assert conditions(plan.status)["Ready"] == ("False", "AgentPending")
     assert conditions(plan.status)["Reconciling"] == ("True", "Progressing")
     assert plan.status["trainer"] == "pol-trainer-0"
+    assert plan.events == []  # a new object's first progress is not announced
 
 
 def test_selector_placement_adds_the_edge_role() -> None:

@@ -184,7 +184,9 @@ WARNING_REASONS = frozenset(
 def transition_events(
     current: Mapping[str, Any] | None, desired: Mapping[str, Any], kind: str
 ) -> list[Event]:
-    """One event when the Ready condition changes status or reason."""
+    """One event when the Ready condition changes status or reason. A new object's first,
+    ordinary progress (no Ready condition yet, now Ready=False for a Normal reason) is not worth
+    an event: at fleet scale that would be one write per object for nothing."""
 
     def ready(status: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
         for c in (status or {}).get("conditions") or []:
@@ -201,6 +203,8 @@ def transition_events(
         "",
     )
     etype = "Warning" if reason in WARNING_REASONS else "Normal"
+    if before == (None, None) and status == "False" and etype == "Normal":
+        return []
     return [Event(etype, str(reason), f"{kind} Ready={status}: {message}")]
 
 
