@@ -317,6 +317,13 @@ def test_children_deleted_by_hand_are_recreated(
         wait_until(replaced, TIMEOUT, f"{resource}/{name} recreated")
     wait_condition(cluster, ns, "edgedevice", "cam")
     wait_condition(cluster, ns, "adaptationpolicy", "heal")
+    # A hand-scaled trainer StatefulSet is put back to what the bindings need.
+    cluster.kubectl("scale", "statefulset", "heal-trainer", "-n", ns, "--replicas=3")
+    wait_until(
+        lambda: must_get(cluster, "statefulset", "heal-trainer", ns)["spec"]["replicas"] == 1,
+        TIMEOUT,
+        "the trainer StatefulSet scaled back",
+    )
 
 
 def test_spec_edits_roll_the_affected_children(

@@ -69,9 +69,8 @@ def slim(body: Mapping[str, Any], *, child: bool) -> Body:
     if keys.SPEC_HASH in annotations:
         out["metadata"]["annotations"] = {keys.SPEC_HASH: annotations[keys.SPEC_HASH]}
     if child:
-        node = (body.get("spec") or {}).get("nodeName")
-        if node:
-            out["spec"] = {"nodeName": node}
+        spec = body.get("spec") or {}
+        out["spec"] = {k: spec[k] for k in ("nodeName", "replicas") if k in spec}
     else:
         out["spec"] = body.get("spec") or {}
     return out
@@ -309,7 +308,7 @@ class Manager:
             observed = self.children.get((a.kind.plural, ns, a.name))
             if observed is None:
                 await self.kube.create(a.kind.path(ns), a.body)
-            elif a.mode == "patch" and _hash(observed) != _hash(a.body):
+            elif a.mode == "patch" and _drifted(observed, a.body):
                 await self.kube.merge_patch(a.kind.path(ns, a.name), _patch_of(a.kind, a.body))
         if plan.status:
             patched = await self.kube.merge_patch(
@@ -350,6 +349,16 @@ class Manager:
             await self.kube.create(f"/api/v1/namespaces/{owner.namespace}/events", event)
         except Exception:  # an event is a courtesy; never fail a reconcile over one
             log.warning("could not post event %s for %s/%s", reason, owner.namespace, owner.name)
+
+
+def _drifted(observed: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Whether a child differs from what we want: its spec hash (our last write), or its replica
+    count (the field people most often change by hand, e.g. ``kubectl scale``)."""
+    if _hash(observed) != _hash(desired):
+        return True
+    want = (desired.get("spec") or {}).get("replicas")
+    have = (observed.get("spec") or {}).get("replicas")
+    return want is not None and have is not None and want != have
 
 
 def _hash(body: Mapping[str, Any]) -> str | None:
