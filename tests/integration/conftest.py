@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgeadapt.devcluster import LocalCluster
-from edgeadapt.devcluster.cluster import REPO
+from edgeadapt.devcluster.cluster import REPO, free_port
 from edgeadapt.devcluster.testing import OperatorProcess, persistent_volumes
 
 
@@ -28,7 +28,9 @@ def operator(
     cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    proc = OperatorProcess(cluster.kubeconfig, log).start()
+    proc = OperatorProcess(
+        cluster.kubeconfig, log, env={"EDGEADAPT_METRICS_PORT": str(free_port())}
+    ).start()
     try:
         yield proc
     finally:

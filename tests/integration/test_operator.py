@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.request
 from typing import Any
 
 import pytest
@@ -198,6 +199,20 @@ def test_policy_and_devices_reconcile_to_ready(
         if entry["manager"] == "edgeadapt-operator":
             assert entry.get("subresource") == "status", entry
     assert "finalizers" not in dev["metadata"]
+
+    # Reconciles are measured on the metrics endpoint.
+    port = operator.env["EDGEADAPT_METRICS_PORT"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    count = next(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("edgeadapt_operator_reconcile_duration_seconds_count")
+        and 'kind="edgedevices"' in line
+        and 'result="success"' in line
+    )
+    assert count >= 2
+    assert 'edgeadapt_operator_api_requests_total{method="POST"}' in text
     assert not any(k.startswith("kopf") for k in dev["metadata"].get("annotations", {}))
 
 

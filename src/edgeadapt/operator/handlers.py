@@ -16,6 +16,7 @@ import kopf
 from edgeadapt.api import keys
 from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE, GROUP, MODEL_ZOO, VERSION
 from edgeadapt.controllers.common import CHILD_KINDS, Images
+from edgeadapt.operator import metrics
 from edgeadapt.operator.kube import Kube, login
 from edgeadapt.operator.manager import Manager
 
@@ -68,6 +69,9 @@ async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         images=images_from_env(),
         workers=int(os.environ.get("EDGEADAPT_RECONCILE_WORKERS", "8")),
     )
+    metrics_port = int(os.environ.get("EDGEADAPT_METRICS_PORT", "0"))
+    if metrics_port:
+        metrics.serve(metrics_port)
     await mgr.prime(namespaces or None)
     mgr.start()
     _Running.manager = mgr

@@ -16,6 +16,8 @@ from typing import Any
 import aiohttp
 import kopf
 
+from edgeadapt.operator import metrics
+
 log = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -73,6 +75,7 @@ class Kube:
         delay = 0.2
         for attempt in range(self.attempts):
             self.requests += 1
+            metrics.API_REQUESTS.labels(method).inc()
             try:
                 async with self.session.request(
                     method,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -35,6 +36,7 @@ from edgeadapt.controllers.common import (
     Owner,
     Plan,
 )
+from edgeadapt.operator import metrics
 from edgeadapt.operator.kube import Kube
 from edgeadapt.operator.workqueue import WorkQueue
 
@@ -221,7 +223,18 @@ class Manager:
     # ----------------------------------------------------------------- reconcile
 
     async def _reconcile(self, key: Hashable) -> None:
-        plural, ns, name = cast(Key, key)
+        plural = cast(Key, key)[0]
+        started = time.monotonic()
+        result = "error"
+        try:
+            await self._reconcile_key(cast(Key, key))
+            result = "success"
+        finally:
+            metrics.RECONCILE_SECONDS.labels(plural, result).observe(time.monotonic() - started)
+            metrics.QUEUE_DEPTH.set(len(self.queue))
+
+    async def _reconcile_key(self, key: Key) -> None:
+        plural, ns, name = key
         obj = self.objects.get((plural, ns, name))
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return  # gone or going: the garbage collector removes the children
