@@ -14,7 +14,7 @@ from edgeadapt.devcluster import LocalCluster
 from edgeadapt.devcluster.testing import OperatorProcess, condition_of, get, wait_until
 
 pytestmark = pytest.mark.integration
-TIMEOUT = 60.0
+TIMEOUT = 90.0
 
 
 def policy(name: str, **spec: Any) -> dict[str, Any]:
