@@ -45,6 +45,15 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str, str]  # (plural, namespace, name)
 POLICY_DEBOUNCE_S = 0.5
 RESYNC_INTERVAL_S = 600.0
+# What the controllers read of a child's status (pods, workloads, claims).
+CHILD_STATUS_FIELDS = (
+    "phase",
+    "conditions",
+    "observedGeneration",
+    "readyReplicas",
+    "availableReplicas",
+    "updatedReplicas",
+)
 KINDS_BY_PLURAL = {k.plural: k for k in (EDGE_DEVICE, MODEL_ZOO, ADAPTATION_POLICY)}
 CHILDREN_BY_PLURAL = {k.plural: k for k in CHILD_KINDS}
 OWNER_LABELS = (
@@ -67,6 +76,13 @@ def slim(body: Mapping[str, Any], *, child: bool) -> Body:
         },
         "status": body.get("status") or {},
     }
+    if child:
+        status = out["status"]
+        out["status"] = {k: status[k] for k in CHILD_STATUS_FIELDS if k in status}
+        if "conditions" in status:
+            out["status"]["conditions"] = [
+                c for c in status["conditions"] if c.get("type") == "Ready"
+            ]
     annotations = meta.get("annotations") or {}
     if keys.SPEC_HASH in annotations:
         out["metadata"]["annotations"] = {keys.SPEC_HASH: annotations[keys.SPEC_HASH]}
@@ -88,7 +104,8 @@ class Manager:
     devices_by_policy: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     policies_by_zoo: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     pools: dict[tuple[str, str], TrainerPool] = field(default_factory=dict)
-    device_policy: dict[tuple[str, str], str] = field(default_factory=dict)
+    device_ref: dict[tuple[str, str], str] = field(default_factory=dict)  # spec.policyRef
+    device_policy: dict[tuple[str, str], str] = field(default_factory=dict)  # last bound under
     policy_generation: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -162,10 +179,12 @@ class Manager:
         spec = item["spec"]
         if plural == EDGE_DEVICE.plural:
             policy = (spec.get("policyRef") or {}).get("name", "")
-            for (pns, pname), members in self.devices_by_policy.items():
-                if pns == ns and pname != policy:
-                    members.discard(name)
-            self.devices_by_policy.setdefault((ns, policy), set()).add(name)
+            previous = self.device_ref.get((ns, name))
+            if previous != policy:
+                if previous is not None:
+                    self.devices_by_policy.get((ns, previous), set()).discard(name)
+                self.device_ref[(ns, name)] = policy
+                self.devices_by_policy.setdefault((ns, policy), set()).add(name)
         elif plural == ADAPTATION_POLICY.plural:
             zoo = (spec.get("modelZooRef") or {}).get("name")
             if zoo:
@@ -183,8 +202,9 @@ class Manager:
         ns, name = meta.get("namespace", ""), meta.get("name", "")
         self.objects.pop((plural, ns, name), None)
         if plural == EDGE_DEVICE.plural:
-            for members in self.devices_by_policy.values():
-                members.discard(name)
+            ref = self.device_ref.pop((ns, name), None)
+            if ref is not None:
+                self.devices_by_policy.get((ns, ref), set()).discard(name)
             old = self.device_policy.pop((ns, name), None)
             pool = self.pools.get((ns, old)) if old is not None else None
             if pool is not None and pool.release(name):
@@ -192,6 +212,9 @@ class Manager:
         elif plural == ADAPTATION_POLICY.plural:
             self.pools.pop((ns, name), None)
             self.policy_generation.pop((ns, name), None)
+            for (zoo_ns, _), members in self.policies_by_zoo.items():
+                if zoo_ns == ns:
+                    members.discard(name)
             self._queue_devices(ns, name)
         elif plural == MODEL_ZOO.plural:
             for policy in self.policies_by_zoo.get((ns, name), ()):
