@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -52,7 +51,3 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
     )
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def invalid_manifests() -> list[Path]:
-    return sorted((Path(__file__).parent / "invalid").glob("*.yaml"))
