@@ -340,12 +340,16 @@ class Manager:
         ns = owner.namespace
         for d in plan.delete:
             await self.kube.delete(d.kind.path(ns, d.name))
-        for a in plan.apply:
+        writes = []
+        for a in plan.apply:  # children are independent of each other: write them together
             observed = self.children.get((a.kind.plural, ns, a.name))
             if observed is None:
-                await self.kube.create(a.kind.path(ns), a.body)
+                writes.append(self.kube.create(a.kind.path(ns), a.body))
             elif a.mode == "patch" and _drifted(observed, a.body):
-                await self.kube.merge_patch(a.kind.path(ns, a.name), _patch_of(a.kind, a.body))
+                writes.append(
+                    self.kube.merge_patch(a.kind.path(ns, a.name), _patch_of(a.kind, a.body))
+                )
+        await asyncio.gather(*writes)
         if plan.status:
             patched = await self.kube.merge_patch(
                 kind.path(ns, owner.name, status=True), {"status": plan.status}
