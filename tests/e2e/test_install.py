@@ -6,6 +6,7 @@ the chart's least-privilege RBAC is enough."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,6 +108,5 @@ def test_examples_become_ready(installed: LocalCluster, chart_operator: Operator
     listing = cluster.kubectl("get", "edgeadapt", "-n", DEMO_NS).stdout
     assert listing.count("True") == 4, listing
     log = Path(chart_operator.log_path).read_text()
-    assert "Forbidden" not in log
-    assert " 403" not in log
+    assert not re.search(r'forbidden: User \\?"[^"]*\\?" cannot', log), "RBAC denied a request"
     assert chart_operator.alive()

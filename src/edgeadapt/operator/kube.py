@@ -28,6 +28,12 @@ class ApiError(Exception):
     def __init__(self, status: int, method: str, path: str, body: str) -> None:
         super().__init__(f"{method} {path}: HTTP {status}: {body[:500]}")
         self.status = status
+        self.body = body
+
+    @property
+    def namespace_terminating(self) -> bool:
+        """Refused because the namespace is being deleted (nothing to do there any more)."""
+        return self.status == 403 and "NamespaceTerminating" in self.body
 
 
 def login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
@@ -100,8 +106,14 @@ class Kube:
         raise AssertionError("unreachable")
 
     async def create(self, path: str, body: Mapping[str, Any]) -> bool:
-        """Create at the collection ``path``; False if it already exists."""
-        status, _ = await self.request("POST", path, body, ok=(409,))
+        """Create at the collection ``path``; False if it already exists or its namespace is
+        being deleted."""
+        try:
+            status, _ = await self.request("POST", path, body, ok=(409,))
+        except ApiError as e:
+            if e.namespace_terminating:
+                return False
+            raise
         return status != 409
 
     async def merge_patch(self, path: str, body: Mapping[str, Any]) -> bool:
