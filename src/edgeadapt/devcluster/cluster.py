@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -478,6 +479,12 @@ def kubeconfig(
 
 
 def _openssl(*args: str | Path) -> None:
+    if shutil.which("openssl") is None:  # Debian's package; the machine may lack the CLI
+        log.warning("openssl not found; installing Debian's openssl package")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "openssl"], check=True, capture_output=True
+        )
     subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
 
 
