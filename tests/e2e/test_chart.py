@@ -62,7 +62,7 @@ def test_rbac_grants_exactly_what_the_controllers_need(helm: str, cluster_wide: 
         {"ClusterRole"} if cluster_wide else {"Role", "ClusterRole"}
     )
     granted = triples([r for d in operator_roles for r in d["rules"]])
-    assert granted == triples(required_rules())
+    assert granted == triples(required_rules(cluster_wide=cluster_wide))
     for doc in docs:
         for rule in doc.get("rules", []):
             assert "*" not in rule["verbs"]

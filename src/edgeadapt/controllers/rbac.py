@@ -14,12 +14,17 @@ KOPF_RULES = rules(
     ("", "events", "create"),
 )
 
+# kopf serving named namespaces first lists the namespaces (it retries for about a minute and
+# then assumes they exist if refused); cluster-wide it does not.
+KOPF_NAMESPACED_RULES = rules(("", "namespaces", "list watch"))
 
-def required_rules() -> list[Rule]:
+
+def required_rules(*, cluster_wide: bool = True) -> list[Rule]:
     """Union of all rules, one per (apiGroup, resource), verbs sorted."""
     merged: dict[tuple[str, str], set[str]] = {}
     for rule in (
         *KOPF_RULES,
+        *(() if cluster_wide else KOPF_NAMESPACED_RULES),
         *edgedevice.RBAC_RULES,
         *modelzoo.RBAC_RULES,
         *adaptationpolicy.RBAC_RULES,
