@@ -441,3 +441,31 @@ def test_a_restarted_operator_keeps_children_and_bindings(
         assert uid(cluster, ns, "pod", f"{name}-agent") == pods[name]
         assert uid(cluster, ns, "secret", f"{name}-agent-token") == tokens[name]
     assert operator.alive(), operator.log_tail()
+
+
+def test_a_device_the_policy_stops_selecting_is_released(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    ns = namespace
+    apply(cluster, ns, policy("picky", deviceSelector={"matchLabels": {"site": "test"}}))
+    apply(cluster, ns, device("cam", "picky"))
+    assert (
+        wait_condition(cluster, ns, "edgedevice", "cam")["status"]["trainer"] == "picky-trainer-0"
+    )
+    patch(
+        cluster,
+        ns,
+        "adaptationpolicy",
+        "picky",
+        {"spec": {"deviceSelector": {"matchLabels": {"site": "elsewhere"}}}},
+    )
+    dev = wait_condition(cluster, ns, "edgedevice", "cam", status="False", reason="NotSelected")
+    assert cond(dev, "Stalled")["reason"] == "NotSelected"
+    assert "trainer" not in dev["status"]
+    pol = wait_condition(cluster, ns, "adaptationpolicy", "picky")
+    assert pol["status"]["devicesBound"] == 0
+    assert pol["status"]["devicesUnbound"] == 1
+    patch(cluster, ns, "edgedevice", "cam", {"metadata": {"labels": {"site": "elsewhere"}}})
+    assert (
+        wait_condition(cluster, ns, "edgedevice", "cam")["status"]["trainer"] == "picky-trainer-0"
+    )
