@@ -502,8 +502,10 @@ def _cert(pki: Path, name: str, subject: str, ext: str | None = None) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (an exited process that nobody has reaped yet does not)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    return True
+    return "\nState:\tZ" not in status
