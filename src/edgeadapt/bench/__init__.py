@@ -1,1 +1,1 @@
-"""Benchmarks that print their figures and save them as JSON."""
+"""Benchmarks that print and save their figures as JSON."""

@@ -1,0 +1,214 @@
+"""One device's AMS session on the trainer, the teacher that labels its frames, and the edge copy.
+
+The session is pure logic over tensors: the benchmark harness drives it on simulated time and the
+trainer server (over gRPC) drives it on wall-clock time, with the same code.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeadapt.adapt.buffer import HorizonBuffer
+from edgeadapt.adapt.control import SamplingRateController, UpdateIntervalController, phi_score
+from edgeadapt.adapt.optim import MaskedAdam, Selection, select_mask
+from edgeadapt.adapt.update import ModelUpdate, UpdateError, apply_update, decode_update
+from edgeadapt.models.zoo import SegmentationModel
+
+
+@dataclass(frozen=True)
+class AMSConfig:
+    """AMS parameters; defaults are the thesis's (§4.4 and Appendix B)."""
+
+    t_horizon: float = 240.0
+    t_update: float = 10.0
+    iterations: int = 20  # K
+    gamma: float = 0.05
+    lr: float = 1e-3
+    batch_size: int = 8
+    selection: Selection = "gradient"
+    r_min: float = 0.1
+    r_max: float = 1.0
+    r_init: float = 1.0
+    eta_r: float = 4.0
+    phi_target: float = 0.06
+    control_period: float = 10.0  # delta_t
+    atr: bool = True
+    atr_enter: float = 0.25
+    atr_exit: float = 0.35
+    atr_step: float = 2.0
+    atr_cap_mult: float = 6.0
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Train mode for everything but BatchNorm, whose running statistics stay as deployed."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+class Teacher:
+    """Labels frames with the large model, in batches."""
+
+    def __init__(self, model: SegmentationModel, device: torch.device, batch_size: int = 32) -> None:
+        self.model = model.to(device).eval()
+        self.device = device
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def label(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 N x H x W x 3 -> int64 N x H x W labels (on CPU)."""
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[i : i + self.batch_size]))
+            x = x.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+            out.append(self.model(x).argmax(1).cpu())
+        return torch.cat(out) if out else torch.zeros((0,), dtype=torch.int64)
+
+
+class AMSSession:
+    """Per-device trainer state: student copy, masked Adam, horizon buffer, ASR/ATR, version."""
+
+    def __init__(
+        self,
+        student: SegmentationModel,
+        config: AMSConfig,
+        num_classes: int,
+        device: torch.device | None = None,
+    ) -> None:
+        self.config = config
+        self.num_classes = num_classes
+        self.device = device or torch.device("cpu")
+        self.model = copy.deepcopy(student).to(self.device)
+        freeze_batchnorm(self.model)
+        self.optimizer = MaskedAdam(self.model.parameters(), lr=config.lr)
+        self.buffer = HorizonBuffer(config.t_horizon)
+        self.sampling = SamplingRateController(
+            config.r_min, config.r_max, config.eta_r, config.phi_target, config.r_init
+        )
+        self.interval = UpdateIntervalController(
+            config.t_update, config.atr_enter, config.atr_exit, config.atr_step, config.atr_cap_mult
+        )
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.version = 0
+        self.phase = 0
+        self._prev_label: torch.Tensor | None = None
+        self._last_control: float | None = None
+
+    @property
+    def num_params(self) -> int:
+        return self.optimizer.numel
+
+    # -- inference phase ------------------------------------------------------------------
+    def ingest(self, images: np.ndarray, labels: torch.Tensor, times: list[float]) -> list[float]:
+        """Add teacher-labelled frames to the horizon buffer; return their phi scores."""
+        phis = []
+        for img, lab, t in zip(images, labels, times, strict=True):
+            frame = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()
+            self.buffer.add(frame, lab.to(torch.uint8), t)
+            if self._prev_label is not None:
+                phi = phi_score(lab, self._prev_label, self.num_classes)
+                self.sampling.observe(phi)
+                phis.append(phi)
+            self._prev_label = lab
+        return phis
+
+    def control(self, now: float) -> tuple[float, float]:
+        """ASR/ATR tick, at most once per control period: (sampling rate, T_update)."""
+        if self._last_control is None or now - self._last_control >= self.config.control_period - 1e-9:
+            self._last_control = now
+            rate = self.sampling.tick()
+            interval = self.interval.tick(rate) if self.config.atr else self.config.t_update
+            return rate, interval
+        return self.sampling.rate, self.interval.interval if self.config.atr else self.config.t_update
+
+    # -- training phase -------------------------------------------------------------------
+    def train_phase(self, now: float) -> ModelUpdate | None:
+        """K masked-Adam iterations on the horizon; the update to send, or None if no data."""
+        if len(self.buffer.window(now)) == 0:
+            return None
+        cfg = self.config
+        self.phase += 1
+        mask = select_mask(
+            self.num_params, cfg.gamma, cfg.selection, self.optimizer.u_last, self.generator, self.device
+        )
+        before = self.optimizer.flat_params().clone()
+        criterion = nn.CrossEntropyLoss()
+        for _ in range(cfg.iterations):
+            frames, labels = self.buffer.sample(cfg.batch_size, now, self.generator)
+            loss = criterion(self.model(frames.to(self.device)), labels.to(self.device))
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step(mask)
+        # Round the selected coordinates to what the wire carries so both copies stay identical.
+        w = self.optimizer.flat_params()
+        sel = mask.bool()
+        w[sel] = w[sel].half().float()
+        w[~sel] = before[~sel]
+        self.optimizer.set_flat_params(w)
+        indices = torch.nonzero(sel).squeeze(1).cpu().numpy().astype(np.int64)
+        update = ModelUpdate(
+            version=self.version + 1,
+            base_version=self.version,
+            num_params=self.num_params,
+            indices=indices,
+            values=w[sel].half().cpu().numpy(),
+        )
+        self.version += 1
+        return update
+
+
+class EdgeModel:
+    """The device side: an active model for inference and an inactive copy that updates patch.
+
+    An update is decoded and verified, written into the inactive copy, and the copies swap, so
+    inference always runs on a complete model. The new inactive copy is then patched too, so both
+    stay identical. A corrupt update, or one for another base version, is rejected and counted.
+    """
+
+    def __init__(self, model: SegmentationModel, device: torch.device | None = None) -> None:
+        self.device = device or torch.device("cpu")
+        self.active = copy.deepcopy(model).to(self.device).eval()
+        self.inactive = copy.deepcopy(model).to(self.device).eval()
+        self.version = 0
+        self.applied = 0
+        self.rejected = 0
+        self.num_params = sum(p.numel() for p in self.active.parameters())
+
+    def _patch(self, model: nn.Module, update: ModelUpdate) -> None:
+        params = list(model.parameters())
+        flat = torch.nn.utils.parameters_to_vector(params).detach()
+        apply_update(flat, update)
+        torch.nn.utils.vector_to_parameters(flat, params)
+
+    @torch.no_grad()
+    def apply(self, data: bytes) -> bool:
+        try:
+            update = decode_update(data, self.num_params)
+            if update.base_version != self.version and not update.full:
+                raise UpdateError(f"update for version {update.base_version}, edge is at {self.version}")
+        except UpdateError:
+            self.rejected += 1
+            return False
+        self._patch(self.inactive, update)
+        self.active, self.inactive = self.inactive, self.active
+        self._patch(self.inactive, update)
+        self.version = update.version
+        self.applied += 1
+        return True
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        return self.active(x).argmax(1).cpu()
+

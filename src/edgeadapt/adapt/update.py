@@ -1,0 +1,148 @@
+"""The sparse model-update wire format: what crosses the downlink each round.
+
+An update carries the *new values* (not deltas) of the selected coordinates as float16 and their
+positions, versioned against the model it patches and checksummed::
+
+    header  (40 bytes, little endian)
+      magic "EAUP" | format u8 | mask encoding u8 | reserved u16
+      version u64 | base version u64 | num params u32 | count u32 | mask bytes u32 | crc32 u32
+    mask    (mask bytes): how the positions are coded, see below
+    values  (2 * count bytes): float16, in position order
+
+Positions are coded whichever way is smaller, as AMS's gzip-compressed bit vector or as
+zlib-compressed LEB128 gaps between sorted positions; a full-model update carries no mask. The
+CRC32 covers the header (with the CRC field zeroed) and everything after it. ``decode_update``
+refuses anything malformed, truncated, inconsistent or non-finite with :class:`UpdateError`, so a
+corrupt update is counted and dropped, never applied.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+MAGIC = b"EAUP"
+FORMAT = 1
+HEADER = struct.Struct("<4sBBHQQIIII")
+MASK_ALL, MASK_BITS, MASK_GAPS = 0, 1, 2
+_CRC_OFFSET = HEADER.size - 4
+
+
+class UpdateError(ValueError):
+    """An update that cannot be applied: corrupt, truncated, or for another model."""
+
+
+@dataclass(frozen=True)
+class ModelUpdate:
+    version: int
+    base_version: int
+    num_params: int
+    indices: npt.NDArray[np.int64]  # sorted positions; all positions for a full update
+    values: npt.NDArray[np.float16]
+
+    @property
+    def full(self) -> bool:
+        return len(self.indices) == self.num_params
+
+
+def _leb128(values: npt.NDArray[np.int64]) -> bytes:
+    v = values.astype(np.uint64)
+    nbytes = np.ones(len(v), np.int64)
+    for shift in (7, 14, 21, 28, 35):
+        nbytes += v >= (1 << shift)
+    starts = np.concatenate([[0], np.cumsum(nbytes)[:-1]])
+    out = np.zeros(int(nbytes.sum()), np.uint8)
+    for b in range(int(nbytes.max(initial=1))):
+        sel = nbytes > b
+        byte = (v[sel] >> np.uint64(7 * b)) & np.uint64(0x7F)
+        cont = (nbytes[sel] > b + 1).astype(np.uint64) << np.uint64(7)
+        out[starts[sel] + b] = (byte | cont).astype(np.uint8)
+    return out.tobytes()
+
+
+def _unleb128(data: bytes) -> npt.NDArray[np.int64]:
+    b = np.frombuffer(data, np.uint8)
+    if len(b) == 0:
+        return np.zeros(0, np.int64)
+    if b[-1] & 0x80:
+        raise UpdateError("truncated position list")
+    ends = (b & 0x80) == 0
+    group = np.concatenate([[0], np.cumsum(ends)[:-1]])
+    first = np.concatenate([[0], np.flatnonzero(ends)[:-1] + 1])
+    pos_in_group = np.arange(len(b)) - first[group]
+    if pos_in_group.max() > 5:
+        raise UpdateError("position varint too long")
+    parts = (b & 0x7F).astype(np.int64) << (7 * pos_in_group)
+    return np.bincount(group, weights=parts.astype(np.float64)).astype(np.int64)
+
+
+def encode_update(update: ModelUpdate) -> bytes:
+    values = np.ascontiguousarray(update.values, dtype="<f2")
+    if len(values) != len(update.indices):
+        raise ValueError("one value per position")
+    if update.full:
+        encoding, mask = MASK_ALL, b""
+    else:
+        bits = np.zeros(update.num_params, np.bool_)
+        bits[update.indices] = True
+        as_bits = zlib.compress(np.packbits(bits).tobytes(), 9)
+        gaps = np.diff(update.indices, prepend=-1) - 1
+        as_gaps = zlib.compress(_leb128(gaps), 9)
+        encoding, mask = (MASK_BITS, as_bits) if len(as_bits) <= len(as_gaps) else (MASK_GAPS, as_gaps)
+    header = HEADER.pack(
+        MAGIC, FORMAT, encoding, 0, update.version, update.base_version, update.num_params,
+        len(values), len(mask), 0,
+    )
+    body = mask + values.tobytes()
+    crc = zlib.crc32(body, zlib.crc32(header))
+    return header[:_CRC_OFFSET] + struct.pack("<I", crc) + body
+
+
+def decode_update(data: bytes, num_params: int | None = None) -> ModelUpdate:
+    """Parse and verify an encoded update; raise :class:`UpdateError` on anything wrong."""
+    if len(data) < HEADER.size:
+        raise UpdateError(f"update of {len(data)} bytes is shorter than its header")
+    magic, fmt, encoding, _, version, base, n_params, count, mask_len, crc = HEADER.unpack_from(data)
+    if magic != MAGIC or fmt != FORMAT:
+        raise UpdateError("not an edgeadapt model update (bad magic or format)")
+    if num_params is not None and n_params != num_params:
+        raise UpdateError(f"update is for a model of {n_params} parameters, not {num_params}")
+    if len(data) != HEADER.size + mask_len + 2 * count:
+        raise UpdateError(f"update is {len(data)} bytes, header says {HEADER.size + mask_len + 2 * count}")
+    zeroed = data[:_CRC_OFFSET] + b"\0\0\0\0"
+    if zlib.crc32(data[HEADER.size :], zlib.crc32(zeroed)) != crc:
+        raise UpdateError("checksum mismatch")
+    mask = data[HEADER.size : HEADER.size + mask_len]
+    values = np.frombuffer(data, "<f2", count=count, offset=HEADER.size + mask_len)
+    try:
+        if encoding == MASK_ALL:
+            indices = np.arange(n_params, dtype=np.int64)
+        elif encoding == MASK_BITS:
+            bits = np.unpackbits(np.frombuffer(zlib.decompress(mask), np.uint8))
+            if len(bits) < n_params or bits[n_params:].any():
+                raise UpdateError("bit mask does not match the model size")
+            indices = np.flatnonzero(bits[:n_params]).astype(np.int64)
+        elif encoding == MASK_GAPS:
+            indices = np.cumsum(_unleb128(zlib.decompress(mask)) + 1) - 1
+        else:
+            raise UpdateError(f"unknown mask encoding {encoding}")
+    except zlib.error as exc:
+        raise UpdateError(f"mask does not decompress: {exc}") from exc
+    if len(indices) != count or (count and (indices[0] < 0 or indices[-1] >= n_params)):
+        raise UpdateError("positions do not match the value count or the model size")
+    if not np.isfinite(values).all():
+        raise UpdateError("non-finite parameter values")
+    return ModelUpdate(version, base, n_params, indices, values.astype(np.float16))
+
+
+def apply_update(flat: torch.Tensor, update: ModelUpdate) -> None:
+    """Write the update's values into a flat parameter vector, in place."""
+    if flat.numel() != update.num_params:
+        raise UpdateError(f"model has {flat.numel()} parameters, update is for {update.num_params}")
+    idx = torch.from_numpy(update.indices).to(flat.device)
+    flat[idx] = torch.from_numpy(update.values.astype(np.float32)).to(flat.device)

@@ -1,0 +1,442 @@
+"""AMS against its baselines on one drifting video, every variant on the same frames.
+
+    edgeadapt bench ams [--quick] [--video SPEC] [--seed N] --out FILE.json
+
+Variants (Khani, §4.4): ``no_customization`` (the pretrained student), ``one_time`` (the whole
+model fine-tuned on the first 60 s and sent once), ``just_in_time`` (Mullapudi et al.'s online
+distillation: train on the newest frame until it meets an accuracy threshold, sampling and
+updating as often as every 8 frames, momentum SGD, 5% gradient-guided updates), ``ams``,
+``ams_full_model`` (AMS sending every parameter) and ``ams_random`` (AMS with a random 5%).
+
+The run is trace-driven on simulated time but moves real bytes: sampled frames are H.264-encoded
+and decoded before the teacher labels them, and every model update is encoded, decoded, verified
+and patched into a separate edge copy of the student, which is the model that is scored. Uplink
+and downlink figures are the encoded byte counts over the video's duration (the initial model is
+pre-installed on the device and not counted, as in the thesis).
+
+Scores are per-frame mIoU in percent over the classes present, averaged over the evaluated frames
+(every ``eval_stride`` seconds), against the teacher's labels (as the thesis reports) and against
+ground truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeadapt.adapt.ams import AMSConfig, AMSSession, EdgeModel, Teacher, freeze_batchnorm
+from edgeadapt.adapt.metrics import frame_miou
+from edgeadapt.adapt.optim import MaskedSGD, select_mask
+from edgeadapt.adapt.update import ModelUpdate, encode_update
+from edgeadapt.models.zoo import SegmentationModel
+from edgeadapt.video.codec import decode_h264, encode_h264
+from edgeadapt.video.source import VideoSource, open_source
+from edgeadapt.video.synthetic import NUM_CLASSES
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("no_customization", "one_time", "just_in_time", "ams", "ams_full_model", "ams_random")
+
+
+@dataclass(frozen=True)
+class JITConfig:
+    """Just-In-Time (Mullapudi et al. 2019) as configured in the AMS comparison."""
+
+    threshold: float = 0.75  # mIoU vs teacher the newest frame must reach
+    min_stride: int = 8  # frames: at 30 fps, an update every 266 ms at most
+    max_stride: int = 64
+    max_updates: int = 4  # training steps per key frame
+    lr: float = 0.01
+    momentum: float = 0.9
+    gamma: float = 0.05
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    video: str
+    eval_stride: float = 1.0  # seconds between evaluated frames
+    deploy_delay: float = 2.0  # seconds from the end of an upload interval to the update's use
+    jit_delay: float = 0.5
+    one_time_window: float = 60.0
+    one_time_iterations: int = 200
+    crf: int = 23
+    ams: AMSConfig = field(default_factory=AMSConfig)
+    jit: JITConfig = field(default_factory=JITConfig)
+    variants: tuple[str, ...] = VARIANTS
+
+
+@dataclass
+class VariantResult:
+    eval_times: list[float] = field(default_factory=list)
+    miou_teacher: list[float] = field(default_factory=list)
+    miou_truth: list[float] = field(default_factory=list)
+    uplink_bytes: int = 0
+    downlink_bytes: int = 0
+    updates: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+
+    def summary(self, duration: float) -> dict[str, float | int]:
+        return {
+            "miou_teacher": round(100 * float(np.mean(self.miou_teacher)), 2),
+            "miou_truth": round(100 * float(np.mean(self.miou_truth)), 2),
+            "uplink_kbps": round(self.uplink_bytes * 8 / duration / 1000, 2),
+            "downlink_kbps": round(self.downlink_bytes * 8 / duration / 1000, 2),
+            "updates": self.updates,
+        }
+
+
+class Harness:
+    """Shared state for one benchmark run: video, teacher, memoised labels and uploads."""
+
+    def __init__(
+        self,
+        cfg: BenchConfig,
+        video: VideoSource,
+        teacher: SegmentationModel,
+        student: SegmentationModel,
+        device: torch.device,
+    ) -> None:
+        if not video.seekable or video.num_frames is None:
+            raise ValueError("the benchmark needs a seekable source of known length")
+        self.cfg, self.video, self.device = cfg, video, device
+        self.teacher = Teacher(teacher, device)
+        self.student = student.eval()
+        self.fps = video.fps
+        self.num_frames = video.num_frames
+        self.duration = self.num_frames / self.fps
+        step = max(1, round(cfg.eval_stride * self.fps))
+        self.eval_index = list(range(0, self.num_frames, step))
+        self.eval_times = [i / self.fps for i in self.eval_index]
+        frames = [video.frame(i) for i in self.eval_index]
+        self.eval_images = np.stack([f.image for f in frames])
+        truth = [f.truth for f in frames]
+        self.eval_truth = torch.from_numpy(np.stack(truth)) if all(t is not None for t in truth) else None
+        self.eval_teacher = self.teacher.label(self.eval_images)
+        self._uploads: dict[tuple[int, ...], tuple[int, np.ndarray, torch.Tensor]] = {}
+
+    def upload(self, indices: list[int]) -> tuple[int, np.ndarray, torch.Tensor]:
+        """Encode frames as one H.264 batch; (bytes on the wire, decoded frames, teacher labels)."""
+        key = tuple(indices)
+        if key not in self._uploads:
+            images = [self.video.frame(i).image for i in indices]
+            data = encode_h264(images, crf=self.cfg.crf)
+            decoded = np.stack(decode_h264(data))
+            self._uploads[key] = (len(data), decoded, self.teacher.label(decoded))
+        return self._uploads[key]
+
+    def score(self, result: VariantResult, edge: EdgeModel, until: float) -> None:
+        """Score the edge's current model on every evaluated frame before ``until``."""
+        start = len(result.eval_times)
+        stop = start
+        while stop < len(self.eval_times) and self.eval_times[stop] < until:
+            stop += 1
+        if stop == start:
+            return
+        pred = torch.cat([edge.predict(self.eval_images[i : i + 64]) for i in range(start, stop, 64)])
+        for k, p in zip(range(start, stop), pred, strict=True):
+            result.eval_times.append(self.eval_times[k])
+            result.miou_teacher.append(frame_miou(p, self.eval_teacher[k], NUM_CLASSES))
+            truth = self.eval_truth[k] if self.eval_truth is not None else self.eval_teacher[k]
+            result.miou_truth.append(frame_miou(p, truth, NUM_CLASSES))
+
+    # -- variants ---------------------------------------------------------------------------
+    def no_customization(self) -> VariantResult:
+        result = VariantResult()
+        self.score(result, EdgeModel(self.student, self.device), math.inf)
+        return result
+
+    def ams(self, config: AMSConfig) -> VariantResult:
+        result = VariantResult()
+        session = AMSSession(self.student, config, NUM_CLASSES, self.device)
+        edge = EdgeModel(self.student, self.device)
+        rate, interval = config.r_init, config.t_update
+        t, next_sample = 0.0, 0.0
+        while t < self.duration - 1e-9:
+            t_end = min(t + interval, self.duration)
+            times = []
+            while next_sample < t_end - 1e-9:
+                times.append(next_sample)
+                next_sample += 1.0 / rate
+            indices = [min(int(round(s * self.fps)), self.num_frames - 1) for s in times]
+            if indices:
+                nbytes, decoded, labels = self.upload(indices)
+                result.uplink_bytes += nbytes
+                session.ingest(decoded, labels, times)
+            rate, interval = session.control(t_end)
+            next_sample = max(next_sample, t_end)  # a slower rate applies from the next sample
+            update = session.train_phase(t_end)
+            if update is not None:
+                data = encode_update(update)
+                result.downlink_bytes += len(data)
+                deploy = t_end + self.cfg.deploy_delay
+                self.score(result, edge, deploy)
+                result.updates += edge.apply(data)
+            t = t_end
+        self.score(result, edge, math.inf)
+        result.rejected = edge.rejected
+        return result
+
+    def one_time(self) -> VariantResult:
+        cfg = self.cfg
+        result = VariantResult()
+        edge = EdgeModel(self.student, self.device)
+        window = min(cfg.one_time_window, self.duration)
+        indices = [int(s * self.fps) for s in np.arange(0.0, window, 1.0 / cfg.ams.r_max)]
+        nbytes, decoded, labels = self.upload(indices)
+        result.uplink_bytes += nbytes
+        model = copy.deepcopy(self.student).to(self.device)
+        freeze_batchnorm(model)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.ams.lr)
+        frames = torch.from_numpy(decoded).permute(0, 3, 1, 2).float().div_(255.0)
+        gen = torch.Generator().manual_seed(cfg.ams.seed)
+        criterion = nn.CrossEntropyLoss()
+        for _ in range(cfg.one_time_iterations):
+            pick = torch.randint(0, len(frames), (cfg.ams.batch_size,), generator=gen)
+            loss = criterion(model(frames[pick].to(self.device)), labels[pick].to(self.device))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        flat = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+        update = ModelUpdate(
+            version=1,
+            base_version=0,
+            num_params=flat.numel(),
+            indices=np.arange(flat.numel(), dtype=np.int64),
+            values=flat.half().cpu().numpy(),
+        )
+        data = encode_update(update)
+        result.downlink_bytes += len(data)
+        self.score(result, edge, window + cfg.deploy_delay)
+        result.updates += edge.apply(data)
+        self.score(result, edge, math.inf)
+        return result
+
+    def just_in_time(self, jit: JITConfig) -> VariantResult:
+        result = VariantResult()
+        model = copy.deepcopy(self.student).to(self.device)
+        freeze_batchnorm(model)
+        optimizer = MaskedSGD(model.parameters(), lr=jit.lr, momentum=jit.momentum)
+        edge = EdgeModel(self.student, self.device)
+        gen = torch.Generator().manual_seed(self.cfg.ams.seed)
+        criterion = nn.CrossEntropyLoss()
+        version, stride, i = 0, jit.min_stride, 0
+
+        def accuracy(x: torch.Tensor, y: torch.Tensor) -> float:
+            with torch.no_grad():
+                return frame_miou(model(x).argmax(1)[0].cpu(), y[0], NUM_CLASSES)
+
+        while i < self.num_frames:
+            t = i / self.fps
+            nbytes, decoded, labels = self.upload([i])  # JIT sends each key frame as it comes
+            result.uplink_bytes += nbytes
+            x = torch.from_numpy(decoded).permute(0, 3, 1, 2).float().div_(255.0).to(self.device)
+            y = labels.to(self.device)
+            if accuracy(x, y) >= jit.threshold:
+                stride = min(stride * 2, jit.max_stride)
+            else:
+                mask = select_mask(optimizer.numel, jit.gamma, "gradient", optimizer.u_last, gen, self.device)
+                before = optimizer.flat_params().clone()
+                for _ in range(jit.max_updates):
+                    loss = criterion(model(x), y)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step(mask)
+                    if accuracy(x, y) >= jit.threshold:
+                        break
+                w = optimizer.flat_params()
+                sel = mask.bool()
+                w[sel] = w[sel].half().float()
+                w[~sel] = before[~sel]
+                optimizer.set_flat_params(w)
+                update = ModelUpdate(
+                    version=version + 1,
+                    base_version=version,
+                    num_params=optimizer.numel,
+                    indices=torch.nonzero(sel).squeeze(1).cpu().numpy().astype(np.int64),
+                    values=w[sel].half().cpu().numpy(),
+                )
+                version += 1
+                data = encode_update(update)
+                result.downlink_bytes += len(data)
+                self.score(result, edge, t + self.cfg.jit_delay)
+                result.updates += edge.apply(data)
+                stride = max(stride // 2, jit.min_stride)
+            i += stride
+        self.score(result, edge, math.inf)
+        result.rejected = edge.rejected
+        return result
+
+    def run(self, name: str) -> VariantResult:
+        cfg = self.cfg
+        runners: dict[str, Callable[[], VariantResult]] = {
+            "no_customization": self.no_customization,
+            "one_time": self.one_time,
+            "just_in_time": lambda: self.just_in_time(cfg.jit),
+            "ams": lambda: self.ams(cfg.ams),
+            "ams_full_model": lambda: self.ams(replace(cfg.ams, selection="full")),
+            "ams_random": lambda: self.ams(replace(cfg.ams, selection="random")),
+        }
+        t0 = time.monotonic()
+        result = runners[name]()
+        result.seconds = time.monotonic() - t0
+        return result
+
+
+def targets(variants: dict[str, dict[str, float | int]]) -> dict[str, Any]:
+    """The issue's targets, evaluated on this run's figures."""
+    out: dict[str, Any] = {}
+    v = variants
+    if "ams" in v and "no_customization" in v:
+        out["ams_gain_over_no_customization"] = round(
+            float(v["ams"]["miou_teacher"]) - float(v["no_customization"]["miou_teacher"]), 2
+        )
+    if "ams" in v and "one_time" in v:
+        out["ams_minus_one_time"] = round(
+            float(v["ams"]["miou_teacher"]) - float(v["one_time"]["miou_teacher"]), 2
+        )
+    if "ams" in v and "ams_full_model" in v:
+        out["full_model_minus_ams"] = round(
+            float(v["ams_full_model"]["miou_teacher"]) - float(v["ams"]["miou_teacher"]), 2
+        )
+    if "ams" in v and "just_in_time" in v and float(v["ams"]["downlink_kbps"]) > 0:
+        out["jit_downlink_ratio"] = round(
+            float(v["just_in_time"]["downlink_kbps"]) / float(v["ams"]["downlink_kbps"]), 2
+        )
+        out["jit_minus_ams_miou"] = round(
+            float(v["just_in_time"]["miou_teacher"]) - float(v["ams"]["miou_teacher"]), 2
+        )
+    return out
+
+
+def plot(path: Path, results: dict[str, VariantResult], summary: dict[str, dict[str, Any]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [2.2, 1]})
+    for name, r in results.items():
+        y = 100 * np.asarray(r.miou_teacher)
+        k = max(1, min(15, len(y) // 10))
+        smooth = np.convolve(y, np.ones(k) / k, mode="same")
+        ax1.plot(r.eval_times, smooth, label=name, lw=1.4)
+    ax1.set_xlabel("video time (s)")
+    ax1.set_ylabel(f"mIoU vs teacher (%), {k}-frame mean")
+    ax1.set_title(title)
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    for name, s in summary.items():
+        x = max(float(s["downlink_kbps"]), 1.0)
+        ax2.scatter(x, s["miou_teacher"], s=40)
+        ax2.annotate(name, (x, s["miou_teacher"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax2.set_xscale("log")
+    ax2.set_xlabel("downlink (kbps, log; no_customization drawn at 1)")
+    ax2.set_ylabel("mIoU vs teacher (%)")
+    ax2.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_benchmark(
+    cfg: BenchConfig,
+    teacher: SegmentationModel,
+    student: SegmentationModel,
+    device: torch.device,
+    video: VideoSource | None = None,
+) -> tuple[dict[str, Any], dict[str, VariantResult]]:
+    video = video or open_source(cfg.video)
+    t0 = time.monotonic()
+    harness = Harness(cfg, video, teacher, student, device)
+    results: dict[str, VariantResult] = {}
+    for name in cfg.variants:
+        results[name] = harness.run(name)
+        s = results[name].summary(harness.duration)
+        log.info(
+            "%-16s mIoU teacher %6.2f truth %6.2f  up %8.2f kbps  down %9.2f kbps  updates %4d  (%.0fs)",
+            name, s["miou_teacher"], s["miou_truth"], s["uplink_kbps"], s["downlink_kbps"],
+            s["updates"], results[name].seconds,
+        )
+    variants = {name: r.summary(harness.duration) for name, r in results.items()}
+    teacher_vs_truth = (
+        [frame_miou(p, t, NUM_CLASSES) for p, t in zip(harness.eval_teacher, harness.eval_truth, strict=True)]
+        if harness.eval_truth is not None
+        else []
+    )
+    report: dict[str, Any] = {
+        "video": {"spec": video.spec, "seconds": harness.duration, "fps": video.fps},
+        "variants": variants,
+        "targets": targets(variants),
+        "teacher_miou_truth": round(100 * float(np.mean(teacher_vs_truth)), 2) if teacher_vs_truth else None,
+        "student_parameters": sum(p.numel() for p in student.parameters()),
+        "evaluated_frames": len(harness.eval_index),
+        "seconds": {name: round(r.seconds, 1) for name, r in results.items()}
+        | {"total": round(time.monotonic() - t0, 1)},
+        "device": str(device),
+        "config": json.loads(json.dumps(asdict(cfg), default=str)),
+    }
+    return report, results
+
+
+# -- command line --------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument("--quick", action="store_true", help="5 minutes of video instead of 10")
+    parser.add_argument("--video", default=None, help="video spec (default: synthetic, by --seed)")
+    parser.add_argument("--seed", type=int, default=1, help="synthetic video seed")
+    parser.add_argument("--out", type=Path, required=True, help="JSON output; a .png is written beside it")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
+    parser.add_argument("--eval-stride", type=float, default=None, help="seconds between scored frames")
+    parser.add_argument("--jit-threshold", type=float, default=JITConfig.threshold)
+    parser.add_argument("--gamma", type=float, default=AMSConfig.gamma)
+    parser.add_argument("--profile", default="bench", help="model training profile (bench, tiny)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgeadapt.models.cache import ensure_checkpoint, training_args
+    from edgeadapt.models.train import make_model, pick_device
+    from edgeadapt.models.zoo import load_weights
+
+    device = pick_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    duration = 300 if args.quick else 600
+    spec = args.video or f"synthetic:seed={args.seed},duration={duration}"
+    variants = tuple(v for v in args.variants.split(",") if v)
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
+    cfg = BenchConfig(
+        video=spec,
+        eval_stride=args.eval_stride or (1.0 if args.quick else 0.5),
+        ams=AMSConfig(gamma=args.gamma),
+        jit=JITConfig(threshold=args.jit_threshold),
+        variants=variants,
+    )
+    models = {}
+    for role in ("teacher", "student"):
+        path = ensure_checkpoint(role, args.profile)
+        models[role] = load_weights(make_model(training_args(role, args.profile)), path)
+    report, results = run_benchmark(cfg, models["teacher"], models["student"], device)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    png = args.out.with_suffix(".png")
+    plot(png, results, report["variants"], report["video"]["spec"])
+    print(json.dumps({"video": report["video"], "variants": report["variants"], "targets": report["targets"]}, indent=2))
+    print(f"wrote {args.out} and {png}")
+    return 0

@@ -1,0 +1,1 @@
+"""Student and teacher segmentation networks, their training data, training and checkpoints."""

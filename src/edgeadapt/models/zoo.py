@@ -1,0 +1,112 @@
+"""Model builders (torchvision) and weight loading.
+
+Student: LR-ASPP on a MobileNetV3-Large backbone with a width multiplier (torchvision's
+``lraspp_mobilenet_v3_large`` is the ``width_mult=1.0`` case), small enough to run at frame rate
+on an edge device and to stream 5% of its parameters in ~200 kbps. Teacher: torchvision's
+``deeplabv3_mobilenet_v3_large``, about 4x wider than the default student at 0.5 width.
+
+Weights load through one path, ``model.load_state_dict(state_dict)``, whether the state dict comes
+from a checkpoint the project trained (``edgeadapt.models.train``) or from a published torchvision
+weights enum (``DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1``), which is what
+``torchvision``'s own builders do with ``weights=``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+STUDENT_ARCHS = ("lraspp_mobilenet_v3_large",)
+TEACHER_ARCHS = ("deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50")
+
+
+class SegmentationModel(nn.Module):
+    """Wraps a torchvision segmentation model so ``forward`` returns the logits tensor."""
+
+    def __init__(self, net: nn.Module, arch: str, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.net = net
+        self.arch = arch
+        self.config = dict(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(x)["out"]
+        return out
+
+
+def build_student(num_classes: int, width_mult: float = 0.5) -> SegmentationModel:
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.mobilenetv3 import MobileNetV3, _mobilenet_v3_conf
+    from torchvision.models.segmentation.lraspp import LRASPP
+
+    setting, last_channel = _mobilenet_v3_conf(
+        "mobilenet_v3_large", width_mult=width_mult, dilated=True
+    )
+    features = MobileNetV3(setting, last_channel).features
+    # Same taps as torchvision's lraspp_mobilenet_v3_large: the last stride-8 block and the output.
+    stage_indices = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)]
+    stage_indices.append(len(features) - 1)
+    low_pos, high_pos = stage_indices[-4], stage_indices[-1]
+    low_channels = features[low_pos].out_channels
+    high_channels = features[high_pos].out_channels
+    backbone = IntermediateLayerGetter(
+        features, return_layers={str(low_pos): "low", str(high_pos): "high"}
+    )
+    inter = max(32, int(128 * width_mult))
+    net = LRASPP(backbone, low_channels, high_channels, num_classes, inter_channels=inter)
+    return SegmentationModel(
+        net,
+        "lraspp_mobilenet_v3_large",
+        {"num_classes": num_classes, "width_mult": width_mult},
+    )
+
+
+def build_teacher(num_classes: int, arch: str = "deeplabv3_mobilenet_v3_large") -> SegmentationModel:
+    from torchvision.models import segmentation
+
+    if arch not in TEACHER_ARCHS:
+        raise ValueError(f"unknown teacher architecture {arch!r}; choose from {TEACHER_ARCHS}")
+    builder = getattr(segmentation, arch)
+    net = builder(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
+    return SegmentationModel(net, arch, {"num_classes": num_classes})
+
+
+def build_model(arch: str, config: dict[str, Any]) -> SegmentationModel:
+    if arch in STUDENT_ARCHS:
+        return build_student(int(config["num_classes"]), float(config.get("width_mult", 0.5)))
+    return build_teacher(int(config["num_classes"]), arch)
+
+
+def state_dict_from(source: str | Path) -> OrderedDict[str, torch.Tensor]:
+    """A state dict from a checkpoint file, or from a published torchvision weights enum name."""
+    path = Path(source)
+    if path.exists():
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
+        return OrderedDict(state)
+    if "." in str(source) and "_Weights." in str(source):
+        from torchvision.models import get_weight
+
+        published: OrderedDict[str, torch.Tensor] = get_weight(str(source)).get_state_dict(
+            progress=False, check_hash=True
+        )
+        return published
+    raise FileNotFoundError(f"no checkpoint at {source!s} and not a torchvision weights name")
+
+
+def load_weights(model: SegmentationModel, source: str | Path) -> SegmentationModel:
+    """Load weights into ``model``; published torchvision weights address ``model.net``."""
+    state = state_dict_from(source)
+    if any(k.startswith("net.") for k in state):
+        model.load_state_dict(state)
+    else:
+        model.net.load_state_dict(state)
+    return model
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
