@@ -37,7 +37,10 @@ GROUP_HELP = {
 
 
 def _module_available(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 def build_parser() -> argparse.ArgumentParser:

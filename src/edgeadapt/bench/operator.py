@@ -1,0 +1,268 @@
+"""``edgeadapt bench operator``: how fast the operator brings N EdgeDevices to Ready.
+
+It starts a local control plane with enough simulated nodes (KubeEdge edge nodes for the
+agents, GPU nodes for the trainers), runs the operator as a process with the chart's least
+privileges under its own ServiceAccount, applies one AdaptationPolicy and N EdgeDevices, and
+measures the seconds from the first apply until every device reports Ready for its current
+generation, the operator's peak resident memory (VmHWM), and the API requests the operator made
+in that time (counted in the API server's audit log, which records that ServiceAccount only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "bench"
+SYSTEM_NAMESPACE = "edgeadapt-system"
+OPERATOR_SA = "edgeadapt-operator"
+DEVICES_PER_GPU = 16
+GPUS_PER_TRAINER = 8
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    del name
+    parser.add_argument("--devices", type=int, default=1000, help="EdgeDevices to create")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file for the figures")
+    parser.add_argument(
+        "--devices-per-node", type=int, default=50, help="edge agents per simulated edge node"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=900, help="seconds to wait for all devices Ready"
+    )
+    parser.add_argument("--workdir", type=Path, default=None, help="control-plane state folder")
+    parser.add_argument("--concurrency", type=int, default=16, help="parallel creates")
+
+
+def run(args: argparse.Namespace) -> int:
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="edgeadapt-bench-"))
+    figures = asyncio.run(_bench(args, workdir)) if args.devices > 0 else None
+    if figures is None:
+        return 1
+    out: Path = args.out or Path("results") / f"operator-{args.devices}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"devices:               {figures['devices']}")
+    print(f"seconds to all Ready:  {figures['seconds_to_all_ready']:.1f}")
+    print(f"operator peak RSS:     {figures['operator_peak_rss_mb']:.1f} MB")
+    print(f"operator API requests: {figures['api_requests']}")
+    print(f"saved {out}")
+    if args.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def policy(trainers: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "edgeadapt.io/v1alpha1",
+        "kind": "AdaptationPolicy",
+        "metadata": {"name": "fleet", "namespace": NAMESPACE},
+        "spec": {
+            "strategy": "ams",
+            "gpu": {"gpusPerTrainer": GPUS_PER_TRAINER, "devicesPerGPU": DEVICES_PER_GPU},
+            "trainers": {"maxReplicas": trainers},
+        },
+    }
+
+
+def device(i: int, edge_nodes: int) -> dict[str, Any]:
+    """Half the devices name their node, half are placed by the scheduler."""
+    node: dict[str, Any] = (
+        {"name": f"edge-{i % edge_nodes}"}
+        if i % 2 == 0
+        else {"selector": {"node.kubernetes.io/instance-type": "jetson"}}
+    )
+    return {
+        "apiVersion": "edgeadapt.io/v1alpha1",
+        "kind": "EdgeDevice",
+        "metadata": {"name": f"cam-{i:05d}", "namespace": NAMESPACE, "labels": {"fleet": "bench"}},
+        "spec": {
+            "policyRef": {"name": "fleet"},
+            "node": node,
+            "video": {"uri": f"synthetic://bench?seed={i}"},
+        },
+    }
+
+
+async def _bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any] | None:
+    import kopf  # noqa: PLC0415  (heavy)
+
+    from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE  # noqa: PLC0415
+    from edgeadapt.controllers.rbac import required_rules  # noqa: PLC0415
+    from edgeadapt.devcluster.cluster import (  # noqa: PLC0415
+        REPO,
+        LocalCluster,
+        NodePool,
+        free_port,
+        kubeconfig,
+    )
+    from edgeadapt.devcluster.testing import OperatorProcess  # noqa: PLC0415
+    from edgeadapt.operator.kube import Kube  # noqa: PLC0415
+
+    n = args.devices
+    trainers = math.ceil(n / (DEVICES_PER_GPU * GPUS_PER_TRAINER))
+    edge_nodes = max(1, math.ceil(n / args.devices_per_node))
+    gpu_nodes = math.ceil(trainers * GPUS_PER_TRAINER / 8)
+    cluster = LocalCluster(workdir)
+    operator: OperatorProcess | None = None
+    admin: Kube | None = None
+    try:
+        started = time.monotonic()
+        cluster.start(
+            [NodePool("gpu", gpu_nodes, "gpu"), NodePool("edge", edge_nodes, "edge")],
+            timeout=600,
+        )
+        log.info(
+            "control plane with %d edge and %d GPU nodes up in %.1fs",
+            edge_nodes,
+            gpu_nodes,
+            time.monotonic() - started,
+        )
+        cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        token = _operator_identity(cluster, required_rules())
+        ca = (cluster.workdir / "pki" / "ca.crt").read_bytes()
+        config = workdir / "operator.kubeconfig"
+        config.write_text(json.dumps(kubeconfig(cluster.server, ca, OPERATOR_SA, token=token)))
+        port = free_port()
+        operator = OperatorProcess(
+            config, workdir / "operator.log", args=[f"--liveness=http://127.0.0.1:{port}/healthz"]
+        ).start()
+        _wait_healthy(port, operator, 120)
+
+        pki = cluster.workdir / "pki"
+        admin = Kube(
+            kopf.ConnectionInfo(
+                server=cluster.server,
+                ca_path=str(pki / "ca.crt"),
+                certificate_path=str(pki / "admin.crt"),
+                private_key_path=str(pki / "admin.key"),
+            )
+        )
+        cluster.kubectl("create", "namespace", NAMESPACE)
+        cluster.wait_for(
+            lambda: (
+                cluster.kubectl("get", "sa", "default", "-n", NAMESPACE, check=False).returncode
+                == 0
+            ),
+            60,
+            "the bench namespace's ServiceAccount",
+        )
+        baseline = _audit_count(cluster.audit_log)
+        t0 = time.monotonic()
+        await admin.create(ADAPTATION_POLICY.path(NAMESPACE), policy(trainers))
+        sem = asyncio.Semaphore(args.concurrency)
+
+        client = admin
+
+        async def create(i: int) -> None:
+            async with sem:
+                await client.create(EDGE_DEVICE.path(NAMESPACE), device(i, edge_nodes))
+
+        await asyncio.gather(*(create(i) for i in range(n)))
+        created = time.monotonic() - t0
+        log.info("created %d EdgeDevices in %.1fs", n, created)
+        ready = 0
+        deadline = t0 + args.timeout
+        while True:
+            items = await admin.list(EDGE_DEVICE.path(NAMESPACE))
+            ready = sum(1 for item in items if _ready(item))
+            elapsed = time.monotonic() - t0
+            if ready == n:
+                break
+            if time.monotonic() > deadline or not operator.alive():
+                log.error("%d/%d Ready after %.0fs\n%s", ready, n, elapsed, operator.log_tail())
+                return None
+            log.info("%d/%d Ready after %.1fs", ready, n, elapsed)
+            await asyncio.sleep(1.0 if n <= 2000 else 2.0)
+        requests = _audit_count(cluster.audit_log) - baseline
+        return {
+            "devices": n,
+            "seconds_to_all_ready": round(elapsed, 2),
+            "operator_peak_rss_mb": round(operator.peak_rss_mb(), 1),
+            "api_requests": requests,
+        }
+    finally:
+        if admin is not None:
+            await admin.close()
+        if operator is not None:
+            operator.stop()
+        cluster.stop()
+
+
+def _ready(item: dict[str, Any]) -> bool:
+    status = item.get("status") or {}
+    if status.get("observedGeneration") != item["metadata"].get("generation"):
+        return False
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+
+
+def _operator_identity(cluster: Any, rules: list[dict[str, list[str]]]) -> str:
+    """A ServiceAccount bound to exactly the rules the chart grants; returns a token for it."""
+    objects = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}},
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": OPERATOR_SA, "namespace": SYSTEM_NAMESPACE},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": OPERATOR_SA},
+            "rules": rules,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": OPERATOR_SA},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": OPERATOR_SA,
+            },
+            "subjects": [
+                {"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": SYSTEM_NAMESPACE}
+            ],
+        },
+    ]
+    cluster.apply(objects)
+    out = cluster.kubectl("create", "token", OPERATOR_SA, "-n", SYSTEM_NAMESPACE, "--duration=4h")
+    return str(out.stdout.strip())
+
+
+def _wait_healthy(port: int, operator: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not operator.alive():
+            raise RuntimeError(f"the operator exited:\n{operator.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("the operator did not become healthy")
+
+
+def _audit_count(path: Path) -> int:
+    """Requests recorded in the audit log (one line per completed request)."""
+    if not path.exists():
+        return 0
+    with path.open("rb") as f:
+        return sum(1 for _ in f)

@@ -1,0 +1,256 @@
+"""ModelZoo: the storage of the zoo's experts and the gating service that picks among them.
+
+Children (deterministic names, owned by the ModelZoo):
+- PersistentVolumeClaim ``<zoo>-store``: experts and the gating network; grows with
+  ``spec.storage.size`` (a claim never shrinks, and the schema refuses a smaller size).
+- Deployment ``<zoo>-gating``: the gating service, mounting the claim.
+- Service ``<zoo>-gating``: its gRPC port, which the trainers of policies using the zoo call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from edgeadapt.api import keys
+from edgeadapt.api.conditions import (
+    GATING_AVAILABLE,
+    READY,
+    RECONCILING,
+    STORAGE_BOUND,
+    Condition,
+    Reason,
+    Status,
+    condition,
+)
+from edgeadapt.api.v1alpha1 import GROUP, MODEL_ZOO
+from edgeadapt.controllers.common import (
+    DEPLOYMENT,
+    PVC,
+    SERVICE,
+    Apply,
+    Body,
+    Images,
+    Owner,
+    Plan,
+    child_metadata,
+    rules,
+    selector_labels,
+    status_differs,
+    status_with_conditions,
+    transition_events,
+)
+
+RBAC_RULES = rules(
+    (GROUP, "modelzoos", "get list watch"),
+    (GROUP, "modelzoos/status", "get patch"),
+    ("", "persistentvolumeclaims", "get list watch create patch"),
+    ("", "services", "get list watch create patch"),
+    ("apps", "deployments", "get list watch create patch"),
+)
+
+COMPONENT = "gating"
+STORE_MOUNT = "/var/lib/edgeadapt/zoo"
+
+
+def gating_name(zoo: str) -> str:
+    return f"{zoo}-gating"
+
+
+def store_name(zoo: str) -> str:
+    return f"{zoo}-store"
+
+
+def gating_endpoint(zoo: str, namespace: str, cluster_domain: str) -> str:
+    return f"{gating_name(zoo)}.{namespace}.svc.{cluster_domain}:{keys.GATING_GRPC_PORT}"
+
+
+def claim(owner: Owner, spec: Mapping[str, Any]) -> Body:
+    storage = spec.get("storage") or {}
+    pvc_spec: Body = {
+        "accessModes": [storage.get("accessMode", "ReadWriteOnce")],
+        "resources": {"requests": {"storage": storage.get("size", "10Gi")}},
+    }
+    if storage.get("storageClassName"):
+        pvc_spec["storageClassName"] = storage["storageClassName"]
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": child_metadata(
+            owner, store_name(owner.name), keys.MODEL_ZOO_LABEL, "store", pvc_spec
+        ),
+        "spec": pvc_spec,
+    }
+
+
+def deployment(owner: Owner, spec: Mapping[str, Any], images: Images) -> Body:
+    gating = spec.get("gating") or {}
+    pruning = spec.get("pruning") or {}
+    labels = selector_labels(keys.MODEL_ZOO_LABEL, owner.name, COMPONENT)
+    env = {
+        "EDGEADAPT_MODEL_ZOO": owner.name,
+        "EDGEADAPT_NAMESPACE": owner.namespace,
+        "EDGEADAPT_ZOO_DIR": STORE_MOUNT,
+        "EDGEADAPT_TASK": str(spec.get("task", "segmentation")),
+        "EDGEADAPT_STUDENT": str(spec.get("studentArchitecture", "")),
+        "EDGEADAPT_GATING_TOP_K": str(gating.get("topK", 3)),
+        "EDGEADAPT_ADMISSION_MARGIN_ALPHA": str(spec.get("admissionMarginAlpha", 0.02)),
+        "EDGEADAPT_QUEUE_THRESHOLD_GAMMA": str(spec.get("queueThresholdGamma", 5)),
+        "EDGEADAPT_PRUNING_ETA": str(pruning.get("eta", 4)),
+        "EDGEADAPT_PRUNING_Q": str(pruning.get("q", 3000)),
+    }
+    dep_spec = {
+        "replicas": int(gating.get("replicas", 1)),
+        "selector": {"matchLabels": labels},
+        "strategy": {"type": "Recreate"}
+        if (spec.get("storage") or {}).get("accessMode", "ReadWriteOnce") != "ReadWriteMany"
+        else {"type": "RollingUpdate"},
+        "template": {
+            "metadata": {"labels": labels | {keys.MANAGED_BY: keys.MANAGED_BY_VALUE}},
+            "spec": {
+                "automountServiceAccountToken": False,
+                "enableServiceLinks": False,
+                "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+                "containers": [
+                    {
+                        "name": "gating",
+                        "image": images.gating,
+                        "imagePullPolicy": images.pull_policy,
+                        "command": ["python", "-m", "edgeadapt.gating"],
+                        "env": [{"name": k, "value": v} for k, v in env.items()],
+                        "ports": [
+                            {"name": "grpc", "containerPort": keys.GATING_GRPC_PORT},
+                            {"name": "metrics", "containerPort": keys.METRICS_PORT},
+                        ],
+                        "readinessProbe": {
+                            "grpc": {"port": keys.GATING_GRPC_PORT},
+                            "periodSeconds": 10,
+                        },
+                        "resources": {
+                            "requests": {"cpu": "500m", "memory": "1Gi"},
+                            "limits": {"memory": "4Gi"},
+                        },
+                        "securityContext": {
+                            "allowPrivilegeEscalation": False,
+                            "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                        "volumeMounts": [{"name": "store", "mountPath": STORE_MOUNT}],
+                    }
+                ],
+                "volumes": [
+                    {
+                        "name": "store",
+                        "persistentVolumeClaim": {"claimName": store_name(owner.name)},
+                    }
+                ],
+            },
+        },
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": child_metadata(
+            owner, gating_name(owner.name), keys.MODEL_ZOO_LABEL, COMPONENT, dep_spec
+        ),
+        "spec": dep_spec,
+    }
+
+
+def service(owner: Owner) -> Body:
+    spec = {
+        "type": "ClusterIP",
+        "selector": selector_labels(keys.MODEL_ZOO_LABEL, owner.name, COMPONENT),
+        "ports": [
+            {"name": "grpc", "port": keys.GATING_GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"}
+        ],
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": child_metadata(
+            owner, gating_name(owner.name), keys.MODEL_ZOO_LABEL, COMPONENT, spec
+        ),
+        "spec": spec,
+    }
+
+
+def decide(
+    zoo: Mapping[str, Any],
+    *,
+    pvc: Mapping[str, Any] | None,
+    deployment_obs: Mapping[str, Any] | None,
+    images: Images,
+    now: str,
+) -> Plan:
+    """Desired children and status of one ModelZoo."""
+    owner = Owner.of(MODEL_ZOO, zoo)
+    spec = zoo.get("spec") or {}
+    gen = owner.generation
+    dep = deployment(owner, spec, images)
+    plan = Plan(
+        apply=[
+            Apply(PVC, claim(owner, spec)),
+            Apply(DEPLOYMENT, dep),
+            Apply(SERVICE, service(owner)),
+        ]
+    )
+
+    phase = ((pvc or {}).get("status") or {}).get("phase")
+    pvc_name = store_name(owner.name)
+    storage: tuple[Status, str, str]
+    gating: tuple[Status, str, str]
+    if phase == "Bound":
+        storage = ("True", Reason.SUCCEEDED, f"claim {pvc_name} is bound")
+    else:
+        storage = ("False", Reason.STORAGE_PENDING, f"claim {pvc_name} is {phase or 'absent'}")
+
+    want = int(dep["spec"]["replicas"])
+    dstatus = (deployment_obs or {}).get("status") or {}
+    dmeta = (deployment_obs or {}).get("metadata") or {}
+    current_gen = int(dstatus.get("observedGeneration") or 0) >= int(dmeta.get("generation") or 0)
+    same_spec = (dmeta.get("annotations") or {}).get(keys.SPEC_HASH) == dep["metadata"][
+        "annotations"
+    ][keys.SPEC_HASH]
+    available = int(dstatus.get("availableReplicas") or 0)
+    updated = int(dstatus.get("updatedReplicas") or 0)
+    if (
+        deployment_obs is not None
+        and current_gen
+        and same_spec
+        and updated >= want
+        and (available >= want)
+    ):
+        gating = ("True", Reason.SUCCEEDED, f"{available}/{want} gating pods available")
+    else:
+        gating = ("False", Reason.GATING_PENDING, f"{available}/{want} gating pods available")
+
+    conds: list[Condition] = []
+    if storage[0] != "True":
+        conds.append(condition(READY, "False", storage[1], storage[2], generation=gen))
+    elif gating[0] != "True":
+        conds.append(condition(READY, "False", gating[1], gating[2], generation=gen))
+    else:
+        conds.append(
+            condition(
+                READY, "True", Reason.SUCCEEDED, "storage bound, gating available", generation=gen
+            )
+        )
+    if storage[0] != "True" or gating[0] != "True":
+        msg = storage[2] if storage[0] != "True" else gating[2]
+        conds.append(condition(RECONCILING, "True", Reason.PROGRESSING, msg, generation=gen))
+    conds.append(condition(STORAGE_BOUND, *storage, generation=gen))
+    conds.append(condition(GATING_AVAILABLE, *gating, generation=gen))
+
+    current = zoo.get("status") or {}
+    status = status_with_conditions(
+        current,
+        conds,
+        {"readyReplicas": int(dstatus.get("readyReplicas") or 0)},
+        generation=gen,
+        now=now,
+    )
+    if status_differs(current, status):
+        plan.status = status
+        plan.events = transition_events(current, status, "ModelZoo")
+    return plan

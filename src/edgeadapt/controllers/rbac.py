@@ -1,0 +1,38 @@
+"""The API access the operator needs: every kind's RBAC_RULES plus kopf's own.
+
+The Helm chart's ClusterRole grants exactly ``required_rules()``; a test compares them.
+"""
+
+from __future__ import annotations
+
+from edgeadapt.controllers import adaptationpolicy, edgedevice, modelzoo
+from edgeadapt.controllers.common import Rule, rules
+
+# kopf itself: it finds the CRDs it serves and posts Kubernetes events on transitions.
+KOPF_RULES = rules(
+    ("apiextensions.k8s.io", "customresourcedefinitions", "get list watch"),
+    ("", "events", "create"),
+)
+
+# kopf serving named namespaces first lists the namespaces (it retries for about a minute and
+# then assumes they exist if refused); cluster-wide it does not.
+KOPF_NAMESPACED_RULES = rules(("", "namespaces", "list watch"))
+
+
+def required_rules(*, cluster_wide: bool = True) -> list[Rule]:
+    """Union of all rules, one per (apiGroup, resource), verbs sorted."""
+    merged: dict[tuple[str, str], set[str]] = {}
+    for rule in (
+        *KOPF_RULES,
+        *(() if cluster_wide else KOPF_NAMESPACED_RULES),
+        *edgedevice.RBAC_RULES,
+        *modelzoo.RBAC_RULES,
+        *adaptationpolicy.RBAC_RULES,
+    ):
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                merged.setdefault((group, resource), set()).update(rule["verbs"])
+    return [
+        {"apiGroups": [group], "resources": [resource], "verbs": sorted(verbs)}
+        for (group, resource), verbs in sorted(merged.items())
+    ]

@@ -1,0 +1,1 @@
+"""The kopf operator: wiring only (handlers.py), the reconcile loop (manager.py), API access."""

@@ -1,0 +1,123 @@
+"""kopf wiring: login, settings, watch-event handlers feeding the manager, probes, shutdown.
+
+Run with ``kopf run -m edgeadapt.operator.handlers --standalone --all-namespaces`` or
+``python -m edgeadapt.operator``. Only event handlers are registered, so kopf keeps no state on
+the objects: no finalizers, no annotations, no status fields of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from edgeadapt.api import keys
+from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE, GROUP, MODEL_ZOO, VERSION
+from edgeadapt.controllers.common import CHILD_KINDS, Images
+from edgeadapt.operator import metrics
+from edgeadapt.operator.kube import Kube, login
+from edgeadapt.operator.manager import Manager
+
+log = logging.getLogger(__name__)
+
+
+class _Running:
+    """The operator's one manager, between startup and cleanup."""
+
+    manager: Manager | None = None
+
+
+def images_from_env() -> Images:
+    default = Images()
+    return Images(
+        trainer=os.environ.get("EDGEADAPT_TRAINER_IMAGE", default.trainer),
+        gating=os.environ.get("EDGEADAPT_GATING_IMAGE", default.gating),
+        edge_agent=os.environ.get("EDGEADAPT_EDGE_AGENT_IMAGE", default.edge_agent),
+        pull_policy=os.environ.get("EDGEADAPT_IMAGE_PULL_POLICY", default.pull_policy),
+        cluster_domain=os.environ.get("EDGEADAPT_CLUSTER_DOMAIN", default.cluster_domain),
+    )
+
+
+def manager() -> Manager:
+    if _Running.manager is None:  # startup handlers finish before kopf starts watching
+        raise RuntimeError("the operator has not started")
+    return _Running.manager
+
+
+@kopf.on.login()
+def _login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    return login(settings)
+
+
+@kopf.on.startup()
+async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.posting.level = logging.WARNING
+    if not log.isEnabledFor(logging.DEBUG):
+        # kopf logs every handled watch event at INFO; with thousands of objects that costs more
+        # CPU than the reconciling. Failures still show (WARNING and above).
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    namespaces = [n for n in os.environ.get("EDGEADAPT_WATCH_NAMESPACES", "").split(",") if n]
+    mgr = Manager(
+        Kube(login(settings)),
+        images=images_from_env(),
+        workers=int(os.environ.get("EDGEADAPT_RECONCILE_WORKERS", "8")),
+    )
+    metrics_port = int(os.environ.get("EDGEADAPT_METRICS_PORT", "0"))
+    if metrics_port:
+        metrics.serve(metrics_port)
+    await mgr.prime(namespaces or None)
+    mgr.start()
+    _Running.manager = mgr
+    log.info(
+        "edgeadapt operator started: %d objects, %d children", len(mgr.objects), len(mgr.children)
+    )
+
+
+@kopf.on.cleanup()
+async def _cleanup(**_: Any) -> None:
+    if _Running.manager is not None:
+        await _Running.manager.stop()
+        await _Running.manager.kube.close()
+        _Running.manager = None
+
+
+@kopf.on.probe(id="queue")
+def _queue_depth(**_: Any) -> int:
+    return len(_Running.manager.queue) if _Running.manager is not None else -1
+
+
+def _register() -> None:
+    for kind in (EDGE_DEVICE, MODEL_ZOO, ADAPTATION_POLICY):
+
+        def on_custom(
+            type: str | None, body: kopf.Body, _plural: str = kind.plural, **_: Any
+        ) -> None:
+            manager().on_event(_plural, type, body)
+
+        kopf.on.event(GROUP, VERSION, kind.plural, id=f"watch-{kind.plural}")(on_custom)
+
+    for child in CHILD_KINDS:
+        group, _, version = child.api_version.rpartition("/")
+
+        def on_child(
+            type: str | None, body: kopf.Body, _plural: str = child.plural, **_: Any
+        ) -> None:
+            manager().on_event(_plural, type, body)
+
+        kopf.on.event(
+            group,
+            version,
+            child.plural,
+            id=f"watch-{child.plural}",
+            labels={keys.MANAGED_BY: keys.MANAGED_BY_VALUE},
+        )(on_child)
+
+
+_register()

@@ -1,0 +1,433 @@
+"""The operator's loop: caches fed by kopf's watch events, a work queue, observe -> decide -> act.
+
+kopf watches the three kinds and the children (by the managed-by label) and hands every event to
+``Manager.on_event``, which updates a slim cache and queues the owner's key. Workers reconcile a
+key by reading the cache (observe), calling the kind's pure ``decide`` (edgeadapt.controllers),
+and applying the plan with idempotent requests (act). The operator writes only children and the
+``status`` subresource, never ``spec``. At start it lists everything once, so decisions (trainer
+bindings above all) are made against the whole picture, not a half-listed one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from edgeadapt.api import keys
+from edgeadapt.api.conditions import now_rfc3339
+from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE, MODEL_ZOO, Kind
+from edgeadapt.controllers import adaptationpolicy, edgedevice, modelzoo
+from edgeadapt.controllers.binding import Capacity, TrainerPool
+from edgeadapt.controllers.common import (
+    CHILD_KINDS,
+    DEPLOYMENT,
+    POD,
+    PVC,
+    SECRET,
+    STATEFUL_SET,
+    Body,
+    ChildKind,
+    Images,
+    Owner,
+    Plan,
+)
+from edgeadapt.operator import metrics
+from edgeadapt.operator.kube import Kube
+from edgeadapt.operator.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str, str]  # (plural, namespace, name)
+POLICY_DEBOUNCE_S = 0.5
+RESYNC_INTERVAL_S = 600.0
+# What the controllers read of a child's status (pods, workloads, claims).
+CHILD_STATUS_FIELDS = (
+    "phase",
+    "conditions",
+    "observedGeneration",
+    "readyReplicas",
+    "availableReplicas",
+    "updatedReplicas",
+)
+KINDS_BY_PLURAL = {k.plural: k for k in (EDGE_DEVICE, MODEL_ZOO, ADAPTATION_POLICY)}
+CHILDREN_BY_PLURAL = {k.plural: k for k in CHILD_KINDS}
+OWNER_LABELS = (
+    (keys.EDGE_DEVICE_LABEL, EDGE_DEVICE.plural),
+    (keys.ADAPTATION_POLICY_LABEL, ADAPTATION_POLICY.plural),
+    (keys.MODEL_ZOO_LABEL, MODEL_ZOO.plural),
+)
+
+
+def slim(body: Mapping[str, Any], *, child: bool) -> Body:
+    """The parts of an object the controllers read; the cache keeps only these."""
+    meta = body.get("metadata") or {}
+    out: Body = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {
+            k: meta[k]
+            for k in ("name", "namespace", "uid", "generation", "labels", "deletionTimestamp")
+            if k in meta
+        },
+        "status": body.get("status") or {},
+    }
+    if child:
+        status = out["status"]
+        out["status"] = {k: status[k] for k in CHILD_STATUS_FIELDS if k in status}
+        if "conditions" in status:
+            out["status"]["conditions"] = [
+                c for c in status["conditions"] if c.get("type") == "Ready"
+            ]
+    annotations = meta.get("annotations") or {}
+    if keys.SPEC_HASH in annotations:
+        out["metadata"]["annotations"] = {keys.SPEC_HASH: annotations[keys.SPEC_HASH]}
+    if child:
+        spec = body.get("spec") or {}
+        out["spec"] = {k: spec[k] for k in ("nodeName", "replicas") if k in spec}
+    else:
+        out["spec"] = body.get("spec") or {}
+    return out
+
+
+@dataclass
+class Manager:
+    kube: Kube
+    images: Images = field(default_factory=Images)
+    workers: int = 8
+    objects: dict[Key, Body] = field(default_factory=dict)
+    children: dict[Key, Body] = field(default_factory=dict)
+    devices_by_policy: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    policies_by_zoo: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    pools: dict[tuple[str, str], TrainerPool] = field(default_factory=dict)
+    device_ref: dict[tuple[str, str], str] = field(default_factory=dict)  # spec.policyRef
+    device_policy: dict[tuple[str, str], str] = field(default_factory=dict)  # last bound under
+    policy_generation: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.queue = WorkQueue(self._reconcile, workers=self.workers)
+        self._resync_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.queue.start()
+        self._resync_task = asyncio.create_task(self._resync(), name="resync")
+
+    async def stop(self) -> None:
+        if self._resync_task is not None:
+            self._resync_task.cancel()
+            await asyncio.gather(self._resync_task, return_exceptions=True)
+        await self.queue.stop()
+
+    async def _resync(self) -> None:
+        """Look at everything again now and then, in case a watch event was missed."""
+        while True:
+            await asyncio.sleep(RESYNC_INTERVAL_S)
+            for key in list(self.objects):
+                self.queue.add(key)
+
+    # ----------------------------------------------------------------- cache maintenance
+
+    async def prime(self, namespaces: list[str] | None) -> None:
+        """List everything once, seed the trainer pools from the devices' bindings, queue all."""
+        scopes = namespaces or [None]  # type: ignore[list-item]
+        selector = f"{keys.MANAGED_BY}={keys.MANAGED_BY_VALUE}"
+        for ns in scopes:
+            for kind in (ADAPTATION_POLICY, MODEL_ZOO, EDGE_DEVICE):
+                for item in await self.kube.list(_collection(kind.path("x"), ns)):
+                    self._store(kind.plural, item)
+            for child in CHILD_KINDS:
+                for item in await self.kube.list(
+                    _collection(child.path("x"), ns), label_selector=selector
+                ):
+                    self._store_child(child.plural, item)
+        for key, policy in list(self.objects.items()):
+            if key[0] == ADAPTATION_POLICY.plural:
+                self._ensure_pool(key[1], key[2], policy)
+        for key in list(self.objects):
+            self.queue.add(key)
+
+    def on_event(self, plural: str, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A watch event from kopf (type None for the initial listing)."""
+        if plural in KINDS_BY_PLURAL:
+            if event_type == "DELETED":
+                self._forget(plural, body)
+            else:
+                self._store(plural, body)
+        elif plural in CHILDREN_BY_PLURAL:
+            meta = body.get("metadata") or {}
+            key = (plural, meta.get("namespace", ""), meta.get("name", ""))
+            if plural == POD.plural and keys.EDGE_DEVICE_LABEL not in (meta.get("labels") or {}):
+                return  # trainer and gating pods: their StatefulSet/Deployment speak for them
+            if event_type == "DELETED":
+                self.children.pop(key, None)
+            else:
+                self._store_child(plural, body)
+            owner = _owner_key(meta)
+            if owner is not None:
+                self.queue.add(owner)
+
+    def _store(self, plural: str, body: Mapping[str, Any]) -> None:
+        item = slim(body, child=False)
+        meta = item["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        key = (plural, ns, name)
+        self.objects[key] = item
+        spec = item["spec"]
+        if plural == EDGE_DEVICE.plural:
+            policy = (spec.get("policyRef") or {}).get("name", "")
+            previous = self.device_ref.get((ns, name))
+            if previous != policy:
+                if previous is not None:
+                    self.devices_by_policy.get((ns, previous), set()).discard(name)
+                self.device_ref[(ns, name)] = policy
+                self.devices_by_policy.setdefault((ns, policy), set()).add(name)
+        elif plural == ADAPTATION_POLICY.plural:
+            zoo = (spec.get("modelZooRef") or {}).get("name")
+            if zoo:
+                self.policies_by_zoo.setdefault((ns, zoo), set()).add(name)
+            if (ns, name) not in self.pools:
+                self._ensure_pool(ns, name, item)
+                self._queue_devices(ns, name)
+        elif plural == MODEL_ZOO.plural:
+            for policy in self.policies_by_zoo.get((ns, name), ()):
+                self.queue.add((ADAPTATION_POLICY.plural, ns, policy))
+        self.queue.add(key)
+
+    def _forget(self, plural: str, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        ns, name = meta.get("namespace", ""), meta.get("name", "")
+        self.objects.pop((plural, ns, name), None)
+        if plural == EDGE_DEVICE.plural:
+            ref = self.device_ref.pop((ns, name), None)
+            if ref is not None:
+                self.devices_by_policy.get((ns, ref), set()).discard(name)
+            old = self.device_policy.pop((ns, name), None)
+            pool = self.pools.get((ns, old)) if old is not None else None
+            if pool is not None and pool.release(name):
+                self.queue.add((ADAPTATION_POLICY.plural, ns, old), POLICY_DEBOUNCE_S)
+        elif plural == ADAPTATION_POLICY.plural:
+            self.pools.pop((ns, name), None)
+            self.policy_generation.pop((ns, name), None)
+            for (zoo_ns, _), members in self.policies_by_zoo.items():
+                if zoo_ns == ns:
+                    members.discard(name)
+            self._queue_devices(ns, name)
+        elif plural == MODEL_ZOO.plural:
+            for policy in self.policies_by_zoo.get((ns, name), ()):
+                self.queue.add((ADAPTATION_POLICY.plural, ns, policy))
+
+    def _store_child(self, plural: str, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        self.children[(plural, meta.get("namespace", ""), meta.get("name", ""))] = slim(
+            body, child=True
+        )
+
+    def _ensure_pool(self, ns: str, name: str, policy: Mapping[str, Any]) -> None:
+        """A pool for the policy, seeded with the bindings its devices' statuses show."""
+        pool = TrainerPool(Capacity.of(policy.get("spec") or {}))
+        self.pools[(ns, name)] = pool
+        for device_name in sorted(self.devices_by_policy.get((ns, name), ())):
+            device = self.objects.get((EDGE_DEVICE.plural, ns, device_name))
+            if device is None or (device.get("spec") or {}).get("suspend"):
+                continue
+            status = device.get("status") or {}
+            if status.get("trainer"):
+                edgedevice.resolve_binding(device, policy, pool)
+                self.device_policy[(ns, device_name)] = name
+
+    def _queue_devices(self, ns: str, policy: str) -> None:
+        for device in self.devices_by_policy.get((ns, policy), ()):
+            self.queue.add((EDGE_DEVICE.plural, ns, device))
+
+    # ----------------------------------------------------------------- reconcile
+
+    async def _reconcile(self, key: Hashable) -> None:
+        plural = cast(Key, key)[0]
+        started = time.monotonic()
+        result = "error"
+        try:
+            await self._reconcile_key(cast(Key, key))
+            result = "success"
+        finally:
+            metrics.RECONCILE_SECONDS.labels(plural, result).observe(time.monotonic() - started)
+            metrics.QUEUE_DEPTH.set(len(self.queue))
+
+    async def _reconcile_key(self, key: Key) -> None:
+        plural, ns, name = key
+        obj = self.objects.get((plural, ns, name))
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return  # gone or going: the garbage collector removes the children
+        if plural == EDGE_DEVICE.plural:
+            await self._reconcile_device(ns, name, obj)
+        elif plural == ADAPTATION_POLICY.plural:
+            await self._reconcile_policy(ns, name, obj)
+        elif plural == MODEL_ZOO.plural:
+            await self._reconcile_zoo(ns, name, obj)
+
+    async def _reconcile_device(self, ns: str, name: str, device: Body) -> None:
+        policy_name = (device["spec"].get("policyRef") or {}).get("name", "")
+        old = self.device_policy.get((ns, name))
+        old_pool = self.pools.get((ns, old)) if old is not None and old != policy_name else None
+        if old_pool is not None and old_pool.release(name):
+            self.queue.add((ADAPTATION_POLICY.plural, ns, old), POLICY_DEBOUNCE_S)
+        self.device_policy[(ns, name)] = policy_name
+        policy = self.objects.get((ADAPTATION_POLICY.plural, ns, policy_name))
+        pool = self.pools.get((ns, policy_name)) if policy is not None else None
+        before = (pool.trainer_of(name), pool.trainers_wanted) if pool else None
+        binding = edgedevice.resolve_binding(device, policy, pool)
+        if pool is not None and before != (pool.trainer_of(name), pool.trainers_wanted):
+            self.queue.add((ADAPTATION_POLICY.plural, ns, policy_name), POLICY_DEBOUNCE_S)
+        pod = self.children.get((POD.plural, ns, edgedevice.agent_pod_name(name)))
+        secret = self.children.get((SECRET.plural, ns, edgedevice.token_secret_name(name)))
+        plan = edgedevice.decide(
+            device,
+            binding,
+            pod=pod,
+            secret_exists=secret is not None,
+            token=secrets.token_urlsafe(32),
+            images=self.images,
+            now=now_rfc3339(),
+        )
+        await self._act(EDGE_DEVICE, device, plan)
+
+    async def _reconcile_policy(self, ns: str, name: str, policy: Body) -> None:
+        pool = self.pools.get((ns, name))
+        if pool is None:
+            self._ensure_pool(ns, name, policy)
+            pool = self.pools[(ns, name)]
+        generation = int(policy["metadata"].get("generation", 1))
+        if self.policy_generation.get((ns, name)) != generation:
+            # The spec changed (or this is the first look): capacity and selector may differ,
+            # so every device of the policy is looked at again.
+            self.policy_generation[(ns, name)] = generation
+            pool.resize(Capacity.of(policy.get("spec") or {}))
+            self._queue_devices(ns, name)
+        zoo_name = (policy["spec"].get("modelZooRef") or {}).get("name")
+        zoo = self.objects.get((MODEL_ZOO.plural, ns, zoo_name)) if zoo_name else None
+        members = self.devices_by_policy.get((ns, name), set())
+        plan = adaptationpolicy.decide(
+            policy,
+            zoo=zoo,
+            trainers_wanted=pool.trainers_wanted,
+            devices_bound=pool.devices_bound,
+            devices_unbound=max(0, len(members) - pool.devices_bound),
+            statefulset=self.children.get(
+                (STATEFUL_SET.plural, ns, adaptationpolicy.trainer_name(name))
+            ),
+            images=self.images,
+            now=now_rfc3339(),
+        )
+        await self._act(ADAPTATION_POLICY, policy, plan)
+
+    async def _reconcile_zoo(self, ns: str, name: str, zoo: Body) -> None:
+        plan = modelzoo.decide(
+            zoo,
+            pvc=self.children.get((PVC.plural, ns, modelzoo.store_name(name))),
+            deployment_obs=self.children.get((DEPLOYMENT.plural, ns, modelzoo.gating_name(name))),
+            images=self.images,
+            now=now_rfc3339(),
+        )
+        await self._act(MODEL_ZOO, zoo, plan)
+
+    # ----------------------------------------------------------------- act
+
+    async def _act(self, kind: Kind, obj: Body, plan: Plan) -> None:
+        owner = Owner.of(kind, obj)
+        ns = owner.namespace
+        for d in plan.delete:
+            await self.kube.delete(d.kind.path(ns, d.name))
+        writes = []
+        for a in plan.apply:  # children are independent of each other: write them together
+            observed = self.children.get((a.kind.plural, ns, a.name))
+            if observed is None:
+                writes.append(self.kube.create(a.kind.path(ns), a.body))
+            elif a.mode == "patch" and _drifted(observed, a.body):
+                writes.append(
+                    self.kube.merge_patch(a.kind.path(ns, a.name), _patch_of(a.kind, a.body))
+                )
+        await asyncio.gather(*writes)
+        if plan.status:
+            patched = await self.kube.merge_patch(
+                kind.path(ns, owner.name, status=True), {"status": plan.status}
+            )
+            if patched:
+                # Our own write comes back as a watch event; until then, decide against it.
+                obj["status"] = {**(obj.get("status") or {}), **plan.status}
+        for ev in plan.events:
+            await self._post_event(kind, owner, ev.type, ev.reason, ev.message)
+
+    async def _post_event(
+        self, kind: Kind, owner: Owner, etype: str, reason: str, message: str
+    ) -> None:
+        now = now_rfc3339()
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{owner.name}.", "namespace": owner.namespace},
+            "involvedObject": {
+                "apiVersion": owner.reference()["apiVersion"],
+                "kind": kind.kind,
+                "name": owner.name,
+                "namespace": owner.namespace,
+                "uid": owner.uid,
+            },
+            "type": etype,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": keys.MANAGED_BY_VALUE},
+            "reportingComponent": keys.MANAGED_BY_VALUE,
+            "reportingInstance": keys.MANAGED_BY_VALUE,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.kube.create(f"/api/v1/namespaces/{owner.namespace}/events", event)
+        except Exception:  # an event is a courtesy; never fail a reconcile over one
+            log.warning("could not post event %s for %s/%s", reason, owner.namespace, owner.name)
+
+
+def _drifted(observed: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Whether a child differs from what we want: its spec hash (our last write), or its replica
+    count (the field people most often change by hand, e.g. ``kubectl scale``)."""
+    if _hash(observed) != _hash(desired):
+        return True
+    want = (desired.get("spec") or {}).get("replicas")
+    have = (observed.get("spec") or {}).get("replicas")
+    return want is not None and have is not None and want != have
+
+
+def _hash(body: Mapping[str, Any]) -> str | None:
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(keys.SPEC_HASH)
+    return None if value is None else str(value)
+
+
+def _patch_of(kind: ChildKind, body: Body) -> Body:
+    """A merge patch that makes an existing child match ``body`` in the parts we own."""
+    meta = body["metadata"]
+    patch: Body = {
+        "metadata": {"labels": meta["labels"], "annotations": meta["annotations"]},
+    }
+    for part in ("spec", "data"):
+        if part in body:
+            patch[part] = body[part]
+    return patch
+
+
+def _owner_key(meta: Mapping[str, Any]) -> Key | None:
+    labels = meta.get("labels") or {}
+    for label, plural in OWNER_LABELS:
+        if label in labels:
+            return (plural, meta.get("namespace", ""), labels[label])
+    return None
+
+
+def _collection(path: str, namespace: str | None) -> str:
+    """The collection path in one namespace, or across all of them."""
+    base, _, rest = path.partition("/namespaces/x/")
+    return f"{base}/{rest}" if namespace is None else f"{base}/namespaces/{namespace}/{rest}"

@@ -1,0 +1,112 @@
+"""End to end: the chart installed into the local control plane, the examples applied with
+kubectl, everything Ready. The operator Deployment runs as a kwok pod (no container runs), so the
+operator itself runs as a local process with the chart's ServiceAccount token: this also proves
+the chart's least-privilege RBAC is enough."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgeadapt.devcluster import LocalCluster
+from edgeadapt.devcluster.cluster import REPO, kubeconfig
+from edgeadapt.devcluster.testing import OperatorProcess, persistent_volumes
+
+pytestmark = pytest.mark.e2e
+RELEASE, SYSTEM_NS, DEMO_NS = "edgeadapt", "edgeadapt-system", "edgeadapt-demo"
+
+
+def helm(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [cluster.bin("helm"), f"--kubeconfig={cluster.kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def installed(local_cluster: LocalCluster) -> Iterator[LocalCluster]:
+    cluster = local_cluster
+    helm(
+        cluster,
+        "install",
+        RELEASE,
+        str(REPO / "charts" / "edgeadapt"),
+        "-n",
+        SYSTEM_NS,
+        "--create-namespace",
+        "--take-ownership",
+        "--wait",
+        "--timeout=3m",
+    )
+    yield cluster
+    cluster.kubectl("delete", "namespace", DEMO_NS, "--wait=false", check=False)
+    helm(cluster, "uninstall", RELEASE, "-n", SYSTEM_NS, "--wait", "--timeout=2m")
+
+
+@pytest.fixture(scope="module")
+def chart_operator(
+    installed: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    cluster = installed
+    token = cluster.kubectl(
+        "create", "token", RELEASE, "-n", SYSTEM_NS, "--duration=2h"
+    ).stdout.strip()
+    workdir = tmp_path_factory.mktemp("chart-operator")
+    config = workdir / "kubeconfig"
+    ca = (cluster.workdir / "pki" / "ca.crt").read_bytes()
+    config.write_text(json.dumps(kubeconfig(cluster.server, ca, RELEASE, token=token)))
+    proc = OperatorProcess(config, workdir / "operator.log").start()
+    yield proc
+    proc.stop()
+
+
+def test_chart_installs_and_its_operator_pod_runs(installed: LocalCluster) -> None:
+    cluster = installed
+    deployment = json.loads(
+        cluster.kubectl("get", "deployment", RELEASE, "-n", SYSTEM_NS, "-o", "json").stdout
+    )
+    assert deployment["status"].get("availableReplicas") == 1
+    pods = json.loads(
+        cluster.kubectl(
+            "get",
+            "pods",
+            "-n",
+            SYSTEM_NS,
+            "-l",
+            "app.kubernetes.io/component=operator",
+            "-o",
+            "json",
+        ).stdout
+    )["items"]
+    assert len(pods) == 1
+    assert pods[0]["status"]["phase"] == "Running"
+    crds = cluster.kubectl("get", "crd", "-o", "name").stdout
+    for plural in ("edgedevices", "modelzoos", "adaptationpolicies"):
+        assert f"{plural}.edgeadapt.io" in crds
+
+
+def test_examples_become_ready(installed: LocalCluster, chart_operator: OperatorProcess) -> None:
+    cluster = installed
+    cluster.kubectl("create", "namespace", DEMO_NS)
+    cluster.apply(persistent_volumes(2, prefix="e2e-pv"))
+    for example in sorted((REPO / "examples").glob("*.yaml")):
+        cluster.kubectl("apply", "-n", DEMO_NS, "-f", str(example))
+    for kind in ("modelzoo", "adaptationpolicy", "edgedevice"):
+        out = cluster.kubectl(
+            "wait", "--for=condition=Ready", kind, "--all", "-n", DEMO_NS, "--timeout=120s",
+            check=False, timeout=150,
+        )  # fmt: skip
+        assert out.returncode == 0, f"{kind}: {out.stderr}\n{chart_operator.log_tail()}"
+    listing = cluster.kubectl("get", "edgeadapt", "-n", DEMO_NS).stdout
+    assert listing.count("True") == 4, listing
+    log = Path(chart_operator.log_path).read_text()
+    assert not re.search(r'forbidden: User \\?"[^"]*\\?" cannot', log), "RBAC denied a request"
+    assert chart_operator.alive()

@@ -1,0 +1,53 @@
+"""The integration tier's fixtures: CRDs applied to the session's control plane, the operator
+running as a process against it (cluster-wide, with the admin kubeconfig), a namespace per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from edgeadapt.devcluster import LocalCluster
+from edgeadapt.devcluster.cluster import REPO, free_port
+from edgeadapt.devcluster.testing import OperatorProcess, persistent_volumes
+
+
+@pytest.fixture(scope="session")
+def cluster(local_cluster: LocalCluster) -> LocalCluster:
+    """The control plane with the CRDs established and volumes for ModelZoo claims."""
+    local_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    local_cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    local_cluster.apply(persistent_volumes(12, prefix="it-pv"))
+    return local_cluster
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    proc = OperatorProcess(
+        cluster.kubeconfig, log, env={"EDGEADAPT_METRICS_PORT": str(free_port())}
+    ).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = f"t-{request.node.name[:40].lower().replace('_', '-')}-{uuid.uuid4().hex[:5]}"
+    name = "".join(c for c in name if c.isalnum() or c == "-").strip("-")
+    cluster.kubectl("create", "namespace", name)
+    cluster.wait_for(
+        lambda: (
+            cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode
+            == 0
+        ),
+        60,
+        f"the default ServiceAccount in {name}",
+    )
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -1,0 +1,471 @@
+"""The operator as a process against the real control plane: children, status, bindings,
+recovery, rollouts, garbage collection, restarts."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.request
+from typing import Any
+
+import pytest
+
+from edgeadapt.devcluster import LocalCluster
+from edgeadapt.devcluster.testing import OperatorProcess, condition_of, get, wait_until
+
+pytestmark = pytest.mark.integration
+TIMEOUT = 90.0
+
+
+def policy(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "edgeadapt.io/v1alpha1",
+        "kind": "AdaptationPolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def device(
+    name: str, policy_name: str, node: dict[str, Any] | None = None, **spec: Any
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "edgeadapt.io/v1alpha1",
+        "kind": "EdgeDevice",
+        "metadata": {"name": name, "labels": {"site": "test"}},
+        "spec": {
+            "policyRef": {"name": policy_name},
+            "node": node or {"name": "edge-0"},
+            "video": {"uri": f"synthetic://{name}"},
+            **spec,
+        },
+    }
+
+
+def zoo(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "edgeadapt.io/v1alpha1",
+        "kind": "ModelZoo",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def apply(cluster: LocalCluster, ns: str, *objs: dict[str, Any]) -> None:
+    for obj in objs:
+        cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(obj))
+
+
+def patch(cluster: LocalCluster, ns: str, resource: str, name: str, body: dict[str, Any]) -> None:
+    cluster.kubectl("patch", resource, name, "-n", ns, "--type=merge", "-p", json.dumps(body))
+
+
+def wait_condition(
+    cluster: LocalCluster,
+    ns: str,
+    resource: str,
+    name: str,
+    *,
+    status: str = "True",
+    reason: str | None = None,
+    type_: str = "Ready",
+) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        obj = get(cluster, resource, name, ns)
+        cond = condition_of(obj, type_)
+        if obj is None or cond is None:
+            return None
+        current = obj["status"].get("observedGeneration") == obj["metadata"]["generation"]
+        if current and cond["status"] == status and reason in (None, cond["reason"]):
+            return obj
+        return None
+
+    return wait_until(probe, TIMEOUT, f"{resource}/{name} {type_}={status} {reason or ''}")
+
+
+def cond(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    found = condition_of(obj, type_)
+    assert found is not None, f"no {type_} condition"
+    return found
+
+
+def must_get(cluster: LocalCluster, resource: str, name: str, ns: str) -> dict[str, Any]:
+    obj = get(cluster, resource, name, ns)
+    assert obj is not None, f"{resource}/{name} does not exist"
+    return obj
+
+
+def wait_gone(cluster: LocalCluster, ns: str, resource: str, name: str) -> None:
+    wait_until(lambda: get(cluster, resource, name, ns) is None, TIMEOUT, f"{resource}/{name} gone")
+
+
+def uid(cluster: LocalCluster, ns: str, resource: str, name: str) -> str:
+    obj = get(cluster, resource, name, ns)
+    assert obj is not None, f"{resource}/{name} does not exist"
+    return str(obj["metadata"]["uid"])
+
+
+def env_of(pod: dict[str, Any]) -> dict[str, Any]:
+    return {
+        e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][0]["env"]
+    }
+
+
+def test_policy_and_devices_reconcile_to_ready(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    ns = namespace
+    apply(
+        cluster,
+        ns,
+        policy("fleet", ams={"iterations": 30}),
+        device("cam-a", "fleet", {"name": "edge-1"}),
+        device("cam-b", "fleet", {"selector": {"node.kubernetes.io/instance-type": "jetson"}}),
+    )
+    for name in ("cam-a", "cam-b"):
+        dev = wait_condition(cluster, ns, "edgedevice", name)
+        status = dev["status"]
+        assert status["trainer"] == "fleet-trainer-0"
+        assert condition_of(dev, "Reconciling") is None
+        assert condition_of(dev, "Stalled") is None
+        assert cond(dev, "TrainerBound")["status"] == "True"
+        assert cond(dev, "AgentReady")["status"] == "True"
+        assert all(c["observedGeneration"] == 1 for c in status["conditions"])
+
+        pod = get(cluster, "pod", f"{name}-agent", ns)
+        assert pod is not None
+        owner = pod["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["uid"], owner["controller"]) == (
+            "EdgeDevice",
+            dev["metadata"]["uid"],
+            True,
+        )
+        assert pod["spec"]["nodeName"] == status["nodeName"]
+        assert pod["spec"]["nodeName"].startswith("edge-")
+        assert {
+            "key": "node-role.kubernetes.io/edge",
+            "operator": "Exists",
+            "effect": "NoSchedule",
+        } in pod["spec"]["tolerations"]
+        env = env_of(pod)
+        assert env["EDGEADAPT_TRAINER_ENDPOINT"] == status["trainerEndpoint"]
+        assert status["trainerEndpoint"].startswith(f"fleet-trainer-0.fleet-trainer.{ns}.svc")
+        assert pod["spec"]["containers"][0]["command"] == ["python", "-m", "edgeadapt.edge_agent"]
+
+        secret = get(cluster, "secret", f"{name}-agent-token", ns)
+        assert secret is not None
+        assert secret["metadata"]["ownerReferences"][0]["uid"] == dev["metadata"]["uid"]
+        assert len(base64.b64decode(secret["data"]["token"])) >= 32
+        assert env["EDGEADAPT_TOKEN"] == {
+            "secretKeyRef": {"name": f"{name}-agent-token", "key": "token"}
+        }
+    assert must_get(cluster, "pod", "cam-a-agent", ns)["spec"]["nodeName"] == "edge-1"
+
+    pol = wait_condition(cluster, ns, "adaptationpolicy", "fleet")
+    assert pol["status"]["devicesBound"] == 2
+    assert pol["status"]["trainers"] == 1
+    sts = get(cluster, "statefulset", "fleet-trainer", ns)
+    assert sts is not None
+    assert sts["spec"]["replicas"] == 1
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["command"] == ["python", "-m", "edgeadapt.trainer"]
+    trainer_pod = get(cluster, "pod", "fleet-trainer-0", ns)
+    assert trainer_pod is not None
+    assert trainer_pod["spec"]["nodeName"].startswith("gpu-")
+    config = must_get(cluster, "configmap", "fleet-trainer", ns)
+    params = json.loads(config["data"]["policy.json"])
+    assert params["ams"]["iterations"] == 30
+    assert params["ams"]["gammaFraction"] == 0.05
+    service = get(cluster, "service", "fleet-trainer", ns)
+    assert service is not None
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["ports"][0]["port"] == 50051
+
+    # Transitions were announced as events.
+    events = json.loads(cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]
+    reasons = {(e["involvedObject"]["name"], e["reason"]) for e in events}
+    assert ("cam-a", "Succeeded") in reasons
+    assert ("fleet", "Succeeded") in reasons
+
+    # The operator wrote status only: it never took ownership of a spec field.
+    out = cluster.kubectl(
+        "get", "edgedevice", "cam-a", "-n", ns, "-o", "json", "--show-managed-fields"
+    )
+    dev = json.loads(out.stdout)
+    managers = {e["manager"] for e in dev["metadata"]["managedFields"]}
+    assert "edgeadapt-operator" in managers
+    for entry in dev["metadata"]["managedFields"]:
+        if entry["manager"] == "edgeadapt-operator":
+            assert entry.get("subresource") == "status", entry
+    assert "finalizers" not in dev["metadata"]
+
+    # Reconciles are measured on the metrics endpoint.
+    port = operator.env["EDGEADAPT_METRICS_PORT"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    count = next(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("edgeadapt_operator_reconcile_duration_seconds_count")
+        and 'kind="edgedevices"' in line
+        and 'result="success"' in line
+    )
+    assert count >= 2
+    assert 'edgeadapt_operator_api_requests_total{method="POST"}' in text
+    assert not any(k.startswith("kopf") for k in dev["metadata"].get("annotations", {}))
+
+
+def test_bindings_respect_gpu_capacity_and_grow_with_it(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    ns = namespace
+    apply(cluster, ns, policy("small", gpu={"devicesPerGPU": 2}, trainers={"maxReplicas": 1}))
+    apply(cluster, ns, *(device(f"cam-{i}", "small") for i in range(3)))
+    stalled = wait_condition(
+        cluster, ns, "edgedevice", "cam-2", status="False", reason="NoTrainerCapacity"
+    )
+    assert cond(stalled, "Stalled")["reason"] == "NoTrainerCapacity"
+    assert "at most 2 devices" in cond(stalled, "Ready")["message"]
+    for i in (0, 1):
+        assert (
+            wait_condition(cluster, ns, "edgedevice", f"cam-{i}")["status"]["trainer"]
+            == "small-trainer-0"
+        )
+    pol = wait_until(
+        lambda: (
+            (p := get(cluster, "adaptationpolicy", "small", ns))
+            and p["status"].get("devicesUnbound") == 1
+            and p
+        ),
+        TIMEOUT,
+        "policy counts",
+    )
+    assert pol["status"]["devicesBound"] == 2
+    assert pol["status"]["capacity"] == 2
+    bound_pod = uid(cluster, ns, "pod", "cam-0-agent")
+
+    patch(cluster, ns, "adaptationpolicy", "small", {"spec": {"trainers": {"maxReplicas": 2}}})
+    dev = wait_condition(cluster, ns, "edgedevice", "cam-2")
+    assert dev["status"]["trainer"] == "small-trainer-1"
+    assert condition_of(dev, "Stalled") is None
+    pol = wait_condition(cluster, ns, "adaptationpolicy", "small")
+    assert pol["status"]["trainers"] == 2
+    assert pol["status"]["devicesBound"] == 3
+    assert must_get(cluster, "statefulset", "small-trainer", ns)["spec"]["replicas"] == 2
+    # A device that had a trainer kept it: its agent was not replaced.
+    assert uid(cluster, ns, "pod", "cam-0-agent") == bound_pod
+
+
+def test_missing_policy_is_reported_and_recovers(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    ns = namespace
+    apply(cluster, ns, device("orphan", "later"))
+    dev = wait_condition(
+        cluster, ns, "edgedevice", "orphan", status="False", reason="PolicyNotFound"
+    )
+    assert '"later"' in cond(dev, "Ready")["message"]
+    assert cond(dev, "Stalled")["status"] == "True"
+    apply(cluster, ns, policy("later"))
+    dev = wait_condition(cluster, ns, "edgedevice", "orphan")
+    assert condition_of(dev, "Stalled") is None
+
+
+def test_missing_model_zoo_is_reported_and_recovers(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    ns = namespace
+    apply(cluster, ns, policy("recl", strategy="recl", modelZooRef={"name": "zoo-x"}))
+    pol = wait_condition(
+        cluster, ns, "adaptationpolicy", "recl", status="False", reason="ModelZooNotFound"
+    )
+    assert '"zoo-x"' in cond(pol, "Ready")["message"]
+    assert cond(pol, "ModelZooResolved")["status"] == "False"
+
+    apply(cluster, ns, zoo("zoo-x", storage={"size": "2Gi"}))
+    z = wait_condition(cluster, ns, "modelzoo", "zoo-x")
+    assert cond(z, "StorageBound")["status"] == "True"
+    pol = wait_condition(cluster, ns, "adaptationpolicy", "recl")
+    params = json.loads(must_get(cluster, "configmap", "recl-trainer", ns)["data"]["policy.json"])
+    assert params["modelZoo"]["gatingEndpoint"].startswith(f"zoo-x-gating.{ns}.svc")
+    for resource, name in (
+        ("pvc", "zoo-x-store"),
+        ("deployment", "zoo-x-gating"),
+        ("service", "zoo-x-gating"),
+    ):
+        child = get(cluster, resource, name, ns)
+        assert child is not None, f"{resource}/{name}"
+        assert child["metadata"]["ownerReferences"][0]["uid"] == z["metadata"]["uid"]
+    deployment = must_get(cluster, "deployment", "zoo-x-gating", ns)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "edgeadapt.gating"]
+
+
+def test_children_deleted_by_hand_are_recreated(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    ns = namespace
+    apply(cluster, ns, policy("heal"), device("cam", "heal"))
+    wait_condition(cluster, ns, "edgedevice", "cam")
+    wait_condition(cluster, ns, "adaptationpolicy", "heal")
+    children = [
+        ("pod", "cam-agent"),
+        ("secret", "cam-agent-token"),
+        ("service", "heal-trainer"),
+        ("configmap", "heal-trainer"),
+        ("statefulset", "heal-trainer"),
+    ]
+    before = {c: uid(cluster, ns, *c) for c in children}
+    for resource, name in children:
+        cluster.kubectl("delete", resource, name, "-n", ns, "--wait=false")
+    for resource, name in children:
+
+        def replaced(r: str = resource, n: str = name) -> bool:
+            obj = get(cluster, r, n, ns)
+            return (
+                obj is not None
+                and obj["metadata"]["uid"] != before[(r, n)]
+                and not obj["metadata"].get("deletionTimestamp")
+            )
+
+        wait_until(replaced, TIMEOUT, f"{resource}/{name} recreated")
+    wait_condition(cluster, ns, "edgedevice", "cam")
+    wait_condition(cluster, ns, "adaptationpolicy", "heal")
+    # A hand-scaled trainer StatefulSet is put back to what the bindings need.
+    cluster.kubectl("scale", "statefulset", "heal-trainer", "-n", ns, "--replicas=3")
+    wait_until(
+        lambda: must_get(cluster, "statefulset", "heal-trainer", ns)["spec"]["replicas"] == 1,
+        TIMEOUT,
+        "the trainer StatefulSet scaled back",
+    )
+
+
+def test_spec_edits_roll_the_affected_children(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    ns = namespace
+    apply(cluster, ns, policy("roll"), device("cam", "roll"))
+    wait_condition(cluster, ns, "edgedevice", "cam")
+    wait_condition(cluster, ns, "adaptationpolicy", "roll")
+    pod_uid = uid(cluster, ns, "pod", "cam-agent")
+    token = must_get(cluster, "secret", "cam-agent-token", ns)["data"]["token"]
+    sts = must_get(cluster, "statefulset", "roll-trainer", ns)
+    config_hash = sts["spec"]["template"]["metadata"]["annotations"]["edgeadapt.io/config-hash"]
+
+    patch(
+        cluster, ns, "edgedevice", "cam", {"spec": {"video": {"uri": "rtsp://new-camera/stream"}}}
+    )
+    dev = wait_condition(cluster, ns, "edgedevice", "cam")
+    assert dev["status"]["observedGeneration"] == 2
+    pod = wait_until(
+        lambda: (
+            (p := get(cluster, "pod", "cam-agent", ns)) and p["metadata"]["uid"] != pod_uid and p
+        ),
+        TIMEOUT,
+        "the agent pod replaced",
+    )
+    assert env_of(pod)["EDGEADAPT_VIDEO_URI"] == "rtsp://new-camera/stream"
+    assert must_get(cluster, "secret", "cam-agent-token", ns)["data"]["token"] == token
+
+    patch(cluster, ns, "adaptationpolicy", "roll", {"spec": {"ams": {"iterations": 50}}})
+    wait_condition(cluster, ns, "adaptationpolicy", "roll")
+    params = json.loads(must_get(cluster, "configmap", "roll-trainer", ns)["data"]["policy.json"])
+    assert params["ams"]["iterations"] == 50
+    sts = must_get(cluster, "statefulset", "roll-trainer", ns)
+    assert (
+        sts["spec"]["template"]["metadata"]["annotations"]["edgeadapt.io/config-hash"]
+        != config_hash
+    )
+
+
+def test_suspend_removes_the_agent_and_resume_restores_it(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    ns = namespace
+    apply(cluster, ns, policy("pause"), device("cam", "pause"))
+    wait_condition(cluster, ns, "edgedevice", "cam")
+    patch(cluster, ns, "edgedevice", "cam", {"spec": {"suspend": True}})
+    wait_condition(cluster, ns, "edgedevice", "cam", status="False", reason="Suspended")
+    wait_until(lambda: get(cluster, "pod", "cam-agent", ns) is None, TIMEOUT, "agent removed")
+    pol = wait_condition(cluster, ns, "adaptationpolicy", "pause")
+    assert pol["status"]["devicesBound"] == 0
+    assert pol["status"]["trainers"] == 0
+    patch(cluster, ns, "edgedevice", "cam", {"spec": {"suspend": False}})
+    wait_condition(cluster, ns, "edgedevice", "cam")
+
+
+def test_deleting_an_owner_removes_its_children(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    ns = namespace
+    apply(cluster, ns, policy("gone"), device("cam", "gone"))
+    wait_condition(cluster, ns, "edgedevice", "cam")
+    wait_condition(cluster, ns, "adaptationpolicy", "gone")
+    cluster.kubectl("delete", "edgedevice", "cam", "-n", ns)
+    for resource, name in (("pod", "cam-agent"), ("secret", "cam-agent-token")):
+        wait_gone(cluster, ns, resource, name)
+    cluster.kubectl("delete", "adaptationpolicy", "gone", "-n", ns)
+    for resource in ("statefulset", "service", "configmap"):
+        wait_gone(cluster, ns, resource, "gone-trainer")
+
+
+def test_a_restarted_operator_keeps_children_and_bindings(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    ns = namespace
+    apply(
+        cluster,
+        ns,
+        policy("steady", gpu={"devicesPerGPU": 1}),
+        *(device(f"cam-{i}", "steady") for i in range(3)),
+    )
+    trainers = {
+        f"cam-{i}": wait_condition(cluster, ns, "edgedevice", f"cam-{i}")["status"]["trainer"]
+        for i in range(3)
+    }
+    assert sorted(trainers.values()) == ["steady-trainer-0", "steady-trainer-1", "steady-trainer-2"]
+    pods = {name: uid(cluster, ns, "pod", f"{name}-agent") for name in trainers}
+    tokens = {name: uid(cluster, ns, "secret", f"{name}-agent-token") for name in trainers}
+
+    operator.stop()
+    # While it is down, a device leaves; the restarted operator must not reshuffle the others.
+    cluster.kubectl("delete", "edgedevice", "cam-0", "-n", ns)
+    operator.start()
+    apply(cluster, ns, device("cam-3", "steady"))
+    dev = wait_condition(cluster, ns, "edgedevice", "cam-3")
+    assert dev["status"]["trainer"] == "steady-trainer-0"  # the freed slot
+    for name in ("cam-1", "cam-2"):
+        dev = wait_condition(cluster, ns, "edgedevice", name)
+        assert dev["status"]["trainer"] == trainers[name]
+        assert uid(cluster, ns, "pod", f"{name}-agent") == pods[name]
+        assert uid(cluster, ns, "secret", f"{name}-agent-token") == tokens[name]
+    assert operator.alive(), operator.log_tail()
+
+
+def test_a_device_the_policy_stops_selecting_is_released(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    ns = namespace
+    apply(cluster, ns, policy("picky", deviceSelector={"matchLabels": {"site": "test"}}))
+    apply(cluster, ns, device("cam", "picky"))
+    assert (
+        wait_condition(cluster, ns, "edgedevice", "cam")["status"]["trainer"] == "picky-trainer-0"
+    )
+    patch(
+        cluster,
+        ns,
+        "adaptationpolicy",
+        "picky",
+        {"spec": {"deviceSelector": {"matchLabels": {"site": "elsewhere"}}}},
+    )
+    dev = wait_condition(cluster, ns, "edgedevice", "cam", status="False", reason="NotSelected")
+    assert cond(dev, "Stalled")["reason"] == "NotSelected"
+    assert "trainer" not in dev["status"]
+    pol = wait_condition(cluster, ns, "adaptationpolicy", "picky")
+    assert pol["status"]["devicesBound"] == 0
+    assert pol["status"]["devicesUnbound"] == 1
+    patch(cluster, ns, "edgedevice", "cam", {"metadata": {"labels": {"site": "elsewhere"}}})
+    assert (
+        wait_condition(cluster, ns, "edgedevice", "cam")["status"]["trainer"] == "picky-trainer-0"
+    )

@@ -1,0 +1,86 @@
+"""The operator's cache bookkeeping, without an API server (no request is sent)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from edgeadapt.operator.manager import Manager, slim
+
+
+def body(kind: str, ns: str, name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "edgeadapt.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": ns, "uid": f"{ns}/{name}", "generation": 1},
+        "spec": spec,
+    }
+
+
+def test_devices_are_tracked_per_namespace_and_policy() -> None:
+    async def scenario() -> tuple[Manager, set[str]]:
+        mgr = Manager(kube=None)  # type: ignore[arg-type]
+        for ns in ("a", "b"):
+            mgr.on_event("adaptationpolicies", None, body("AdaptationPolicy", ns, "p"))
+            mgr.on_event(
+                "edgedevices", None, body("EdgeDevice", ns, "cam", policyRef={"name": "p"})
+            )
+        mgr.on_event("edgedevices", "DELETED", body("EdgeDevice", "a", "cam"))
+        still_there = set(mgr.devices_by_policy[("b", "p")])
+        mgr.on_event(
+            "edgedevices", "MODIFIED", body("EdgeDevice", "b", "cam", policyRef={"name": "q"})
+        )
+        return mgr, still_there
+
+    mgr, still_there = asyncio.run(scenario())
+    assert still_there == {"cam"}  # deleting a/cam leaves b/cam alone
+    assert mgr.devices_by_policy[("a", "p")] == set()
+    assert mgr.devices_by_policy[("b", "p")] == set()
+    assert mgr.devices_by_policy[("b", "q")] == {"cam"}
+    assert ("edgedevices", "a", "cam") not in mgr.objects
+    assert set(mgr.pools) == {("a", "p"), ("b", "p")}
+
+
+def test_child_events_queue_the_owner_and_keep_only_what_is_read() -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "cam-agent",
+            "namespace": "a",
+            "labels": {"edgeadapt.io/edge-device": "cam"},
+            "annotations": {"edgeadapt.io/spec-hash": "h", "other": "x" * 1000},
+        },
+        "spec": {"nodeName": "edge-0", "containers": [{"name": "c"}]},
+        "status": {
+            "phase": "Running",
+            "conditions": [
+                {"type": "Ready", "status": "True"},
+                {"type": "PodScheduled", "status": "True"},
+            ],
+            "containerStatuses": [{"name": "c"}],
+        },
+    }
+    assert slim(pod, child=True) == {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "cam-agent",
+            "namespace": "a",
+            "labels": {"edgeadapt.io/edge-device": "cam"},
+            "annotations": {"edgeadapt.io/spec-hash": "h"},
+        },
+        "spec": {"nodeName": "edge-0"},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+    async def scenario() -> int:
+        mgr = Manager(kube=None)  # type: ignore[arg-type]
+        mgr.on_event("pods", "ADDED", pod)
+        mgr.on_event("pods", "MODIFIED", pod)  # the same owner is queued once
+        trainer_pod = {"metadata": {"name": "p-trainer-0", "namespace": "a", "labels": {}}}
+        mgr.on_event("pods", "ADDED", trainer_pod)  # not an agent: ignored
+        assert ("pods", "a", "p-trainer-0") not in mgr.children
+        return len(mgr.queue)
+
+    assert asyncio.run(scenario()) == 1
