@@ -96,19 +96,19 @@ def device(i: int, edge_nodes: int) -> dict[str, Any]:
 
 
 async def _bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any] | None:
-    import kopf  # noqa: PLC0415  (heavy)
+    import kopf
 
-    from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE  # noqa: PLC0415
-    from edgeadapt.controllers.rbac import required_rules  # noqa: PLC0415
-    from edgeadapt.devcluster.cluster import (  # noqa: PLC0415
+    from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE
+    from edgeadapt.controllers.rbac import required_rules
+    from edgeadapt.devcluster.cluster import (
         REPO,
         LocalCluster,
         NodePool,
         free_port,
         kubeconfig,
     )
-    from edgeadapt.devcluster.testing import OperatorProcess  # noqa: PLC0415
-    from edgeadapt.operator.kube import Kube  # noqa: PLC0415
+    from edgeadapt.devcluster.testing import OperatorProcess
+    from edgeadapt.operator.kube import Kube
 
     n = args.devices
     trainers = math.ceil(n / (DEVICES_PER_GPU * GPUS_PER_TRAINER))

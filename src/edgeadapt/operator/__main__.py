@@ -26,7 +26,7 @@ def kopf_arguments(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from kopf.cli import main as kopf_main  # noqa: PLC0415  (heavy: imported only to run)
+    from kopf.cli import main as kopf_main
 
     kopf_main(args=kopf_arguments(sys.argv[1:] if argv is None else argv), prog_name="kopf")
     return 0
