@@ -32,6 +32,8 @@ def test_bench_ams_end_to_end(tmp_path: Path) -> None:
             "synthetic:seed=2,duration=40",
             "--eval-stride",
             "2",
+            "--jit-thresholds",
+            "0.3,0.9",
             "--device",
             "cpu",
             "--out",
@@ -75,3 +77,9 @@ def test_bench_ams_end_to_end(tmp_path: Path) -> None:
     assert v["ams"]["uplink_kbps"] == v["ams_full_model"]["uplink_kbps"] > 0
     assert v["just_in_time"]["updates"] >= 1
     assert "jit_downlink_ratio" in report["targets"]
+    # One JIT run per threshold; the reported one is the sweep's closest to AMS in accuracy.
+    sweep = report["jit_sweep"]
+    assert [s["threshold"] for s in sweep] == [0.3, 0.9]
+    gaps = [abs(s["miou_teacher"] - v["ams"]["miou_teacher"]) for s in sweep]
+    chosen = sweep[gaps.index(min(gaps))]
+    assert v["just_in_time"]["downlink_kbps"] == chosen["downlink_kbps"]
