@@ -26,7 +26,13 @@ DATA_VERSION = 2
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "bench": {
         "teacher": {"epochs": 6, "steps_per_epoch": 250, "batch_size": 16, "lr": 2e-3},
-        "student": {"epochs": 4, "steps_per_epoch": 250, "batch_size": 16, "lr": 2e-3},
+        "student": {
+            "epochs": 4,
+            "steps_per_epoch": 250,
+            "batch_size": 16,
+            "lr": 2e-3,
+            "width_mult": 0.75,
+        },
     },
     "tiny": {
         "teacher": {
@@ -42,6 +48,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "batch_size": 8,
             "lr": 3e-3,
             "bn_batches": 5,
+            "width_mult": 0.5,
         },
     },
 }
@@ -65,11 +72,10 @@ def training_args(role: str, profile: str, **overrides: Any) -> argparse.Namespa
 
 
 def checkpoint_key(args: argparse.Namespace) -> str:
-    relevant = {
-        k: v
-        for k, v in sorted(vars(args).items())
-        if k not in ("output_dir", "output_name", "resume", "print_freq", "device", "eval_batches")
-    }
+    ignored = {"output_dir", "output_name", "resume", "print_freq", "device", "eval_batches"}
+    if args.role == "teacher":
+        ignored.add("width_mult")  # a student-only argument
+    relevant = {k: v for k, v in sorted(vars(args).items()) if k not in ignored}
     blob = json.dumps({"data_version": DATA_VERSION, **relevant}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -40,7 +40,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.set_defaults(role=name)
     parser.add_argument("--arch", default=None, help="model architecture (default per role)")
-    parser.add_argument("--width-mult", default=0.5, type=float, help="student width multiplier")
+    parser.add_argument("--width-mult", default=0.75, type=float, help="student width multiplier")
     parser.add_argument("--epochs", default=6, type=int)
     parser.add_argument("--steps-per-epoch", default=250, type=int)
     parser.add_argument("-b", "--batch-size", default=16, type=int)
