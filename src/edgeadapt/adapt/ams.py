@@ -15,7 +15,7 @@ from torch import nn
 
 from edgeadapt.adapt.buffer import HorizonBuffer
 from edgeadapt.adapt.control import SamplingRateController, UpdateIntervalController, phi_score
-from edgeadapt.adapt.optim import MaskedAdam, Selection, select_mask
+from edgeadapt.adapt.optim import MaskedAdam, MaskedOptimizer, Selection, select_mask
 from edgeadapt.adapt.update import ModelUpdate, UpdateError, apply_update, decode_update
 from edgeadapt.models.zoo import SegmentationModel
 
@@ -162,22 +162,31 @@ class AMSSession:
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step(mask)
-        # Round the selected coordinates to what the wire carries so both copies stay identical.
-        w = self.optimizer.flat_params()
-        sel = mask.bool()
-        w[sel] = w[sel].half().float()
-        w[~sel] = before[~sel]
-        self.optimizer.set_flat_params(w)
-        indices = torch.nonzero(sel).squeeze(1).cpu().numpy().astype(np.int64)
-        update = ModelUpdate(
-            version=self.version + 1,
-            base_version=self.version,
-            num_params=self.num_params,
-            indices=indices,
-            values=w[sel].half().cpu().numpy(),
-        )
-        self.version += 1
+        update = commit_phase(self.optimizer, mask, before, self.version)
+        self.version = update.version
         return update
+
+
+def commit_phase(
+    optimizer: MaskedOptimizer, mask: torch.Tensor, before: torch.Tensor, version: int
+) -> ModelUpdate:
+    """End a training phase: the update that carries the masked coordinates to the edge.
+
+    The selected coordinates are rounded to the float16 the wire carries and the rest are held at
+    their values before the phase, so the trainer's copy is exactly what the edge will hold.
+    """
+    w = optimizer.flat_params()
+    sel = mask.bool()
+    w[sel] = w[sel].half().float()
+    w[~sel] = before[~sel]
+    optimizer.set_flat_params(w)
+    return ModelUpdate(
+        version=version + 1,
+        base_version=version,
+        num_params=optimizer.numel,
+        indices=torch.nonzero(sel).squeeze(1).cpu().numpy().astype(np.int64),
+        values=w[sel].half().cpu().numpy(),
+    )
 
 
 class EdgeModel:

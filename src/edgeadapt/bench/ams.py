@@ -36,7 +36,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeadapt.adapt.ams import AMSConfig, AMSSession, EdgeModel, Teacher, freeze_batchnorm
+from edgeadapt.adapt.ams import (
+    AMSConfig,
+    AMSSession,
+    EdgeModel,
+    Teacher,
+    commit_phase,
+    freeze_batchnorm,
+)
 from edgeadapt.adapt.metrics import frame_miou
 from edgeadapt.adapt.optim import MaskedSGD, select_mask
 from edgeadapt.adapt.update import ModelUpdate, encode_update
@@ -265,19 +272,8 @@ class Harness:
                     optimizer.step(mask)
                     if accuracy(x, y) >= jit.threshold:
                         break
-                w = optimizer.flat_params()
-                sel = mask.bool()
-                w[sel] = w[sel].half().float()
-                w[~sel] = before[~sel]
-                optimizer.set_flat_params(w)
-                update = ModelUpdate(
-                    version=version + 1,
-                    base_version=version,
-                    num_params=optimizer.numel,
-                    indices=torch.nonzero(sel).squeeze(1).cpu().numpy().astype(np.int64),
-                    values=w[sel].half().cpu().numpy(),
-                )
-                version += 1
+                update = commit_phase(optimizer, mask, before, version)
+                version = update.version
                 data = encode_update(update)
                 result.downlink_bytes += len(data)
                 self.score(result, edge, t + self.cfg.jit_delay)
