@@ -5,7 +5,7 @@ BOOT := scripts/bootstrap.sh
 export PYTHONPATH := $(CURDIR)/src
 OUT ?= results
 
-.PHONY: bench bench-full test lint typecheck unit integration verify clean
+.PHONY: bench bench-full test lint typecheck unit integration clean
 
 ## Main job: the AMS benchmark in quick mode (trains or reuses the cached models first).
 bench:

@@ -17,6 +17,7 @@ from edgeadapt.adapt.buffer import HorizonBuffer
 from edgeadapt.adapt.control import SamplingRateController, UpdateIntervalController, phi_score
 from edgeadapt.adapt.optim import MaskedAdam, MaskedOptimizer, Selection, select_mask
 from edgeadapt.adapt.update import ModelUpdate, UpdateError, apply_update, decode_update
+from edgeadapt.models.data import to_tensor
 from edgeadapt.models.zoo import SegmentationModel
 
 
@@ -71,8 +72,7 @@ class Teacher:
         """uint8 N x H x W x 3 -> int64 N x H x W labels (on CPU)."""
         out = []
         for i in range(0, len(images), self.batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[i : i + self.batch_size]))
-            x = x.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+            x = to_tensor(images[i : i + self.batch_size], self.device)
             out.append(self.model(x).argmax(1).cpu())
         return torch.cat(out) if out else torch.zeros((0,), dtype=torch.int64)
 
@@ -232,7 +232,6 @@ class EdgeModel:
 
     @torch.no_grad()
     def predict(self, images: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        x = to_tensor(images, self.device)
         pred: torch.Tensor = self.active(x).argmax(1).cpu()
         return pred

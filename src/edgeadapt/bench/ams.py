@@ -47,6 +47,7 @@ from edgeadapt.adapt.ams import (
 from edgeadapt.adapt.metrics import frame_miou
 from edgeadapt.adapt.optim import MaskedSGD, select_mask
 from edgeadapt.adapt.update import ModelUpdate, encode_update
+from edgeadapt.models.data import to_tensor
 from edgeadapt.models.zoo import SegmentationModel
 from edgeadapt.video.codec import decode_h264, encode_h264
 from edgeadapt.video.source import VideoSource, open_source
@@ -214,7 +215,7 @@ class Harness:
         model = copy.deepcopy(self.student).to(self.device)
         freeze_batchnorm(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.ams.lr)
-        frames = torch.from_numpy(decoded).permute(0, 3, 1, 2).float().div_(255.0)
+        frames = to_tensor(decoded)
         gen = torch.Generator().manual_seed(cfg.ams.seed)
         criterion = nn.CrossEntropyLoss()
         for _ in range(cfg.one_time_iterations):
@@ -256,7 +257,7 @@ class Harness:
             t = i / self.fps
             nbytes, decoded, labels = self.upload([i])  # JIT sends each key frame as it comes
             result.uplink_bytes += nbytes
-            x = torch.from_numpy(decoded).permute(0, 3, 1, 2).float().div_(255.0).to(self.device)
+            x = to_tensor(decoded, self.device)
             y = labels.to(self.device)
             if accuracy(x, y) >= jit.threshold:
                 stride = min(stride * 2, jit.max_stride)
