@@ -7,7 +7,9 @@ trainer server (over gRPC) drives it on wall-clock time, with the same code.
 from __future__ import annotations
 
 import copy
+import threading
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +18,14 @@ from torch import nn
 from edgeadapt.adapt.buffer import HorizonBuffer
 from edgeadapt.adapt.control import SamplingRateController, UpdateIntervalController, phi_score
 from edgeadapt.adapt.optim import MaskedAdam, MaskedOptimizer, Selection, select_mask
-from edgeadapt.adapt.update import ModelUpdate, UpdateError, apply_update, decode_update
+from edgeadapt.adapt.update import (
+    ModelUpdate,
+    UpdateError,
+    apply_update,
+    decode_update,
+    model_checksum,
+    parameter_vector,
+)
 from edgeadapt.models.data import to_tensor
 from edgeadapt.models.zoo import SegmentationModel
 
@@ -110,6 +119,57 @@ class AMSSession:
     def num_params(self) -> int:
         return self.optimizer.numel
 
+    # -- persistence ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a restarted trainer needs to continue this device where it stopped."""
+        return {
+            "config": self.config.as_dict(),
+            "version": self.version,
+            "phase": self.phase,
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": {
+                k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v
+                for k, v in self.optimizer.state_dict().items()
+            },
+            "buffer": {
+                "times": list(self.buffer.times),
+                "frames": torch.stack(self.buffer.frames) if len(self.buffer) else None,
+                "labels": torch.stack(self.buffer.labels) if len(self.buffer) else None,
+            },
+            "sampling": {"rate": self.sampling.rate, "phis": list(self.sampling._phis)},
+            "interval": {"interval": self.interval.interval, "slow": self.interval.slow},
+            "generator": self.generator.get_state(),
+            "prev_label": self._prev_label,
+            "last_control": self._last_control,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        freeze_batchnorm(self.model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.version = int(state["version"])
+        self.phase = int(state["phase"])
+        buf = state["buffer"]
+        self.buffer = HorizonBuffer(self.config.t_horizon)
+        if buf["frames"] is not None:
+            self.buffer.times = [float(t) for t in buf["times"]]
+            self.buffer.frames = list(buf["frames"].unbind(0))
+            self.buffer.labels = list(buf["labels"].unbind(0))
+        self.sampling.rate = float(state["sampling"]["rate"])
+        self.sampling._phis = [float(x) for x in state["sampling"]["phis"]]
+        self.interval.interval = float(state["interval"]["interval"])
+        self.interval.slow = bool(state["interval"]["slow"])
+        self.generator.set_state(state["generator"])
+        self._prev_label = state["prev_label"]
+        self._last_control = state["last_control"]
+
+    def settings(self) -> tuple[float, float]:
+        """The current (sampling rate, T_update) without advancing the controllers."""
+        return (
+            self.sampling.rate,
+            self.interval.interval if self.config.atr else self.config.t_update,
+        )
+
     # -- inference phase ------------------------------------------------------------------
     def ingest(self, images: np.ndarray, labels: torch.Tensor, times: list[float]) -> list[float]:
         """Add teacher-labelled frames to the horizon buffer; return their phi scores."""
@@ -194,44 +254,83 @@ class EdgeModel:
 
     An update is decoded and verified, written into the inactive copy, and the copies swap, so
     inference always runs on a complete model. The new inactive copy is then patched too, so both
-    stay identical. A corrupt update, or one for another base version, is rejected and counted.
+    stay identical. A corrupt update, one for another base version, or one after which the model
+    would not match the trainer's checksum is rejected and counted, and the model is unchanged.
+
+    ``predict`` and ``apply`` may run on different threads (the edge agent's inference loop and
+    its network link): the swap waits for the frame in progress, so a frame never sees a
+    half-written model and none is dropped.
     """
 
-    def __init__(self, model: SegmentationModel, device: torch.device | None = None) -> None:
+    def __init__(
+        self, model: SegmentationModel, device: torch.device | None = None, version: int = 0
+    ) -> None:
         self.device = device or torch.device("cpu")
         self.active = copy.deepcopy(model).to(self.device).eval()
         self.inactive = copy.deepcopy(model).to(self.device).eval()
-        self.version = 0
+        self.version = version
         self.applied = 0
         self.rejected = 0
-        self.num_params = sum(p.numel() for p in self.active.parameters())
+        self.last_error = ""
+        self.num_params = sum(p.numel() for p in self.active.parameters() if p.requires_grad)
+        self._swap_lock = threading.Lock()  # held by predict for one frame, by apply to swap
+        self._apply_lock = threading.Lock()  # one update at a time
+
+    @staticmethod
+    def _params(model: nn.Module) -> list[nn.Parameter]:
+        return [p for p in model.parameters() if p.requires_grad]
 
     def _patch(self, model: nn.Module, update: ModelUpdate) -> None:
-        params = list(model.parameters())
+        params = self._params(model)
         flat = torch.nn.utils.parameters_to_vector(params).detach()
         apply_update(flat, update)
         torch.nn.utils.vector_to_parameters(flat, params)
 
+    def checksum(self) -> int:
+        """CRC32 of the active model's parameters (see :func:`model_checksum`)."""
+        with self._swap_lock:
+            return model_checksum(parameter_vector(self.active))
+
+    def _reject(self, reason: str) -> bool:
+        self.rejected += 1
+        self.last_error = reason
+        return False
+
     @torch.no_grad()
-    def apply(self, data: bytes) -> bool:
-        try:
-            update = decode_update(data, self.num_params)
-            if update.base_version != self.version and not update.full:
-                raise UpdateError(
-                    f"update for version {update.base_version}, edge is at {self.version}"
-                )
-        except UpdateError:
-            self.rejected += 1
-            return False
-        self._patch(self.inactive, update)
-        self.active, self.inactive = self.inactive, self.active
-        self._patch(self.inactive, update)
-        self.version = update.version
-        self.applied += 1
-        return True
+    def apply(self, data: bytes, expected_checksum: int | None = None) -> bool:
+        """Apply one encoded update; False (and counted) if it was rejected."""
+        with self._apply_lock:
+            try:
+                update = decode_update(data, self.num_params)
+                if update.base_version != self.version and not update.full:
+                    raise UpdateError(
+                        f"update for version {update.base_version}, edge is at {self.version}"
+                    )
+            except UpdateError as exc:
+                return self._reject(str(exc))
+            self._patch(self.inactive, update)
+            if expected_checksum is not None:
+                got = model_checksum(parameter_vector(self.inactive))
+                if got != expected_checksum:
+                    torch.nn.utils.vector_to_parameters(
+                        parameter_vector(self.active), self._params(self.inactive)
+                    )
+                    return self._reject(
+                        f"model checksum {got:08x} after the update, trainer has "
+                        f"{expected_checksum:08x}"
+                    )
+            with self._swap_lock:
+                self.active, self.inactive = self.inactive, self.active
+                self.version = update.version
+            self._patch(self.inactive, update)
+            self.applied += 1
+            self.last_error = ""
+            return True
 
     @torch.no_grad()
     def predict(self, images: np.ndarray) -> torch.Tensor:
         x = to_tensor(images, self.device)
-        pred: torch.Tensor = self.active(x).argmax(1).cpu()
+        with self._swap_lock:
+            out = self.active(x)
+        pred: torch.Tensor = out.argmax(1).cpu()
         return pred

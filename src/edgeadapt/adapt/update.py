@@ -4,10 +4,11 @@ An update carries the *new values* (not deltas) of the selected coordinates as f
 positions, versioned against the model it patches and checksummed::
 
     header  (40 bytes, little endian)
-      magic "EAUP" | format u8 | mask encoding u8 | reserved u16
+      magic "EAUP" | format u8 | mask encoding u8 | value type u16
       version u64 | base version u64 | num params u32 | count u32 | mask bytes u32 | crc32 u32
     mask    (mask bytes): how the positions are coded, see below
-    values  (2 * count bytes): float16, in position order
+    values  (count values): float16 (value type 0, every round) or float32 (value type 1, the
+            full-precision snapshots that resynchronise a device), in position order
 
 Positions are coded whichever way is smaller, as AMS's gzip-compressed bit vector or as
 zlib-compressed LEB128 gaps between sorted positions; a full-model update carries no mask. The
@@ -21,6 +22,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +32,8 @@ MAGIC = b"EAUP"
 FORMAT = 1
 HEADER = struct.Struct("<4sBBHQQIIII")
 MASK_ALL, MASK_BITS, MASK_GAPS = 0, 1, 2
+VALUE_F16, VALUE_F32 = 0, 1
+_VALUE_DTYPES: dict[int, np.dtype[Any]] = {VALUE_F16: np.dtype("<f2"), VALUE_F32: np.dtype("<f4")}
 _CRC_OFFSET = HEADER.size - 4
 
 
@@ -43,7 +47,7 @@ class ModelUpdate:
     base_version: int
     num_params: int
     indices: npt.NDArray[np.int64]  # sorted positions; all positions for a full update
-    values: npt.NDArray[np.float16]
+    values: npt.NDArray[np.float16] | npt.NDArray[np.float32]
 
     @property
     def full(self) -> bool:
@@ -82,7 +86,8 @@ def _unleb128(data: bytes) -> npt.NDArray[np.int64]:
 
 
 def encode_update(update: ModelUpdate) -> bytes:
-    values = np.ascontiguousarray(update.values, dtype="<f2")
+    value_type = VALUE_F32 if update.values.dtype == np.float32 else VALUE_F16
+    values = np.ascontiguousarray(update.values, dtype=_VALUE_DTYPES[value_type])
     if len(values) != len(update.indices):
         raise ValueError("one value per position")
     if update.full:
@@ -100,7 +105,7 @@ def encode_update(update: ModelUpdate) -> bytes:
         MAGIC,
         FORMAT,
         encoding,
-        0,
+        value_type,
         update.version,
         update.base_version,
         update.num_params,
@@ -117,22 +122,24 @@ def decode_update(data: bytes, num_params: int | None = None) -> ModelUpdate:
     """Parse and verify an encoded update; raise :class:`UpdateError` on anything wrong."""
     if len(data) < HEADER.size:
         raise UpdateError(f"update of {len(data)} bytes is shorter than its header")
-    magic, fmt, encoding, _, version, base, n_params, count, mask_len, crc = HEADER.unpack_from(
-        data
+    magic, fmt, encoding, value_type, version, base, n_params, count, mask_len, crc = (
+        HEADER.unpack_from(data)
     )
     if magic != MAGIC or fmt != FORMAT:
         raise UpdateError("not an edgeadapt model update (bad magic or format)")
+    if value_type not in _VALUE_DTYPES:
+        raise UpdateError(f"unknown value type {value_type}")
+    dtype = _VALUE_DTYPES[value_type]
     if num_params is not None and n_params != num_params:
         raise UpdateError(f"update is for a model of {n_params} parameters, not {num_params}")
-    if len(data) != HEADER.size + mask_len + 2 * count:
-        raise UpdateError(
-            f"update is {len(data)} bytes, header says {HEADER.size + mask_len + 2 * count}"
-        )
+    expected = HEADER.size + mask_len + dtype.itemsize * count
+    if len(data) != expected:
+        raise UpdateError(f"update is {len(data)} bytes, header says {expected}")
     zeroed = data[:_CRC_OFFSET] + b"\0\0\0\0"
     if zlib.crc32(data[HEADER.size :], zlib.crc32(zeroed)) != crc:
         raise UpdateError("checksum mismatch")
     mask = data[HEADER.size : HEADER.size + mask_len]
-    values = np.frombuffer(data, "<f2", count=count, offset=HEADER.size + mask_len)
+    values = np.frombuffer(data, dtype, count=count, offset=HEADER.size + mask_len)
     try:
         if encoding == MASK_ALL:
             indices = np.arange(n_params, dtype=np.int64)
@@ -151,6 +158,8 @@ def decode_update(data: bytes, num_params: int | None = None) -> ModelUpdate:
         raise UpdateError("positions do not match the value count or the model size")
     if not np.isfinite(values).all():
         raise UpdateError("non-finite parameter values")
+    if value_type == VALUE_F32:
+        return ModelUpdate(version, base, n_params, indices, values.astype(np.float32))
     return ModelUpdate(version, base, n_params, indices, values.astype(np.float16))
 
 
@@ -160,3 +169,27 @@ def apply_update(flat: torch.Tensor, update: ModelUpdate) -> None:
         raise UpdateError(f"model has {flat.numel()} parameters, update is for {update.num_params}")
     idx = torch.from_numpy(update.indices).to(flat.device)
     flat[idx] = torch.from_numpy(update.values.astype(np.float32)).to(flat.device)
+
+
+def parameter_vector(model: torch.nn.Module) -> torch.Tensor:
+    """The model's trainable parameters as one float32 vector, in the order updates index them."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.nn.utils.parameters_to_vector(params).detach().float()
+
+
+def model_checksum(flat: torch.Tensor) -> int:
+    """CRC32 of a parameter vector's float32 bytes: equal on trainer and edge when in sync."""
+    data = flat.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4", copy=False)
+    return zlib.crc32(data.tobytes())
+
+
+def snapshot_update(flat: torch.Tensor, version: int) -> ModelUpdate:
+    """Every parameter at full precision: brings an edge at any version to ``version``."""
+    values = flat.detach().to("cpu", torch.float32).numpy().copy()
+    return ModelUpdate(
+        version=version,
+        base_version=version,
+        num_params=len(values),
+        indices=np.arange(len(values), dtype=np.int64),
+        values=values,
+    )

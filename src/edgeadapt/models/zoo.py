@@ -119,3 +119,14 @@ def load_weights(model: SegmentationModel, source: str | Path) -> SegmentationMo
 
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def load_checkpoint_model(path: str | Path) -> SegmentationModel:
+    """Build the model a checkpoint of ours describes (its ``ids``) and load its weights."""
+    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    ids = ckpt.get("ids") if isinstance(ckpt, dict) else None
+    if not isinstance(ids, dict) or "arch" not in ids or "config" not in ids:
+        raise ValueError(f"{path}: not an edgeadapt checkpoint (no ids.arch / ids.config)")
+    model = build_model(str(ids["arch"]), dict(ids["config"]))
+    model.load_state_dict(ckpt["model"])
+    return model

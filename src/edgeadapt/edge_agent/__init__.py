@@ -1,0 +1,1 @@
+"""The edge agent: real-time student inference, sampling for the trainer, model swaps."""

@@ -1,0 +1,159 @@
+"""``python -m edgeadapt.edge_agent``: run the student on a camera or video and keep it adapted.
+
+    python -m edgeadapt.edge_agent --device-id cam-1 --source rtsp://... \\
+        --trainer trainer.example:50051 --ca-file ca.crt --token-file token \\
+        [--state-dir DIR] [--http-listen 0.0.0.0:9100]
+
+``--source`` is a video spec: ``synthetic:seed=N,...``, a file, or an rtsp/http/udp URL.
+``--no-adapt`` registers the device for scoring only (the trainer never updates it).
+Without a trainer (``--trainer ''``) the agent only infers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from edgeadapt.telemetry import HTTPEndpoint, setup_logging, write_ready_file
+
+log = logging.getLogger("edgeadapt.edge_agent")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m edgeadapt.edge_agent", description=__doc__)
+    p.add_argument("--device-id", required=True, help="the EdgeDevice's name")
+    p.add_argument("--source", required=True, help="video spec: synthetic:..., a file or a URL")
+    p.add_argument("--size", default=None, help="WxH to resize decoded frames to (files, URLs)")
+    p.add_argument("--trainer", default="", help="trainer address host:port ('' for none)")
+    p.add_argument("--server-name", default=None, help="TLS name to expect from the trainer")
+    p.add_argument("--ca-file", type=Path, help="CA that signed the trainer's certificate")
+    p.add_argument("--cert-file", type=Path, help="client certificate for mutual TLS")
+    p.add_argument("--key-file", type=Path, help="client key for mutual TLS")
+    p.add_argument("--token-file", type=Path, help="this device's token")
+    p.add_argument("--insecure", action="store_true", help="plaintext gRPC (loopback tests)")
+    p.add_argument("--student", type=Path, help="the pretrained student checkpoint")
+    p.add_argument("--profile", default="bench", help="cached model profile without --student")
+    p.add_argument("--no-adapt", dest="adapt", action="store_false", help="score only")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--no-pace", dest="pace", action="store_false", help="do not pace to fps")
+    p.add_argument("--state-dir", type=Path, help="keep the model in use here across restarts")
+    p.add_argument("--max-pending", type=int, default=60, help="sample batches kept offline")
+    p.add_argument("--backoff-max", type=float, default=30.0, help="longest reconnect delay (s)")
+    p.add_argument("--http-listen", default="0.0.0.0:9100", help="/metrics /healthz /status")
+    p.add_argument("--summary-out", type=Path, help="write the final status here as JSON")
+    p.add_argument("--ready-file", help="write the bound HTTP port here as JSON")
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_format, args.verbose, args.device_id)
+
+    import torch
+
+    from edgeadapt._proto.stream.v1 import stream_pb2 as pb
+    from edgeadapt.adapt.ams import EdgeModel
+    from edgeadapt.edge_agent.agent import Agent, AgentOptions, load_state, restore_edge
+    from edgeadapt.edge_agent.link import LinkConfig
+    from edgeadapt.models.cache import ensure_checkpoint
+    from edgeadapt.models.zoo import load_checkpoint_model
+    from edgeadapt.stream.auth import valid_device_id
+    from edgeadapt.stream.tls import channel_credentials
+    from edgeadapt.video.source import open_source
+
+    if not valid_device_id(args.device_id):
+        log.error("--device-id must be a DNS-1123 name, got %r", args.device_id)
+        return 2
+    if args.trainer and not args.insecure and (args.ca_file is None or args.token_file is None):
+        log.error("--ca-file and --token-file are needed to reach a trainer (or --insecure)")
+        return 2
+    torch.set_num_threads(1)
+    student = load_checkpoint_model(args.student or ensure_checkpoint("student", args.profile))
+    edge = EdgeModel(student)
+    if args.state_dir is not None:
+        saved = load_state(args.state_dir, args.device_id, edge.num_params)
+        if saved is not None:
+            restore_edge(edge, *saved)
+    width = height = None
+    if args.size:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    source = open_source(args.source, width=width, height=height)
+
+    link = None
+    if args.trainer:
+        token = args.token_file.read_text().strip() if args.token_file else ""
+        credentials = None
+        if not args.insecure:
+            credentials = channel_credentials(args.ca_file, args.cert_file, args.key_file)
+        register = pb.Register(
+            device_id=args.device_id,
+            task=pb.TASK_SEMANTIC_SEGMENTATION,
+            model=pb.ModelSpec(
+                arch=student.arch,
+                num_classes=int(student.config["num_classes"]),
+                width_mult=float(student.config.get("width_mult", 1.0)),
+                num_params=edge.num_params,
+            ),
+            adapt=args.adapt,
+            agent_version="edgeadapt-0.1.0",
+        )
+        link = LinkConfig(
+            target=args.trainer,
+            device_id=args.device_id,
+            token=token,
+            credentials=credentials,
+            register=register,
+            max_pending=args.max_pending,
+            backoff_max=args.backoff_max,
+            server_name=args.server_name,
+        )
+    agent = Agent(
+        AgentOptions(
+            device_id=args.device_id,
+            adapt=args.adapt,
+            duration=args.duration,
+            pace=args.pace,
+            state_dir=args.state_dir,
+        ),
+        source,
+        edge,
+        link,
+    )
+    http = HTTPEndpoint(
+        args.http_listen,
+        agent.metrics.registry,
+        agent.status,
+        lambda: not agent._stop.is_set(),
+    )
+    write_ready_file(args.ready_file, http_port=http.port)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: agent.request_stop())
+    log.info(
+        "agent running",
+        extra={
+            "device": args.device_id,
+            "source": source.spec,
+            "fps": source.fps,
+            "trainer": args.trainer or None,
+            "version": edge.version,
+        },
+    )
+    try:
+        summary = agent.run()
+    finally:
+        http.close()
+        source.close()
+    if args.summary_out is not None:
+        args.summary_out.write_text(json.dumps(summary, indent=2) + "\n")
+    log.info("agent stopped", extra={k: summary[k] for k in ("frames_inferred", "model_version")})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

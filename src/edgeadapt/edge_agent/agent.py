@@ -1,0 +1,408 @@
+"""The edge agent: real-time inference on a video source, sampling for the trainer, model swaps.
+
+Three threads:
+
+- the inference loop (the caller's thread) reads frames at the source's rate, runs the active
+  student on every frame, and offers each frame to the sampler;
+- the encoder turns each sealed batch (the frames sampled over one T_update) into one H.264
+  stream and hands it to the link;
+- the link (:mod:`edgeadapt.edge_agent.link`) uploads batches and applies updates to the
+  inactive copy of the model, swapping between two frames.
+
+Sampling rate and T_update come from the trainer; until it has said otherwise the agent uses
+AMS's initial values. With the trainer unreachable the loop does not notice: it keeps inferring
+with the last good model while batches wait in the link's bounded queue.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import Enum as EnumMetric
+
+from edgeadapt.adapt.ams import EdgeModel
+from edgeadapt.adapt.update import model_checksum, parameter_vector
+from edgeadapt.edge_agent.link import EncodedBatch, Link, LinkConfig, LinkEvents, LinkState
+from edgeadapt.video.codec import encode_h264
+from edgeadapt.video.source import RGBImage, VideoSource
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = 1
+
+
+class Sampler:
+    """Picks frames at ``rate`` per second of capture time and seals a batch every ``interval``."""
+
+    def __init__(self, rate: float, interval: float) -> None:
+        self.rate, self.interval = rate, interval
+        self.frames: list[RGBImage] = []
+        self.times: list[float] = []
+        self._next: float | None = None
+        self._batch_start: float | None = None
+
+    def set(self, rate: float, interval: float) -> None:
+        if rate > 0:
+            self.rate = rate
+        if interval > 0:
+            self.interval = interval
+
+    def offer(self, image: RGBImage, t: float) -> tuple[list[RGBImage], list[float]] | None:
+        if self._batch_start is None:
+            self._batch_start = t
+        if self._next is None or t >= self._next:
+            self.frames.append(image)
+            self.times.append(t)
+            # A slower rate applies from the next sample; a late frame does not cause a burst.
+            self._next = max((self._next or t) + 1.0 / self.rate, t + 0.5 / self.rate)
+        if t - self._batch_start >= self.interval and self.frames:
+            sealed = (self.frames, self.times)
+            self.frames, self.times = [], []
+            self._batch_start = t
+            return sealed
+        return None
+
+
+class AgentMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.frames = Counter(
+            "edgeadapt_agent_frames_inferred_total", "Frames the student inferred", registry=r
+        )
+        self.fps = Gauge(
+            "edgeadapt_agent_inference_fps", "Frames inferred per second, last 5 s", registry=r
+        )
+        self.latency = Histogram(
+            "edgeadapt_agent_inference_seconds",
+            "Student inference time per frame",
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.033, 0.05, 0.1, 0.2),
+            registry=r,
+        )
+        self.late = Counter(
+            "edgeadapt_agent_late_frames_total",
+            "Frames inferred after the next frame was due",
+            registry=r,
+        )
+        self.version = Gauge(
+            "edgeadapt_agent_model_version", "Version of the model in use", registry=r
+        )
+        self.stream_bytes = Counter(
+            "edgeadapt_agent_stream_bytes_total",
+            "Bytes of gRPC messages on the adaptation stream, by direction (up, down)",
+            ["direction"],
+            registry=r,
+        )
+        self.updates = Counter(
+            "edgeadapt_agent_updates_total",
+            "Model updates received, by result (applied, rejected)",
+            ["result"],
+            registry=r,
+        )
+        self.batches = Counter(
+            "edgeadapt_agent_sample_batches_total",
+            "Sample batches, by what happened (sealed, acked, dropped, rejected)",
+            ["result"],
+            registry=r,
+        )
+        self.pending = Gauge(
+            "edgeadapt_agent_pending_batches", "Batches waiting for an acknowledgement", registry=r
+        )
+        self.connection = EnumMetric(
+            "edgeadapt_agent_connection_state",
+            "State of the stream to the trainer",
+            states=[s.value for s in LinkState],
+            registry=r,
+        )
+        self.connection.state(LinkState.DISCONNECTED.value)
+        self.rate = Gauge(
+            "edgeadapt_agent_sampling_rate_fps", "Sampling rate set by the trainer", registry=r
+        )
+        self.interval = Gauge(
+            "edgeadapt_agent_update_interval_seconds", "T_update set by the trainer", registry=r
+        )
+
+
+@dataclass
+class AgentOptions:
+    device_id: str
+    adapt: bool = True
+    duration: float | None = None  # seconds; None: until the source ends or a signal
+    pace: bool = True  # play files and generated video at their frame rate
+    crf: int = 23
+    preset: str = "medium"
+    r_init: float = 1.0
+    t_update: float = 10.0
+    state_dir: Path | None = None
+    checkpoint_interval: float = 60.0
+    drain_timeout: float = 3.0
+
+
+@dataclass
+class _Counters:
+    frames: int = 0
+    late: int = 0
+    sealed: int = 0
+    acked: int = 0
+    rejected_batches: int = 0
+    uplink_bytes: int = 0
+    downlink_bytes: int = 0
+    window: deque[float] = field(default_factory=lambda: deque(maxlen=512))
+
+
+class Agent(LinkEvents):
+    def __init__(
+        self,
+        options: AgentOptions,
+        source: VideoSource,
+        edge: EdgeModel,
+        link_config: LinkConfig | None,
+        metrics: AgentMetrics | None = None,
+    ) -> None:
+        self.opt = options
+        self.source = source
+        self.edge = edge
+        self.metrics = metrics or AgentMetrics()
+        self.sampler = Sampler(options.r_init, options.t_update)
+        self.counters = _Counters()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._encode_q: queue.Queue[tuple[int, list[RGBImage], list[float], int] | None] = (
+            queue.Queue(maxsize=8)
+        )
+        self._seq = itertools.count(1)
+        self.link = Link(link_config, edge, self) if link_config is not None else None
+        self.started_at = time.time()
+        self.ended_at: float | None = None
+        self._saved_version = edge.version
+        self.metrics.version.set(edge.version)
+        self.metrics.rate.set(self.sampler.rate)
+        self.metrics.interval.set(self.sampler.interval)
+
+    # -- LinkEvents (link thread) -------------------------------------------------------
+    def settings(self, rate: float, interval: float) -> None:
+        with self._lock:
+            self.sampler.set(rate, interval)
+        self.metrics.rate.set(self.sampler.rate)
+        self.metrics.interval.set(self.sampler.interval)
+
+    def state(self, state: LinkState) -> None:
+        self.metrics.connection.state(state.value)
+
+    def bytes(self, up: int, down: int) -> None:
+        with self._lock:
+            self.counters.uplink_bytes += up
+            self.counters.downlink_bytes += down
+        if up:
+            self.metrics.stream_bytes.labels("up").inc(up)
+        if down:
+            self.metrics.stream_bytes.labels("down").inc(down)
+
+    def update(self, applied: bool, reason: str) -> None:
+        self.metrics.updates.labels("applied" if applied else "rejected").inc()
+        self.metrics.version.set(self.edge.version)
+
+    def batch(self, result: str) -> None:
+        self.metrics.batches.labels(result).inc()
+        with self._lock:
+            if result == "acked":
+                self.counters.acked += 1
+            elif result == "rejected":
+                self.counters.rejected_batches += 1
+        if self.link is not None:
+            self.metrics.pending.set(self.link.pending_count())
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> dict[str, Any]:
+        """Infer until the duration, the end of the source, or :meth:`request_stop`."""
+        encoder = threading.Thread(target=self._encode_loop, name="encoder", daemon=True)
+        encoder.start()
+        if self.link is not None:
+            self.link.start()
+        try:
+            self._infer_loop()
+        finally:
+            self._encode_q.put(None)
+            encoder.join(timeout=10)
+            if self.link is not None:
+                self.link.stop(drain=self.opt.drain_timeout)
+                self.link.join(timeout=5)
+            self.ended_at = time.time()
+            self.save_state()
+        return self.status()
+
+    def _infer_loop(self) -> None:
+        fps = self.source.fps
+        start = time.monotonic()
+        wall0 = time.time()
+        last_checkpoint = start
+        for frame in self.source.frames():
+            if self._stop.is_set():
+                break
+            elapsed = time.monotonic() - start
+            if self.opt.duration is not None and elapsed >= self.opt.duration:
+                break
+            if self.opt.pace:
+                due = start + frame.timestamp
+                delay = due - time.monotonic()
+                if delay > 0:
+                    if self._stop.wait(delay):
+                        break
+                elif delay < -1.0 / fps:
+                    self.counters.late += 1
+                    self.metrics.late.inc()
+                captured = wall0 + frame.timestamp
+            else:
+                captured = time.time()
+            t0 = time.perf_counter()
+            self.edge.predict(frame.image[None])
+            now = time.perf_counter()
+            self.metrics.latency.observe(now - t0)
+            self.metrics.frames.inc()
+            with self._lock:
+                c = self.counters
+                c.frames += 1
+                c.window.append(now)
+                while c.window and now - c.window[0] > 5.0:
+                    c.window.popleft()
+                sealed = self.sampler.offer(frame.image, captured)
+            if len(c.window) > 1:
+                self.metrics.fps.set((len(c.window) - 1) / max(c.window[-1] - c.window[0], 1e-6))
+            if sealed is not None and self.link is not None:
+                self.counters.sealed += 1
+                self.metrics.batches.labels("sealed").inc()
+                try:
+                    self._encode_q.put_nowait((next(self._seq), *sealed, self.edge.version))
+                except queue.Full:
+                    self.metrics.batches.labels("dropped").inc()
+            if (
+                self.opt.state_dir is not None
+                and time.monotonic() - last_checkpoint >= self.opt.checkpoint_interval
+            ):
+                last_checkpoint = time.monotonic()
+                if self.edge.version != self._saved_version:
+                    threading.Thread(target=self.save_state, daemon=True).start()
+
+    def _encode_loop(self) -> None:
+        while True:
+            item = self._encode_q.get()
+            if item is None:
+                return
+            seq, frames, times, version = item
+            data = encode_h264(frames, crf=self.opt.crf, preset=self.opt.preset)
+            h, w = frames[0].shape[:2]
+            assert self.link is not None
+            self.link.enqueue(EncodedBatch(seq, data, list(times), w, h, version))
+            self.metrics.pending.set(self.link.pending_count())
+
+    # -- state ----------------------------------------------------------------------------
+    def save_state(self) -> None:
+        """Keep the model in use (and its version) across agent restarts."""
+        if self.opt.state_dir is None:
+            return
+        self.opt.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.opt.state_dir / "model.pt"
+        with self.edge._apply_lock:  # no update half-applied while we copy
+            state = {
+                "format": STATE_FORMAT,
+                "device_id": self.opt.device_id,
+                "version": self.edge.version,
+                "params": parameter_vector(self.edge.active).cpu().clone(),
+            }
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+        self._saved_version = int(state["version"])  # type: ignore[call-overload]
+        log.info(
+            "model state saved", extra={"device": self.opt.device_id, "version": state["version"]}
+        )
+
+    def status(self) -> dict[str, Any]:
+        end = self.ended_at or time.time()
+        elapsed = max(end - self.started_at, 1e-6)
+        c = self.counters
+        link = self.link
+        return {
+            "id": self.opt.device_id,
+            "adapt": self.opt.adapt,
+            "source": self.source.spec,
+            "source_fps": self.source.fps,
+            "elapsed_s": round(elapsed, 2),
+            "frames_inferred": c.frames,
+            "inference_fps": round(c.frames / elapsed, 2),
+            "inference_fps_5s": round(
+                (len(c.window) - 1) / max(c.window[-1] - c.window[0], 1e-6), 2
+            )
+            if len(c.window) > 1
+            else 0.0,
+            "late_frames": c.late,
+            "model_version": self.edge.version,
+            "model_checksum": f"{self.edge.checksum():08x}",
+            "updates_applied": self.edge.applied,
+            "updates_rejected": self.edge.rejected,
+            "last_reject_reason": self.edge.last_error,
+            "uplink_bytes": c.uplink_bytes,
+            "downlink_bytes": c.downlink_bytes,
+            "uplink_kbps": round(c.uplink_bytes * 8 / elapsed / 1000, 2),
+            "downlink_kbps": round(c.downlink_bytes * 8 / elapsed / 1000, 2),
+            "sampling_rate_fps": round(self.sampler.rate, 3),
+            "update_interval_s": round(self.sampler.interval, 2),
+            "batches_sealed": c.sealed,
+            "batches_acked": c.acked,
+            "batches_rejected": c.rejected_batches,
+            "batches_dropped": link.dropped if link is not None else 0,
+            "batches_pending": link.pending_count() if link is not None else 0,
+            "connection": link.state.value if link is not None else "none",
+            "connects": link.connects if link is not None else 0,
+            "last_link_error": link.last_error if link is not None else "",
+        }
+
+
+def load_state(path: Path, device_id: str, num_params: int) -> tuple[int, torch.Tensor] | None:
+    """(version, parameters) saved by a previous run of this agent, if usable."""
+    file = path / "model.pt"
+    if not file.exists():
+        return None
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception:
+        log.exception("saved model state is unreadable; starting from the pretrained student")
+        return None
+    params = state.get("params")
+    if (
+        state.get("format") != STATE_FORMAT
+        or state.get("device_id") != device_id
+        or not isinstance(params, torch.Tensor)
+        or params.numel() != num_params
+        or not torch.isfinite(params).all()
+    ):
+        log.warning("saved model state does not fit this device's student; ignoring it")
+        return None
+    return int(state["version"]), params
+
+
+def restore_edge(edge: EdgeModel, version: int, params: torch.Tensor) -> None:
+    """Put saved parameters into both copies of an edge model."""
+    for model in (edge.active, edge.inactive):
+        torch.nn.utils.vector_to_parameters(
+            params.to(edge.device), [p for p in model.parameters() if p.requires_grad]
+        )
+    edge.version = version
+    log.info(
+        "restored model version %d (checksum %08x)",
+        version,
+        model_checksum(parameter_vector(edge.active)),
+    )

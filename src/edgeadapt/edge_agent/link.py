@@ -1,0 +1,328 @@
+"""The agent's side of the adaptation stream: connect, upload, apply, reconnect.
+
+The link runs on its own thread so that inference never waits for the network. It keeps sealed
+sample batches in a bounded queue until the trainer acknowledges them (the oldest is dropped, and
+counted, when the queue is full), so batches taken while the trainer is unreachable are uploaded
+after the link comes back. A lost stream is retried with exponential backoff and jitter; a
+refused token or an unsupported student is retried too, at the longest backoff, since an operator
+may fix either without touching the device.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from edgeadapt._proto.stream.v1 import stream_pb2 as pb
+from edgeadapt._proto.stream.v1 import stream_pb2_grpc as pb_grpc
+from edgeadapt.adapt.ams import EdgeModel
+from edgeadapt.adapt.update import UpdateError
+from edgeadapt.stream.auth import call_metadata
+from edgeadapt.stream.messages import CHANNEL_OPTIONS, REJECTED_BATCH_KEY, update_bytes, wire_size
+
+log = logging.getLogger(__name__)
+
+
+class LinkState(enum.StrEnum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"  # waiting to retry
+    REFUSED = "refused"  # the trainer refused this device (token, student); retrying slowly
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    seq: int
+    data: bytes
+    timestamps: list[float]
+    width: int
+    height: int
+    model_version: int
+
+
+@dataclass
+class LinkConfig:
+    target: str
+    device_id: str
+    token: str
+    credentials: grpc.ChannelCredentials | None  # None: plaintext (tests, loopback only)
+    register: pb.Register
+    max_pending: int = 60
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    server_name: str | None = None  # TLS name override
+
+
+class LinkEvents:
+    """Callbacks into the agent; every method may be called from the link thread."""
+
+    def settings(self, rate: float, interval: float) -> None: ...
+
+    def state(self, state: LinkState) -> None: ...
+
+    def bytes(self, up: int, down: int) -> None: ...
+
+    def update(self, applied: bool, reason: str) -> None: ...
+
+    def batch(self, result: str) -> None: ...
+
+
+_DONE = object()
+
+
+class Link(threading.Thread):
+    def __init__(self, config: LinkConfig, edge: EdgeModel, events: LinkEvents) -> None:
+        super().__init__(name="link", daemon=True)
+        self.cfg = config
+        self.edge = edge
+        self.events = events
+        self.state = LinkState.DISCONNECTED
+        self.pending: collections.deque[EncodedBatch] = collections.deque()
+        self._pending_lock = threading.Lock()
+        self._out: queue.Queue[object] | None = None
+        self._stop_event = threading.Event()
+        self._call: Any = None
+        self._welcomed = threading.Event()
+        self.connects = 0
+        self.dropped = 0
+        self.last_error = ""
+        self.backoff = config.backoff_initial
+
+    # -- from the agent -----------------------------------------------------------------
+    def enqueue(self, batch: EncodedBatch) -> None:
+        with self._pending_lock:
+            if len(self.pending) >= self.cfg.max_pending:
+                self.pending.popleft()
+                self.dropped += 1
+                self.events.batch("dropped")
+            self.pending.append(batch)
+            out = self._out if self._welcomed.is_set() else None
+        if out is not None:
+            self._send(out, pb.AgentMessage(samples=self._samples(batch)))
+
+    def pending_count(self) -> int:
+        with self._pending_lock:
+            return len(self.pending)
+
+    def stop(self, drain: float = 0.0) -> None:
+        """Stop the link; first wait up to ``drain`` s for pending batches to be acknowledged."""
+        deadline = time.monotonic() + drain
+        while drain and self.pending_count() and time.monotonic() < deadline:
+            if self.state != LinkState.CONNECTED:
+                break
+            time.sleep(0.05)
+        self._stop_event.set()
+        out, call = self._out, self._call
+        if out is not None:
+            out.put(_DONE)
+        if call is not None:
+            call.cancel()
+
+    # -- the thread ---------------------------------------------------------------------
+    def _set_state(self, state: LinkState) -> None:
+        if state != self.state:
+            self.state = state
+            self.events.state(state)
+
+    def _samples(self, b: EncodedBatch) -> pb.SampleBatch:
+        return pb.SampleBatch(
+            seq=b.seq,
+            codec=pb.CODEC_H264,
+            data=b.data,
+            timestamps=b.timestamps,
+            width=b.width,
+            height=b.height,
+            model_version=b.model_version,
+        )
+
+    def _send(self, out: queue.Queue[object], message: pb.AgentMessage) -> None:
+        out.put(message)
+
+    def _requests(self, out: queue.Queue[object]) -> Iterator[pb.AgentMessage]:
+        while True:
+            item = out.get()
+            if item is _DONE:
+                return
+            assert isinstance(item, pb.AgentMessage)
+            self.events.bytes(wire_size(item), 0)
+            yield item
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            refused = self._session()
+            if self._stop_event.is_set():
+                break
+            delay = self.cfg.backoff_max if refused else self.backoff
+            delay *= random.uniform(0.8, 1.2)
+            log.info(
+                "trainer unreachable; retrying",
+                extra={
+                    "device": self.cfg.device_id,
+                    "in_s": round(delay, 2),
+                    "error": self.last_error,
+                },
+            )
+            self._stop_event.wait(delay)
+            self.backoff = min(self.backoff * 2, self.cfg.backoff_max)
+        self._set_state(LinkState.STOPPED)
+
+    def _channel(self) -> grpc.Channel:
+        options = list(CHANNEL_OPTIONS)
+        if self.cfg.server_name:
+            options.append(("grpc.ssl_target_name_override", self.cfg.server_name))
+        if self.cfg.credentials is None:
+            return grpc.insecure_channel(self.cfg.target, options=options)
+        return grpc.secure_channel(self.cfg.target, self.cfg.credentials, options=options)
+
+    def _session(self) -> bool:
+        """One stream, from connect to its end; True if the trainer refused the device."""
+        self._set_state(LinkState.CONNECTING)
+        out: queue.Queue[object] = queue.Queue()
+        self._welcomed.clear()
+        register = pb.Register()
+        register.CopyFrom(self.cfg.register)
+        register.model_version = self.edge.version
+        register.model_checksum = self.edge.checksum()
+        out.put(pb.AgentMessage(register=register))
+        self._out = out
+        with self._channel() as channel:
+            stub = pb_grpc.AdaptationServiceStub(channel)  # type: ignore[no-untyped-call]
+            call = stub.Connect(
+                self._requests(out), metadata=call_metadata(self.cfg.device_id, self.cfg.token)
+            )
+            self._call = call
+            try:
+                for message in call:
+                    self.events.bytes(0, wire_size(message))
+                    self._handle(out, message)
+                self.last_error = "stream closed by the trainer"
+                return False
+            except grpc.RpcError as exc:
+                return self._failed(exc)
+            finally:
+                out.put(_DONE)
+                self._out = None
+                self._call = None
+                self._welcomed.clear()
+                if not self._stop_event.is_set():
+                    self._set_state(LinkState.DISCONNECTED)
+
+    def _failed(self, exc: grpc.RpcError) -> bool:
+        code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        self.last_error = f"{code.name}: {details}"
+        if self._stop_event.is_set():
+            return False
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+            seq = next((str(m.value) for m in trailing or () if m.key == REJECTED_BATCH_KEY), None)
+            if seq is not None:
+                with self._pending_lock:
+                    self.pending = collections.deque(b for b in self.pending if str(b.seq) != seq)
+                self.events.batch("rejected")
+            log.error(
+                "trainer rejected a message: %s", details, extra={"device": self.cfg.device_id}
+            )
+            return False
+        if code in (
+            grpc.StatusCode.UNAUTHENTICATED,
+            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ):
+            self._set_state(LinkState.REFUSED)
+            log.error(
+                "trainer refused the device: %s", details, extra={"device": self.cfg.device_id}
+            )
+            return True
+        return False
+
+    def _handle(self, out: queue.Queue[object], message: pb.TrainerMessage) -> None:
+        kind = message.WhichOneof("body")
+        if kind == "welcome":
+            w = message.welcome
+            self.connects += 1
+            self.backoff = self.cfg.backoff_initial
+            self._set_state(LinkState.CONNECTED)
+            self.events.settings(w.settings.sampling_rate_fps, w.settings.update_interval_s)
+            log.info(
+                "connected",
+                extra={
+                    "device": self.cfg.device_id,
+                    "trainer_version": w.model_version,
+                    "agent_version": self.edge.version,
+                    "pending_batches": self.pending_count(),
+                },
+            )
+            with self._pending_lock:
+                backlog = list(self.pending)
+                self._welcomed.set()
+            for b in backlog:
+                self._send(out, pb.AgentMessage(samples=self._samples(b)))
+        elif kind == "update":
+            self._apply(out, message.update)
+        elif kind == "settings":
+            s = message.settings
+            self.events.settings(s.sampling_rate_fps, s.update_interval_s)
+        elif kind == "batch_ack":
+            with self._pending_lock:
+                self.pending = collections.deque(
+                    b for b in self.pending if b.seq != message.batch_ack.seq
+                )
+            self.events.batch("acked")
+
+    def _apply(self, out: queue.Queue[object], update: pb.ModelUpdate) -> None:
+        try:
+            data = update_bytes(update)
+        except UpdateError as exc:
+            self.edge.rejected += 1
+            self.edge.last_error = str(exc)
+            applied = False
+        else:
+            applied = self.edge.apply(data, expected_checksum=update.model_checksum)
+        reason = "" if applied else self.edge.last_error
+        self.events.update(applied, reason)
+        self._send(
+            out,
+            pb.AgentMessage(
+                ack=pb.UpdateAck(version=self.edge.version, applied=applied, reason=reason)
+            ),
+        )
+        if applied:
+            log.info(
+                "update applied",
+                extra={
+                    "device": self.cfg.device_id,
+                    "version": self.edge.version,
+                    "bytes": len(update.mask) + len(update.values),
+                    "snapshot": update.snapshot,
+                },
+            )
+        else:
+            log.warning(
+                "update rejected: %s",
+                reason,
+                extra={
+                    "device": self.cfg.device_id,
+                    "version": update.version,
+                    "base_version": update.base_version,
+                },
+            )
+            self._send(
+                out,
+                pb.AgentMessage(
+                    resync=pb.ResyncRequest(
+                        have_version=self.edge.version, have_checksum=self.edge.checksum()
+                    )
+                ),
+            )

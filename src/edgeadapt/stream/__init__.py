@@ -1,0 +1,1 @@
+"""What agent and trainer share about the adaptation stream: messages, tokens, TLS."""

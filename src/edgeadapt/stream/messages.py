@@ -1,0 +1,83 @@
+"""Conversions between the AMS engine's objects and the ``edgeadapt.stream.v1`` messages.
+
+A ``ModelUpdate`` message carries the fields of the :mod:`edgeadapt.adapt.update` wire format
+one by one (version, base version, encodings, mask, values, CRC32). The receiver rebuilds the
+encoded update from them and runs the same decoder the benchmark uses, so every check (checksum,
+sizes, positions, finite values) applies to what came over gRPC.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from google.protobuf.message import Message
+
+from edgeadapt._proto.stream.v1 import stream_pb2 as pb
+from edgeadapt.adapt.update import _CRC_OFFSET, FORMAT, HEADER, MAGIC, UpdateError
+
+GRPC_FRAME_BYTES = 5  # gRPC's per-message prefix: compressed flag and length
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a float32 snapshot of a large student fits
+CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+REJECTED_BATCH_KEY = "edgeadapt-rejected-batch"
+
+
+def wire_size(message: Message) -> int:
+    """Bytes the message occupies on its gRPC stream (payload plus gRPC's 5-byte prefix)."""
+    return message.ByteSize() + GRPC_FRAME_BYTES
+
+
+def update_message(data: bytes, model_checksum: int, snapshot: bool = False) -> pb.ModelUpdate:
+    """Split an encoded update into the message's fields."""
+    if len(data) < HEADER.size:
+        raise UpdateError("update shorter than its header")
+    _, _, encoding, value_type, version, base, n_params, _, mask_len, crc = HEADER.unpack_from(data)
+    body = data[HEADER.size :]
+    return pb.ModelUpdate(
+        version=version,
+        base_version=base,
+        num_params=n_params,
+        mask_encoding=encoding,
+        value_type=value_type,
+        mask=body[:mask_len],
+        values=body[mask_len:],
+        checksum=crc,
+        model_checksum=model_checksum,
+        snapshot=snapshot,
+    )
+
+
+def update_bytes(msg: pb.ModelUpdate) -> bytes:
+    """Rebuild the encoded update from a message; the decoder then verifies it."""
+    itemsize = 4 if msg.value_type == pb.VALUE_FLOAT32 else 2
+    if len(msg.values) % itemsize:
+        raise UpdateError(f"{len(msg.values)} value bytes is not a whole number of values")
+    if msg.num_params >= 2**32 or msg.version >= 2**64 or msg.mask_encoding > 255:
+        raise UpdateError("update fields out of range")
+    header = HEADER.pack(
+        MAGIC,
+        FORMAT,
+        msg.mask_encoding,
+        msg.value_type,
+        msg.version,
+        msg.base_version,
+        msg.num_params,
+        len(msg.values) // itemsize,
+        len(msg.mask),
+        0,
+    )
+    return header[:_CRC_OFFSET] + struct.pack("<I", msg.checksum) + msg.mask + msg.values

@@ -1,0 +1,119 @@
+"""``python -m edgeadapt.trainer``: serve devices' adaptation streams.
+
+    python -m edgeadapt.trainer --state-dir DIR --token-secret-file F \\
+        --tls-cert server.crt --tls-key server.key [--client-ca ca.crt] \\
+        [--listen 0.0.0.0:50051] [--http-listen 0.0.0.0:9090]
+
+Models: ``--teacher``/``--student`` name checkpoints (a ModelZoo's files in a cluster); without
+them the cached models of ``--profile`` are used (trained first if missing). Serving without TLS
+or without tokens needs ``--insecure``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+import sys
+from pathlib import Path
+
+from edgeadapt.adapt.ams import AMSConfig
+from edgeadapt.telemetry import HTTPEndpoint, setup_logging, write_ready_file
+
+log = logging.getLogger("edgeadapt.trainer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m edgeadapt.trainer", description=__doc__)
+    p.add_argument("--listen", default="0.0.0.0:50051", help="gRPC address (port 0: any free)")
+    p.add_argument(
+        "--http-listen", default="0.0.0.0:9090", help="/metrics, /healthz and /status address"
+    )
+    p.add_argument("--state-dir", type=Path, required=True, help="per-device state (a PVC)")
+    p.add_argument("--teacher", type=Path, help="teacher checkpoint")
+    p.add_argument("--student", type=Path, help="student checkpoint the devices start from")
+    p.add_argument("--profile", default="bench", help="cached model profile without --teacher")
+    p.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
+    p.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    p.add_argument("--client-ca", type=Path, help="require client certificates signed by this CA")
+    p.add_argument("--token-secret-file", type=Path, help="secret the device tokens derive from")
+    p.add_argument("--insecure", action="store_true", help="allow serving without TLS or tokens")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--t-update", type=float, default=AMSConfig.t_update)
+    p.add_argument("--t-horizon", type=float, default=AMSConfig.t_horizon)
+    p.add_argument("--iterations", type=int, default=AMSConfig.iterations, help="AMS K")
+    p.add_argument("--gamma", type=float, default=AMSConfig.gamma)
+    p.add_argument("--lr", type=float, default=AMSConfig.lr)
+    p.add_argument("--batch-size", type=int, default=AMSConfig.batch_size)
+    p.add_argument("--ready-file", help="write the bound ports here as JSON once serving")
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_format, args.verbose, "trainer")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        log.error("--tls-cert and --tls-key go together")
+        return 2
+    if (args.tls_cert is None or args.token_secret_file is None) and not args.insecure:
+        log.error("refusing to serve without TLS and device tokens; pass --insecure to allow it")
+        return 2
+
+    import torch
+
+    from edgeadapt.models.cache import ensure_checkpoint
+    from edgeadapt.models.train import pick_device
+    from edgeadapt.models.zoo import load_checkpoint_model
+    from edgeadapt.stream.auth import load_secret
+    from edgeadapt.stream.tls import server_credentials
+    from edgeadapt.trainer.hub import Hub, HubConfig
+    from edgeadapt.trainer.metrics import TrainerMetrics
+    from edgeadapt.trainer.server import TrainerServer, serve
+    from edgeadapt.trainer.store import DeviceStore
+
+    torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    if device.type == "cpu":
+        log.info("no CUDA device; training on CPU with %d thread(s)", args.threads)
+    teacher = load_checkpoint_model(args.teacher or ensure_checkpoint("teacher", args.profile))
+    student = load_checkpoint_model(args.student or ensure_checkpoint("student", args.profile))
+    ams = AMSConfig(
+        t_update=args.t_update,
+        t_horizon=args.t_horizon,
+        iterations=args.iterations,
+        gamma=args.gamma,
+        lr=args.lr,
+        batch_size=args.batch_size,
+    )
+    metrics = TrainerMetrics()
+    hub = Hub(teacher, student, HubConfig(ams=ams), DeviceStore(args.state_dir), device, metrics)
+    credentials = (
+        server_credentials(args.tls_cert, args.tls_key, args.client_ca) if args.tls_cert else None
+    )
+    secret = load_secret(args.token_secret_file) if args.token_secret_file else None
+    server = TrainerServer(hub, args.listen, credentials, secret)
+    ready = {"healthy": False}
+    http = HTTPEndpoint(
+        args.http_listen,
+        metrics.registry,
+        lambda: {"trainer": socket.gethostname(), **hub.status()},
+        lambda: ready["healthy"],
+    )
+
+    def started(port: int) -> None:
+        ready["healthy"] = True
+        write_ready_file(args.ready_file, grpc_port=port, http_port=http.port)
+
+    try:
+        asyncio.run(serve(server, started))
+    finally:
+        http.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

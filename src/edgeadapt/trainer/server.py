@@ -1,0 +1,289 @@
+"""The trainer's gRPC server: a thin asyncio servicer over the device hub, plus health and HTTP.
+
+Each device stream runs as one handler coroutine: it checks the token, reads Register, attaches
+the device to the hub and then relays in both directions. A reader task validates and decodes
+every sample batch before the hub sees it; an undecodable batch ends only that device's stream
+with INVALID_ARGUMENT (and the batch's seq in the trailing metadata), never the trainer. The
+hub's worker thread hands messages back through the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from edgeadapt._proto.stream.v1 import stream_pb2 as pb
+from edgeadapt._proto.stream.v1 import stream_pb2_grpc as pb_grpc
+from edgeadapt.stream.auth import from_metadata, verify_token
+from edgeadapt.stream.messages import REJECTED_BATCH_KEY, SERVER_OPTIONS, wire_size
+from edgeadapt.trainer.hub import Batch, Hub, PreconditionError
+from edgeadapt.video.codec import CodecError, decode_h264
+
+log = logging.getLogger(__name__)
+
+_EOF: object = getattr(grpc.aio, "EOF")  # noqa: B009 - not in the type stubs
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AdaptationService"].full_name
+REGISTER_TIMEOUT = 10.0
+MAX_BATCH_FRAMES = 600
+MAX_FRAME_PIXELS = 4096 * 4096
+
+
+@dataclass(frozen=True)
+class _End:
+    """Ends a stream from the writer side: an error status, or a clean close if code is None."""
+
+    code: grpc.StatusCode | None
+    details: str = ""
+    trailing: tuple[tuple[str, str], ...] = ()
+
+
+class BatchRejectedError(ValueError):
+    pass
+
+
+def decode_batch(msg: pb.SampleBatch) -> Batch:
+    """Validate and decode an uploaded batch; :class:`BatchRejectedError` says what is wrong."""
+    if msg.codec != pb.CODEC_H264:
+        raise BatchRejectedError(f"codec {pb.Codec.Name(msg.codec)} is not supported")
+    n = len(msg.timestamps)
+    if not 0 < n <= MAX_BATCH_FRAMES:
+        raise BatchRejectedError(f"{n} timestamps; a batch holds 1 to {MAX_BATCH_FRAMES} frames")
+    if not 0 < msg.width * msg.height <= MAX_FRAME_PIXELS:
+        raise BatchRejectedError(f"frame size {msg.width}x{msg.height} is out of range")
+    ts = np.asarray(msg.timestamps)
+    if not np.isfinite(ts).all() or (np.diff(ts) < 0).any():
+        raise BatchRejectedError("timestamps must be finite and non-decreasing")
+    try:
+        frames = decode_h264(msg.data)
+    except CodecError as exc:
+        raise BatchRejectedError(str(exc)) from exc
+    if len(frames) != n:
+        raise BatchRejectedError(f"{len(frames)} frames decoded, {n} timestamps sent")
+    if frames[0].shape != (msg.height, msg.width, 3):
+        raise BatchRejectedError(
+            f"frames decode as {frames[0].shape[1]}x{frames[0].shape[0]}, "
+            f"batch says {msg.width}x{msg.height}"
+        )
+    return Batch(seq=msg.seq, images=np.stack(frames), times=[float(t) for t in ts])
+
+
+class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
+    def __init__(self, hub: Hub, token_secret: bytes | None) -> None:
+        self.hub = hub
+        self.secret = token_secret
+        self.metrics = hub.metrics
+        self._streams: set[asyncio.Queue[pb.TrainerMessage | _End]] = set()
+
+    async def _fail(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        code: grpc.StatusCode,
+        details: str,
+        trailing: tuple[tuple[str, str], ...] = (),
+    ) -> NoReturn:
+        self.metrics.stream_errors.labels(code.name).inc()
+        await context.abort(code, details, trailing_metadata=trailing)
+        raise AssertionError("abort returned")  # pragma: no cover - abort always raises
+
+    async def Connect(  # noqa: N802 - the generated servicer's name
+        self,
+        request_iterator: Any,
+        context: grpc.aio.ServicerContext[pb.AgentMessage, pb.TrainerMessage],
+    ) -> None:
+        device_id, token = from_metadata(context.invocation_metadata())
+        if self.secret is not None and not verify_token(self.secret, device_id, token):
+            self.metrics.auth_failures.inc()
+            log.warning("refused a stream: bad token", extra={"device": device_id})
+            await self._fail(
+                context, grpc.StatusCode.UNAUTHENTICATED, "missing or invalid device token"
+            )
+        try:
+            first = await asyncio.wait_for(context.read(), REGISTER_TIMEOUT)
+        except TimeoutError:
+            await self._fail(context, grpc.StatusCode.DEADLINE_EXCEEDED, "no Register received")
+        if first is _EOF or first.WhichOneof("body") != "register":
+            await self._fail(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "first message must be Register"
+            )
+        register = first.register
+        if self.secret is not None and register.device_id != device_id:
+            await self._fail(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"token is for device {device_id!r}, Register names {register.device_id!r}",
+            )
+        device_id = register.device_id
+        loop = asyncio.get_running_loop()
+        out: asyncio.Queue[pb.TrainerMessage | _End] = asyncio.Queue()
+
+        def send(message: pb.TrainerMessage) -> None:  # from any thread
+            loop.call_soon_threadsafe(out.put_nowait, message)
+
+        def close(reason: str) -> None:
+            code = (
+                grpc.StatusCode.UNAVAILABLE
+                if "shutting down" in reason
+                else grpc.StatusCode.ABORTED
+            )
+            loop.call_soon_threadsafe(out.put_nowait, _End(code, reason))
+
+        try:
+            initial = await loop.run_in_executor(None, self.hub.attach, register, send, close)
+        except PreconditionError as exc:
+            await self._fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except ValueError as exc:
+            await self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        self.hub.count_bytes(device_id, up=wire_size(first))
+        self._streams.add(out)
+        reader = asyncio.create_task(self._read(context, device_id, out))
+        try:
+            for message in initial:
+                await self._write(context, device_id, message)
+            while True:
+                item = await out.get()
+                if isinstance(item, _End):
+                    if item.code is None:
+                        return
+                    await self._fail(context, item.code, item.details, item.trailing)
+                else:
+                    await self._write(context, device_id, item)
+        finally:
+            reader.cancel()
+            self._streams.discard(out)
+            self.hub.detach(device_id, send)
+
+    async def _write(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        device_id: str,
+        message: pb.TrainerMessage,
+    ) -> None:
+        await context.write(message)
+        self.hub.count_bytes(device_id, down=wire_size(message))
+
+    async def _read(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        device_id: str,
+        out: asyncio.Queue[pb.TrainerMessage | _End],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                msg = await context.read()
+                if msg is _EOF:
+                    out.put_nowait(_End(None))
+                    return
+                self.hub.count_bytes(device_id, up=wire_size(msg))
+                kind = msg.WhichOneof("body")
+                if kind == "samples":
+                    try:
+                        batch = await loop.run_in_executor(None, decode_batch, msg.samples)
+                    except BatchRejectedError as exc:
+                        self.metrics.batches.labels("rejected").inc()
+                        log.warning(
+                            "rejected a sample batch",
+                            extra={"device": device_id, "seq": msg.samples.seq, "error": str(exc)},
+                        )
+                        out.put_nowait(
+                            _End(
+                                grpc.StatusCode.INVALID_ARGUMENT,
+                                f"sample batch {msg.samples.seq}: {exc}",
+                                ((REJECTED_BATCH_KEY, str(msg.samples.seq)),),
+                            )
+                        )
+                        return
+                    self.metrics.batches.labels("accepted").inc()
+                    await loop.run_in_executor(None, self.hub.submit, device_id, batch)
+                elif kind == "ack":
+                    self.hub.ack(device_id, msg.ack)
+                elif kind == "resync":
+                    for m in await loop.run_in_executor(
+                        None, self.hub.resync, device_id, msg.resync
+                    ):
+                        out.put_nowait(m)
+                else:
+                    out.put_nowait(
+                        _End(
+                            grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind} on an open stream"
+                        )
+                    )
+                    return
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AioRpcError:
+            out.put_nowait(_End(None))
+        except Exception as exc:  # a bug must end this stream, not the trainer
+            log.exception("stream reader failed", extra={"device": device_id})
+            out.put_nowait(_End(grpc.StatusCode.INTERNAL, f"trainer error: {exc}"))
+
+
+class TrainerServer:
+    """The gRPC server (adaptation stream and health) around a hub."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        listen: str,
+        credentials: grpc.ServerCredentials | None,
+        token_secret: bytes | None,
+    ) -> None:
+        self.hub = hub
+        self.listen = listen
+        self.credentials = credentials
+        self.servicer = AdaptationServicer(hub, token_secret)
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.server: Any = None
+        self.port = 0
+
+    async def start(self) -> int:
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        pb_grpc.add_AdaptationServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            self.servicer, self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        if self.credentials is None:
+            self.port = self.server.add_insecure_port(self.listen)
+        else:
+            self.port = self.server.add_secure_port(self.listen, self.credentials)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.listen}")
+        await self.server.start()
+        self.hub.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop taking streams, let the worker finish and persist, close streams, stop."""
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.hub.stop)
+        if self.server is not None:
+            await self.server.stop(grace)
+
+
+async def serve(
+    server: TrainerServer, on_started: Any = None, shutdown_timeout: float = 20.0
+) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    port = await server.start()
+    log.info("trainer serving", extra={"port": port, "listen": server.listen})
+    if on_started is not None:
+        on_started(port)
+    await stop.wait()
+    log.info("shutting down")
+    await asyncio.wait_for(server.stop(), shutdown_timeout)
+    log.info("stopped")
