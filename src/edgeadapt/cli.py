@@ -24,6 +24,10 @@ COMMANDS: dict[tuple[str | None, str], tuple[str, str]] = {
         "edgeadapt.bench.operator",
         "operator scale: N EdgeDevices to Ready against a local control plane",
     ),
+    (None, "demo"): (
+        "edgeadapt.demo",
+        "a trainer and N edge agents over gRPC on loopback, with a non-adapting baseline",
+    ),
     ("train", "teacher"): ("edgeadapt.models.train", "train the teacher on all scene types"),
     ("train", "student"): ("edgeadapt.models.train", "pretrain the student on generic scenes"),
     ("video", "render"): ("edgeadapt.video.render", "render a synthetic video to a file"),

@@ -184,6 +184,8 @@ class Agent(LinkEvents):
         self.link = Link(link_config, edge, self) if link_config is not None else None
         self.started_at = time.time()
         self.ended_at: float | None = None
+        self.loop_started: float | None = None
+        self.loop_ended: float | None = None
         self._saved_version = edge.version
         self.metrics.version.set(edge.version)
         self.metrics.rate.set(self.sampler.rate)
@@ -228,6 +230,7 @@ class Agent(LinkEvents):
 
     def run(self) -> dict[str, Any]:
         """Infer until the duration, the end of the source, or :meth:`request_stop`."""
+        self.started_at = time.time()
         encoder = threading.Thread(target=self._encode_loop, name="encoder", daemon=True)
         encoder.start()
         if self.link is not None:
@@ -235,6 +238,7 @@ class Agent(LinkEvents):
         try:
             self._infer_loop()
         finally:
+            self.loop_ended = time.time()
             self._encode_q.put(None)
             encoder.join(timeout=10)
             if self.link is not None:
@@ -247,6 +251,7 @@ class Agent(LinkEvents):
     def _infer_loop(self) -> None:
         fps = self.source.fps
         start = time.monotonic()
+        self.loop_started = time.time()
         wall0 = time.time()
         last_checkpoint = start
         for frame in self.source.frames():
@@ -335,6 +340,7 @@ class Agent(LinkEvents):
         elapsed = max(end - self.started_at, 1e-6)
         c = self.counters
         link = self.link
+        loop_s = max((self.loop_ended or end) - (self.loop_started or self.started_at), 1e-6)
         return {
             "id": self.opt.device_id,
             "adapt": self.opt.adapt,
@@ -342,7 +348,7 @@ class Agent(LinkEvents):
             "source_fps": self.source.fps,
             "elapsed_s": round(elapsed, 2),
             "frames_inferred": c.frames,
-            "inference_fps": round(c.frames / elapsed, 2),
+            "inference_fps": round(c.frames / loop_s, 2),
             "inference_fps_5s": round(
                 (len(c.window) - 1) / max(c.window[-1] - c.window[0], 1e-6), 2
             )

@@ -100,6 +100,7 @@ class Device:
     send: Send | None = None
     close: Close | None = None
     connected_at: float | None = None
+    snapshot: dict[str, Any] = field(default_factory=dict)
 
     @property
     def version(self) -> int:
@@ -202,6 +203,7 @@ class Hub:
                 )
             ]
             messages += self._catch_up(dev, register.model_version, register.model_checksum)
+            dev.snapshot = self._snapshot(dev)
         self._update_gauges()
         log.info(
             "device attached",
@@ -325,8 +327,8 @@ class Hub:
     def _settings(self, dev: Device) -> tuple[float, float]:
         if dev.session is not None:
             return dev.session.settings()
-        # A device that does not adapt is only scored: sample it slowly, upload rarely.
-        return self.config.ams.r_min * 2, self.config.ams.t_update
+        # A device that does not adapt is only scored, at AMS's initial rate and interval.
+        return self.config.ams.r_init, self.config.ams.t_update
 
     def _catch_up(self, dev: Device, have: int, have_checksum: int) -> list[pb.TrainerMessage]:
         if have == dev.version and have_checksum == dev.checksum:
@@ -458,6 +460,7 @@ class Hub:
                 self.metrics.updates.labels("sparse").inc()
                 dev.deliver(pb.TrainerMessage(update=update_message(link.data, link.checksum)))
             settings = self._settings(dev)
+            dev.snapshot = self._snapshot(dev)
             if settings != dev.settings:
                 dev.settings = settings
                 dev.deliver(
@@ -469,45 +472,50 @@ class Hub:
                 )
 
     # -- status -------------------------------------------------------------------------
-    def status(self, history: int = 400) -> dict[str, Any]:
+    def status(self) -> dict[str, Any]:
+        """Per-device summaries; never waits for a training phase in progress."""
         devices = []
         for dev in sorted(self.devices.values(), key=lambda d: d.device_id):
-            with dev.lock:
-                scores = list(dev.scores)
-                settings = dev.settings or self._settings(dev)
-                recent_from = scores[-1][0] - 60.0 if scores else 0.0
-                recent = [s for s in scores if s[0] >= recent_from]
-                step = max(1, len(scores) // history)
-                devices.append(
-                    {
-                        "id": dev.device_id,
-                        "adapt": dev.adapt,
-                        "connected": dev.send is not None,
-                        "model_version": dev.version,
-                        "acked_version": dev.acked_version,
-                        "model_checksum": f"{dev.checksum:08x}",
-                        "frames": dev.frames,
-                        "batches": dev.batches,
-                        "miou_teacher": _mean(scores, 1),
-                        "miou_teacher_no_adaptation": _mean(scores, 2),
-                        "miou_teacher_last_60s": _mean(recent, 1),
-                        "sampling_rate_fps": round(settings[0], 3),
-                        "update_interval_s": round(settings[1], 2),
-                        "updates_sent": dev.updates_sent,
-                        "snapshots_sent": dev.snapshots_sent,
-                        "uplink_bytes": dev.uplink_bytes,
-                        "downlink_bytes": dev.downlink_bytes,
-                        "history": [
-                            [
-                                round(s[0], 2),
-                                round(100 * s[1] / s[3], 2),
-                                round(100 * s[2] / s[3], 2),
-                            ]
-                            for s in scores[::step]
-                        ],
-                    }
-                )
+            if dev.lock.acquire(blocking=False):
+                try:
+                    dev.snapshot = self._snapshot(dev)
+                finally:
+                    dev.lock.release()
+            devices.append({**dev.snapshot, "connected": dev.send is not None})
         return {"devices": devices, "queued_batches": self._queue.qsize()}
+
+    def _snapshot(self, dev: Device, history: int = 400) -> dict[str, Any]:
+        scores = list(dev.scores)
+        settings = dev.settings or self._settings(dev)
+        recent_from = scores[-1][0] - 60.0 if scores else 0.0
+        recent = [s for s in scores if s[0] >= recent_from]
+        step = max(1, len(scores) // history)
+        checksums = {str(k.base_version): f"{k.base_checksum:08x}" for k in dev.chain}
+        checksums |= {str(k.version): f"{k.checksum:08x}" for k in dev.chain}
+        checksums[str(dev.version)] = f"{dev.checksum:08x}"
+        return {
+            "id": dev.device_id,
+            "adapt": dev.adapt,
+            "model_version": dev.version,
+            "acked_version": dev.acked_version,
+            "model_checksum": f"{dev.checksum:08x}",
+            "checksums": checksums,
+            "frames": dev.frames,
+            "batches": dev.batches,
+            "miou_teacher": _mean(scores, 1),
+            "miou_teacher_no_adaptation": _mean(scores, 2),
+            "miou_teacher_last_60s": _mean(recent, 1),
+            "sampling_rate_fps": round(settings[0], 3),
+            "update_interval_s": round(settings[1], 2),
+            "updates_sent": dev.updates_sent,
+            "snapshots_sent": dev.snapshots_sent,
+            "uplink_bytes": dev.uplink_bytes,
+            "downlink_bytes": dev.downlink_bytes,
+            "history": [
+                [round(s[0], 2), round(100 * s[1] / s[3], 2), round(100 * s[2] / s[3], 2)]
+                for s in scores[::step]
+            ],
+        }
 
 
 def _mean(scores: list[tuple[float, float, float, int, int]], k: int) -> float | None:

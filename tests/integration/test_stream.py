@@ -1,0 +1,466 @@
+"""Trainer and edge agents as real processes over real gRPC (TLS, tokens) on loopback.
+
+The failure behaviour the adaptation stream promises: a killed trainer does not stop inference
+and its devices resume from the persisted version; a garbage upload ends only its own stream; a
+wrong token is refused; corrupt updates are rejected, counted and never change the model;
+SIGTERM shuts both sides down within a bound with their state on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edgeadapt._proto.stream.v1 import stream_pb2 as pb
+from edgeadapt._proto.stream.v1 import stream_pb2_grpc as pb_grpc
+from edgeadapt.adapt.update import (
+    ModelUpdate,
+    encode_update,
+    model_checksum,
+    parameter_vector,
+)
+from edgeadapt.demo import Proc, get_json, start, stop, wait_ready
+from edgeadapt.models.cache import ensure_checkpoint
+from edgeadapt.models.zoo import load_checkpoint_model
+from edgeadapt.stream.auth import call_metadata, mint_token, new_secret
+from edgeadapt.stream.messages import REJECTED_BATCH_KEY, update_message
+from edgeadapt.stream.tls import PKI, channel_credentials, write_dev_pki
+
+pytestmark = pytest.mark.processes
+
+VIDEO = "synthetic:seed={seed},duration=600,fps=15"
+
+
+@dataclass
+class Env:
+    pki: PKI
+    secret_file: Path
+    secret: bytes
+    teacher: Path
+    student: Path
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
+    root = tmp_path_factory.mktemp("stream")
+    secret = new_secret().hex().encode()
+    (root / "secret").write_bytes(secret)
+    return Env(
+        pki=write_dev_pki(root / "pki"),
+        secret_file=root / "secret",
+        secret=secret,
+        teacher=ensure_checkpoint("teacher", "tiny"),
+        student=ensure_checkpoint("student", "tiny"),
+        root=root,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Cluster:
+    """Starts processes in a per-test directory and kills whatever is left at the end."""
+
+    def __init__(self, env: Env, workdir: Path) -> None:
+        self.env, self.workdir = env, workdir
+        self.procs: list[Proc] = []
+
+    def trainer(self, state: Path, port: int = 0, name: str = "trainer") -> Proc:
+        e = self.env
+        p = start(
+            name,
+            "edgeadapt.trainer",
+            [
+                "--listen", f"127.0.0.1:{port}",
+                "--http-listen", "127.0.0.1:0",
+                "--state-dir", str(state),
+                "--teacher", str(e.teacher),
+                "--student", str(e.student),
+                "--tls-cert", str(e.pki.server_cert),
+                "--tls-key", str(e.pki.server_key),
+                "--token-secret-file", str(e.secret_file),
+                "--t-update", "2",
+                "--iterations", "4",
+                "--log-format", "json",
+            ],
+            self.workdir,
+        )  # fmt: skip
+        self.procs.append(p)
+        wait_ready(p, 120)
+        return p
+
+    def agent(
+        self,
+        name: str,
+        port: int,
+        token: str | None = None,
+        extra: tuple[str, ...] = (),
+        seed: int = 1,
+        secure: bool = True,
+    ) -> Proc:
+        token_file = self.workdir / f"{name}.token"
+        token_file.write_text(token if token is not None else mint_token(self.env.secret, name))
+        tls = (
+            ["--ca-file", str(self.env.pki.ca), "--token-file", str(token_file)]
+            if secure
+            else ["--insecure"]
+        )
+        p = start(
+            name,
+            "edgeadapt.edge_agent",
+            [
+                "--device-id", name,
+                "--source", VIDEO.format(seed=seed),
+                "--trainer", f"127.0.0.1:{port}",
+                *tls,
+                "--student", str(self.env.student),
+                "--http-listen", "127.0.0.1:0",
+                "--backoff-max", "1",
+                "--state-dir", str(self.workdir / f"{name}-state"),
+                "--summary-out", str(self.workdir / f"{name}.summary.json"),
+                "--log-format", "json",
+                *extra,
+            ],
+            self.workdir,
+        )  # fmt: skip
+        self.procs.append(p)
+        wait_ready(p, 120)
+        return p
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.popen.poll() is None:
+                p.popen.kill()
+                p.popen.wait()
+
+
+@pytest.fixture
+def cluster(env: Env, tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(env, tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def status(p: Proc) -> dict[str, Any]:
+    s = get_json(p.http_port, timeout=10)
+    assert s is not None, f"{p.name} /status unreachable; log {p.log_file}"
+    return s
+
+
+def at_version(agent: Proc, version: int) -> Callable[[], bool]:
+    return lambda: bool(status(agent)["model_version"] >= version)
+
+
+def device(trainer: Proc, device_id: str) -> dict[str, Any] | None:
+    s = get_json(trainer.http_port, timeout=10) or {"devices": []}
+    return next((d for d in s["devices"] if d["id"] == device_id), None)
+
+
+def secure_channel(env: Env, port: int) -> grpc.Channel:
+    return grpc.secure_channel(f"127.0.0.1:{port}", channel_credentials(env.pki.ca))
+
+
+def register(env: Env, device_id: str) -> pb.AgentMessage:
+    student = load_checkpoint_model(env.student)
+    return pb.AgentMessage(
+        register=pb.Register(
+            device_id=device_id,
+            task=pb.TASK_SEMANTIC_SEGMENTATION,
+            model=pb.ModelSpec(
+                arch=student.arch,
+                num_classes=int(student.config["num_classes"]),
+                width_mult=float(student.config["width_mult"]),
+                num_params=int(parameter_vector(student).numel()),
+            ),
+            model_version=0,
+            model_checksum=model_checksum(parameter_vector(student)),
+            adapt=True,
+        )
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def test_health_service_over_tls_and_plaintext_refused(cluster: Cluster, env: Env) -> None:
+    trainer = cluster.trainer(cluster.workdir / "state")
+    with secure_channel(env, trainer.grpc_port) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "edgeadapt.stream.v1.AdaptationService"):
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(f"127.0.0.1:{trainer.grpc_port}") as plain:
+        with pytest.raises(grpc.RpcError) as exc:
+            health_pb2_grpc.HealthStub(plain).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_wrong_token_is_refused(cluster: Cluster, env: Env) -> None:
+    trainer = cluster.trainer(cluster.workdir / "state")
+    # A raw stream with another device's token.
+    with secure_channel(env, trainer.grpc_port) as channel:
+        stub = pb_grpc.AdaptationServiceStub(channel)  # type: ignore[no-untyped-call]
+        call = stub.Connect(
+            iter([register(env, "cam-x")]),
+            metadata=call_metadata("cam-x", mint_token(env.secret, "cam-y")),
+            timeout=20,
+        )
+        with pytest.raises(grpc.RpcError) as exc:
+            list(call)
+        assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # A real agent with a token minted under another secret: refused, keeps inferring.
+    agent = cluster.agent("cam-bad", trainer.grpc_port, token=mint_token(b"x" * 32, "cam-bad"))
+    s = wait_for(
+        "the agent to be refused", lambda: (st := status(agent))["connection"] == "refused" and st
+    )
+    assert "UNAUTHENTICATED" in s["last_link_error"]
+    assert s["connects"] == 0
+    frames = s["frames_inferred"]
+    wait_for("frames after refusal", lambda: status(agent)["frames_inferred"] > frames + 10)
+    assert device(trainer, "cam-bad") is None
+    metrics = _metrics(trainer.http_port)
+    assert metrics["edgeadapt_trainer_auth_failures_total"] >= 2
+
+
+def test_garbage_upload_fails_only_that_stream(cluster: Cluster, env: Env) -> None:
+    trainer = cluster.trainer(cluster.workdir / "state")
+    agents = [cluster.agent(f"cam-{i}", trainer.grpc_port, seed=i) for i in (1, 2)]
+    for a in agents:
+        wait_for(f"{a.name} to adapt", at_version(a, 1), 120)
+    before = {a.name: status(a)["model_version"] for a in agents}
+
+    with secure_channel(env, trainer.grpc_port) as channel:
+        stub = pb_grpc.AdaptationServiceStub(channel)  # type: ignore[no-untyped-call]
+        garbage = pb.AgentMessage(
+            samples=pb.SampleBatch(
+                seq=7,
+                codec=pb.CODEC_H264,
+                data=b"\x00\x00\x00\x01garbage" * 50,
+                timestamps=[time.time()],
+                width=128,
+                height=64,
+            )
+        )
+
+        def requests() -> Iterator[pb.AgentMessage]:
+            yield register(env, "cam-garbage")
+            time.sleep(0.5)
+            yield garbage
+            time.sleep(30)  # the trainer must end the stream, not us
+
+        call = stub.Connect(
+            requests(), metadata=call_metadata("cam-garbage", mint_token(env.secret, "cam-garbage"))
+        )
+        with pytest.raises(grpc.RpcError) as exc:
+            for _ in call:
+                pass
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "sample batch 7" in (exc.value.details() or "")
+        trailing = {str(m.key): str(m.value) for m in exc.value.trailing_metadata() or ()}
+        assert trailing[REJECTED_BATCH_KEY] == "7"
+
+    for a in agents:  # the other devices keep adapting, undisturbed
+        wait_for(f"{a.name} to keep adapting", at_version(a, before[a.name] + 2), 120)
+        s = status(a)
+        assert s["connects"] == 1, "the other streams were not interrupted"
+        assert s["updates_rejected"] == 0
+    assert (
+        _metrics(trainer.http_port)['edgeadapt_trainer_sample_batches_total{result="rejected"}']
+        == 1
+    )
+
+
+def test_trainer_sigkill_agents_keep_inferring_and_resume(cluster: Cluster, env: Env) -> None:
+    state = cluster.workdir / "state"
+    port = free_port()
+    trainer = cluster.trainer(state, port=port)
+    agent = cluster.agent("cam-1", port)
+    wait_for("two updates", lambda: status(agent)["model_version"] >= 2, 120)
+
+    trainer.popen.send_signal(signal.SIGKILL)
+    trainer.popen.wait(10)
+    killed_at = status(agent)
+    wait_for("the agent to notice", lambda: status(agent)["connection"] != "connected", 30)
+    time.sleep(3)
+    offline = status(agent)
+    assert offline["frames_inferred"] >= killed_at["frames_inferred"] + 30, "inference stopped"
+    assert offline["model_version"] == killed_at["model_version"], "the model in use is kept"
+
+    restarted = cluster.trainer(state, port=port, name="trainer-2")
+    d = wait_for("the restored device", lambda: device(restarted, "cam-1"), 30)
+    assert d["model_version"] >= killed_at["model_version"]
+    wait_for("the agent to reconnect", lambda: status(agent)["connects"] >= 2, 60)
+    wait_for(
+        "training to continue from the persisted version",
+        lambda: status(agent)["model_version"] >= d["model_version"] + 2,
+        120,
+    )
+    d = device(restarted, "cam-1")
+    assert d is not None
+    assert d["snapshots_sent"] == 0, "resumed from the persisted version, no full resend"
+    s = status(agent)
+    assert s["updates_rejected"] == 0
+    assert d["checksums"].get(str(s["model_version"])) == s["model_checksum"]
+    assert s["batches_dropped"] == 0
+
+
+def test_sigterm_is_graceful_and_state_persists(cluster: Cluster, env: Env) -> None:
+    state = cluster.workdir / "state"
+    trainer = cluster.trainer(state)
+    agent = cluster.agent("cam-1", trainer.grpc_port)
+    wait_for("an update", lambda: status(agent)["model_version"] >= 1, 120)
+
+    seconds = stop(agent, timeout=30)
+    assert agent.popen.returncode == 0
+    assert seconds < 10, f"agent took {seconds:.1f} s to stop"
+    summary = json.loads((cluster.workdir / "cam-1.summary.json").read_text())
+    assert (cluster.workdir / "cam-1-state" / "model.pt").exists()
+
+    seconds = stop(trainer, timeout=30)
+    assert trainer.popen.returncode == 0
+    assert seconds < 15, f"trainer took {seconds:.1f} s to stop"
+    assert (state / "cam-1" / "state.pt").exists()
+
+    # Both come back where they stopped: no snapshot, the same version and checksum.
+    trainer = cluster.trainer(state, name="trainer-2")
+    agent = cluster.agent("cam-1", trainer.grpc_port, extra=("--duration", "600"))
+
+    def connected() -> dict[str, Any] | None:
+        st = status(agent)
+        return st if st["connects"] >= 1 else None
+
+    s = wait_for("reconnect", connected, 60)
+    assert s["model_version"] >= summary["model_version"]
+    d = device(trainer, "cam-1")
+    assert d is not None
+    assert d["snapshots_sent"] == 0
+
+
+# -- a fake trainer in this process feeds a real agent corrupt updates ---------------------------
+
+
+class FakeTrainer(pb_grpc.AdaptationServiceServicer):
+    def __init__(self, script: list[pb.TrainerMessage], then: pb.TrainerMessage) -> None:
+        self.script, self.then = script, then
+        self.received: list[pb.AgentMessage] = []
+        self.done = threading.Event()
+        self.release = threading.Event()
+
+    def Connect(self, request_iterator: Any, context: Any) -> Iterator[pb.TrainerMessage]:  # noqa: N802
+        first = next(request_iterator)
+        self.received.append(first)
+
+        def read() -> None:
+            for m in request_iterator:
+                self.received.append(m)
+
+        threading.Thread(target=read, daemon=True).start()
+        yield pb.TrainerMessage(
+            welcome=pb.Welcome(settings=pb.Settings(sampling_rate_fps=1, update_interval_s=10))
+        )
+        for m in self.script:
+            time.sleep(0.3)
+            yield m
+        self.done.set()
+        self.release.wait(60)
+        yield self.then
+        while context.is_active():
+            time.sleep(0.2)
+
+
+def test_corrupt_and_truncated_updates_are_rejected(cluster: Cluster, env: Env) -> None:
+    student = load_checkpoint_model(env.student)
+    flat = parameter_vector(student)
+    base = model_checksum(flat)
+    n = flat.numel()
+    idx = np.arange(0, n, 97, dtype=np.int64)
+    new = flat.clone()
+    new[idx] += 0.01
+    values = new[idx].half().numpy()
+    new[idx] = new[idx].half().float()
+    good = encode_update(ModelUpdate(1, 0, n, idx, values))
+    good_msg = update_message(good, model_checksum(new))
+
+    flipped = pb.ModelUpdate()
+    flipped.CopyFrom(good_msg)
+    flipped.values = bytes([good_msg.values[0] ^ 0x40]) + good_msg.values[1:]
+    truncated = pb.ModelUpdate()
+    truncated.CopyFrom(good_msg)
+    truncated.values = good_msg.values[: len(good_msg.values) // 2]
+    wrong_model = pb.ModelUpdate()
+    wrong_model.CopyFrom(good_msg)
+    wrong_model.model_checksum ^= 1
+    script = [pb.TrainerMessage(update=m) for m in (flipped, truncated, wrong_model)]
+    fake = FakeTrainer(script, then=pb.TrainerMessage(update=good_msg))
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    pb_grpc.add_AdaptationServiceServicer_to_server(fake, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        agent = cluster.agent("cam-1", port, secure=False)
+        wait_for("the script", fake.done.wait, 60)
+        s = wait_for(
+            "three rejections", lambda: (st := status(agent))["updates_rejected"] == 3 and st, 30
+        )
+        assert s["model_version"] == 0
+        assert s["updates_applied"] == 0
+        assert s["model_checksum"] == f"{base:08x}", "a rejected update changed the model"
+        acks = [m.ack for m in fake.received if m.WhichOneof("body") == "ack"]
+        assert [a.applied for a in acks] == [False, False, False]
+        assert "checksum" in acks[0].reason
+        assert "model checksum" in acks[2].reason
+        resyncs = [m.resync for m in fake.received if m.WhichOneof("body") == "resync"]
+        assert len(resyncs) == 3
+        assert all(r.have_version == 0 for r in resyncs)
+        assert all(r.have_checksum == base for r in resyncs)
+        # The intact update still applies, and the agent then runs exactly the trainer's model.
+        fake.release.set()
+        s = wait_for(
+            "the good update", lambda: (st := status(agent))["updates_applied"] == 1 and st
+        )
+        assert s["model_version"] == 1
+        assert s["updates_rejected"] == 3
+        assert s["model_checksum"] == f"{model_checksum(new):08x}"
+    finally:
+        server.stop(0)
+
+
+def _metrics(port: int) -> dict[str, float]:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
