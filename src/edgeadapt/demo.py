@@ -56,8 +56,9 @@ def _env() -> dict[str, str]:
 
 def start(name: str, module: str, args: list[str], workdir: Path) -> Proc:
     ready = workdir / f"{name}.ready.json"
+    ready.unlink(missing_ok=True)  # a previous process of the same name
     log_file = workdir / f"{name}.log"
-    with open(log_file, "wb") as out:
+    with open(log_file, "ab") as out:
         popen = subprocess.Popen(
             [*_python(), module, *args, "--ready-file", str(ready)],
             stdout=out,

@@ -58,19 +58,24 @@ class Sampler:
             self.interval = interval
 
     def offer(self, image: RGBImage, t: float) -> tuple[list[RGBImage], list[float]] | None:
+        """Take the frame captured at ``t`` if a sample is due; return a batch when one closes.
+
+        A batch holds the samples of [start, start + interval); it closes at the first frame
+        past its end, which then belongs to the next batch.
+        """
+        sealed = None
         if self._batch_start is None:
+            self._batch_start = t
+        elif t - self._batch_start >= self.interval and self.frames:
+            sealed = (self.frames, self.times)
+            self.frames, self.times = [], []
             self._batch_start = t
         if self._next is None or t >= self._next:
             self.frames.append(image)
             self.times.append(t)
             # A slower rate applies from the next sample; a late frame does not cause a burst.
             self._next = max((self._next or t) + 1.0 / self.rate, t + 0.5 / self.rate)
-        if t - self._batch_start >= self.interval and self.frames:
-            sealed = (self.frames, self.times)
-            self.frames, self.times = [], []
-            self._batch_start = t
-            return sealed
-        return None
+        return sealed
 
 
 class AgentMetrics:

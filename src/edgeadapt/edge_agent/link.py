@@ -187,7 +187,8 @@ class Link(threading.Thread):
 
     def _session(self) -> bool:
         """One stream, from connect to its end; True if the trainer refused the device."""
-        self._set_state(LinkState.CONNECTING)
+        if self.state != LinkState.REFUSED:  # stays "refused" until a stream is accepted
+            self._set_state(LinkState.CONNECTING)
         out: queue.Queue[object] = queue.Queue()
         self._welcomed.clear()
         register = pb.Register()
@@ -215,7 +216,7 @@ class Link(threading.Thread):
                 self._out = None
                 self._call = None
                 self._welcomed.clear()
-                if not self._stop_event.is_set():
+                if not self._stop_event.is_set() and self.state != LinkState.REFUSED:
                     self._set_state(LinkState.DISCONNECTED)
 
     def _failed(self, exc: grpc.RpcError) -> bool:
