@@ -5,9 +5,15 @@ BOOT := scripts/bootstrap.sh
 export PYTHONPATH := $(CURDIR)/src
 OUT ?= results
 
-.PHONY: bench bench-full test lint typecheck unit integration clean
+.PHONY: demo bench bench-full test verify proto lint typecheck unit integration clean
 
-## Main job: the AMS benchmark in quick mode (trains or reuses the cached models first).
+## Main job: a trainer, two adapting edge agents and a baseline agent over gRPC on loopback
+## (trains or reuses the cached models first) -> $(OUT)/demo.json and .png
+demo:
+	venv=$$($(BOOT)); mkdir -p $(OUT); \
+	$$venv/bin/python -m edgeadapt demo --out $(OUT)/demo.json
+
+## The AMS benchmark in quick mode (every variant on 5 minutes of video).
 bench:
 	venv=$$($(BOOT)); mkdir -p $(OUT); \
 	$$venv/bin/python -m edgeadapt bench ams --quick --out $(OUT)/ams-quick.json
@@ -24,6 +30,15 @@ test:
 	$$venv/bin/ruff format --check src tests scripts; \
 	$$venv/bin/mypy; \
 	$$venv/bin/python -m pytest
+
+## Generated files match their sources: protos -> src/edgeadapt/_proto, crds/ -> the chart.
+verify:
+	venv=$$($(BOOT)); EDGEADAPT_VENV=$$venv scripts/gen-proto.sh --check; \
+	diff -r crds charts/edgeadapt/files/crds && echo "chart CRDs match crds/"
+
+## Regenerate the gRPC code from proto/.
+proto:
+	venv=$$($(BOOT)); EDGEADAPT_VENV=$$venv scripts/gen-proto.sh
 
 lint:
 	venv=$$($(BOOT)); $$venv/bin/ruff check src tests scripts; $$venv/bin/ruff format --check src tests scripts

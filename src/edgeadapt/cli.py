@@ -28,6 +28,10 @@ COMMANDS: dict[tuple[str | None, str], tuple[str, str]] = {
         "edgeadapt.demo",
         "a trainer and N edge agents over gRPC on loopback, with a non-adapting baseline",
     ),
+    (None, "token"): (
+        "edgeadapt.stream.token_cli",
+        "make a trainer's token secret or mint a device's token",
+    ),
     ("train", "teacher"): ("edgeadapt.models.train", "train the teacher on all scene types"),
     ("train", "student"): ("edgeadapt.models.train", "pretrain the student on generic scenes"),
     ("video", "render"): ("edgeadapt.video.render", "render a synthetic video to a file"),
