@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -25,15 +26,30 @@ log = logging.getLogger("edgeadapt.edge_agent")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m edgeadapt.edge_agent", description=__doc__)
-    p.add_argument("--device-id", required=True, help="the EdgeDevice's name")
-    p.add_argument("--source", required=True, help="video spec: synthetic:..., a file or a URL")
+    env = os.environ.get
+    p.add_argument(
+        "--device-id",
+        default=env("EDGEADAPT_DEVICE"),
+        required=not env("EDGEADAPT_DEVICE"),
+        help="the EdgeDevice's name (env EDGEADAPT_DEVICE)",
+    )
+    p.add_argument(
+        "--source",
+        default=env("EDGEADAPT_VIDEO_URI"),
+        required=not env("EDGEADAPT_VIDEO_URI"),
+        help="video spec: synthetic:..., a file or a URL (env EDGEADAPT_VIDEO_URI)",
+    )
     p.add_argument("--size", default=None, help="WxH to resize decoded frames to (files, URLs)")
-    p.add_argument("--trainer", default="", help="trainer address host:port ('' for none)")
+    p.add_argument(
+        "--trainer",
+        default=env("EDGEADAPT_TRAINER_ENDPOINT", ""),
+        help="trainer address host:port, '' for none (env EDGEADAPT_TRAINER_ENDPOINT)",
+    )
     p.add_argument("--server-name", default=None, help="TLS name to expect from the trainer")
     p.add_argument("--ca-file", type=Path, help="CA that signed the trainer's certificate")
     p.add_argument("--cert-file", type=Path, help="client certificate for mutual TLS")
     p.add_argument("--key-file", type=Path, help="client key for mutual TLS")
-    p.add_argument("--token-file", type=Path, help="this device's token")
+    p.add_argument("--token-file", type=Path, help="this device's token (or env EDGEADAPT_TOKEN)")
     p.add_argument("--insecure", action="store_true", help="plaintext gRPC (loopback tests)")
     p.add_argument("--student", type=Path, help="the pretrained student checkpoint")
     p.add_argument("--profile", default="bench", help="cached model profile without --student")
@@ -70,8 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     if not valid_device_id(args.device_id):
         log.error("--device-id must be a DNS-1123 name, got %r", args.device_id)
         return 2
-    if args.trainer and not args.insecure and (args.ca_file is None or args.token_file is None):
-        log.error("--ca-file and --token-file are needed to reach a trainer (or --insecure)")
+    env_token = os.environ.get("EDGEADAPT_TOKEN", "")
+    if (
+        args.trainer
+        and not args.insecure
+        and (args.ca_file is None or not (args.token_file or env_token))
+    ):
+        log.error("--ca-file and a token are needed to reach a trainer (or --insecure)")
         return 2
     torch.set_num_threads(1)
     student = load_checkpoint_model(args.student or ensure_checkpoint("student", args.profile))
@@ -87,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     link = None
     if args.trainer:
-        token = args.token_file.read_text().strip() if args.token_file else ""
+        token = args.token_file.read_text().strip() if args.token_file else env_token
         credentials = None
         if not args.insecure:
             credentials = channel_credentials(args.ca_file, args.cert_file, args.key_file)

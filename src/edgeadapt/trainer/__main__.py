@@ -7,16 +7,22 @@
 Models: ``--teacher``/``--student`` name checkpoints (a ModelZoo's files in a cluster); without
 them the cached models of ``--profile`` are used (trained first if missing). Serving without TLS
 or without tokens needs ``--insecure``.
+
+``--config`` reads the JSON the operator renders from an AdaptationPolicy (its ``ams`` and
+``sampling`` parameters become this trainer's defaults; flags given explicitly still win).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from edgeadapt.adapt.ams import AMSConfig
 from edgeadapt.telemetry import HTTPEndpoint, setup_logging, write_ready_file
@@ -30,7 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--http-listen", default="0.0.0.0:9090", help="/metrics, /healthz and /status address"
     )
-    p.add_argument("--state-dir", type=Path, required=True, help="per-device state (a PVC)")
+    p.add_argument("--config", type=Path, help="AdaptationPolicy parameters (policy.json)")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("EDGEADAPT_STATE_DIR", "/var/lib/edgeadapt/state")),
+        help="per-device state (a PVC in a cluster; env EDGEADAPT_STATE_DIR)",
+    )
     p.add_argument("--teacher", type=Path, help="teacher checkpoint")
     p.add_argument("--student", type=Path, help="student checkpoint the devices start from")
     p.add_argument("--profile", default="bench", help="cached model profile without --teacher")
@@ -47,14 +59,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, default=AMSConfig.gamma)
     p.add_argument("--lr", type=float, default=AMSConfig.lr)
     p.add_argument("--batch-size", type=int, default=AMSConfig.batch_size)
+    p.add_argument("--r-min", type=float, default=AMSConfig.r_min, help="lowest sampling fps")
+    p.add_argument("--r-max", type=float, default=AMSConfig.r_max, help="highest sampling fps")
+    p.add_argument("--phi-target", type=float, default=AMSConfig.phi_target, help="ASR target")
+    p.add_argument(
+        "--adaptive-interval", choices=("Enabled", "Disabled"), default="Enabled", help="ATR"
+    )
     p.add_argument("--ready-file", help="write the bound ports here as JSON once serving")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
+# AdaptationPolicy field -> trainer option
+POLICY_FIELDS = {
+    ("ams", "tUpdateSeconds"): "t_update",
+    ("ams", "tHorizonSeconds"): "t_horizon",
+    ("ams", "iterations"): "iterations",
+    ("ams", "gammaFraction"): "gamma",
+    ("ams", "learningRate"): "lr",
+    ("ams", "adaptiveInterval"): "adaptive_interval",
+    ("sampling", "rMinFps"): "r_min",
+    ("sampling", "rMaxFps"): "r_max",
+    ("sampling", "phiTarget"): "phi_target",
+}
+
+
+def policy_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """Trainer option defaults from the operator's rendering of an AdaptationPolicy."""
+    strategy = str(config.get("strategy", "ams"))
+    if "ams" not in strategy.split("+"):
+        raise ValueError(f"strategy {strategy!r}: this trainer implements ams only")
+    out = {}
+    for (section, key), option in POLICY_FIELDS.items():
+        value = (config.get(section) or {}).get(key)
+        if value is not None:
+            out[option] = value
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    if first.config is not None:
+        config = json.loads(first.config.read_text())
+        parser.set_defaults(**policy_defaults(config))
+        if "+" in str(config.get("strategy", "ams")):
+            log.warning("strategy %s: only its ams part runs in this trainer", config["strategy"])
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except ValueError as exc:
+        setup_logging()
+        log.error("%s", exc)
+        return 2
     setup_logging(args.log_format, args.verbose, "trainer")
     if (args.tls_cert is None) != (args.tls_key is None):
         log.error("--tls-cert and --tls-key go together")
@@ -88,7 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         gamma=args.gamma,
         lr=args.lr,
         batch_size=args.batch_size,
+        r_min=args.r_min,
+        r_max=args.r_max,
+        phi_target=args.phi_target,
+        atr=args.adaptive_interval == "Enabled",
     )
+    trainer_id = os.environ.get("EDGEADAPT_TRAINER_NAME") or socket.gethostname()
     metrics = TrainerMetrics()
     hub = Hub(teacher, student, HubConfig(ams=ams), DeviceStore(args.state_dir), device, metrics)
     credentials = (
@@ -100,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     http = HTTPEndpoint(
         args.http_listen,
         metrics.registry,
-        lambda: {"trainer": socket.gethostname(), **hub.status()},
+        lambda: {"trainer": trainer_id, **hub.status()},
         lambda: ready["healthy"],
     )
 
