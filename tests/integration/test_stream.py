@@ -93,7 +93,9 @@ class Cluster:
         self.env, self.workdir = env, workdir
         self.procs: list[Proc] = []
 
-    def trainer(self, state: Path, port: int = 0, name: str = "trainer") -> Proc:
+    def trainer(
+        self, state: Path, port: int = 0, name: str = "trainer", extra: tuple[str, ...] = ()
+    ) -> Proc:
         e = self.env
         p = start(
             name,
@@ -110,6 +112,7 @@ class Cluster:
                 "--t-update", "2",
                 "--iterations", "4",
                 "--log-format", "json",
+                *extra,
             ],
             self.workdir,
         )  # fmt: skip
@@ -223,6 +226,23 @@ def test_health_service_over_tls_and_plaintext_refused(cluster: Cluster, env: En
         with pytest.raises(grpc.RpcError) as exc:
             health_pb2_grpc.HealthStub(plain).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mutual_tls_needs_a_client_certificate(cluster: Cluster, env: Env) -> None:
+    trainer = cluster.trainer(cluster.workdir / "state", extra=("--client-ca", str(env.pki.ca)))
+    anonymous = cluster.agent("cam-1", trainer.grpc_port)
+    pki = env.pki
+    with_cert = cluster.agent(
+        "cam-2",
+        trainer.grpc_port,
+        extra=("--cert-file", str(pki.client_cert), "--key-file", str(pki.client_key)),
+    )
+    wait_for("the agent with a certificate to adapt", at_version(with_cert, 1), 120)
+    s = status(anonymous)
+    assert s["connects"] == 0
+    assert s["model_version"] == 0
+    assert s["frames_inferred"] > 0
+    assert device(trainer, "cam-1") is None
 
 
 def test_wrong_token_is_refused(cluster: Cluster, env: Env) -> None:
@@ -436,12 +456,16 @@ def test_corrupt_and_truncated_updates_are_rejected(cluster: Cluster, env: Env) 
         assert s["model_version"] == 0
         assert s["updates_applied"] == 0
         assert s["model_checksum"] == f"{base:08x}", "a rejected update changed the model"
-        acks = [m.ack for m in fake.received if m.WhichOneof("body") == "ack"]
+
+        def received(kind: str) -> list[pb.AgentMessage]:
+            return [m for m in list(fake.received) if m.WhichOneof("body") == kind]
+
+        wait_for("three acks and resyncs", lambda: len(received("resync")) == 3, 30)
+        acks = [m.ack for m in received("ack")]
         assert [a.applied for a in acks] == [False, False, False]
         assert "checksum" in acks[0].reason
         assert "model checksum" in acks[2].reason
-        resyncs = [m.resync for m in fake.received if m.WhichOneof("body") == "resync"]
-        assert len(resyncs) == 3
+        resyncs = [m.resync for m in received("resync")]
         assert all(r.have_version == 0 for r in resyncs)
         assert all(r.have_checksum == base for r in resyncs)
         # The intact update still applies, and the agent then runs exactly the trainer's model.

@@ -158,8 +158,10 @@ def stateful_set(
                         {"name": "grpc", "containerPort": keys.TRAINER_GRPC_PORT},
                         {"name": "metrics", "containerPort": keys.METRICS_PORT},
                     ],
+                    # The gRPC port speaks TLS, which the kubelet's gRPC probe does not; the
+                    # trainer's HTTP endpoint reports the same serving state.
                     "readinessProbe": {
-                        "grpc": {"port": keys.TRAINER_GRPC_PORT},
+                        "httpGet": {"path": "/healthz", "port": "metrics"},
                         "periodSeconds": 10,
                     },
                     "resources": {

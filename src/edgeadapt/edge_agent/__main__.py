@@ -2,7 +2,7 @@
 
     python -m edgeadapt.edge_agent --device-id cam-1 --source rtsp://... \\
         --trainer trainer.example:50051 --ca-file ca.crt --token-file token \\
-        [--state-dir DIR] [--http-listen 0.0.0.0:9100]
+        [--state-dir DIR] [--http-listen 0.0.0.0:9090]
 
 ``--source`` is a video spec: ``synthetic:seed=N,...``, a file, or an rtsp/http/udp URL.
 ``--no-adapt`` registers the device for scoring only (the trainer never updates it).
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, help="keep the model in use here across restarts")
     p.add_argument("--max-pending", type=int, default=60, help="sample batches kept offline")
     p.add_argument("--backoff-max", type=float, default=30.0, help="longest reconnect delay (s)")
-    p.add_argument("--http-listen", default="0.0.0.0:9100", help="/metrics /healthz /status")
+    p.add_argument("--http-listen", default="0.0.0.0:9090", help="/metrics /healthz /status")
     p.add_argument("--summary-out", type=Path, help="write the final status here as JSON")
     p.add_argument("--ready-file", help="write the bound HTTP port here as JSON")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
