@@ -33,9 +33,9 @@ from edgeadapt.adapt.update import (
     model_checksum,
     parameter_vector,
 )
-from edgeadapt.demo import Proc, get_json, start, stop, wait_ready
 from edgeadapt.models.cache import ensure_checkpoint
 from edgeadapt.models.zoo import load_checkpoint_model
+from edgeadapt.procs import Proc, get_json, start, stop, wait_ready
 from edgeadapt.stream.auth import call_metadata, mint_token, new_secret
 from edgeadapt.stream.messages import REJECTED_BATCH_KEY, update_message
 from edgeadapt.stream.tls import PKI, channel_credentials, write_dev_pki

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edgeadapt.devcluster.cluster import REPO, LocalCluster
+from edgeadapt.procs import terminate
 
 T = TypeVar("T")
 
@@ -102,13 +102,7 @@ class OperatorProcess:
     def stop(self, timeout: float = 20) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout)
         self.proc = None
 
     def log_tail(self, chars: int = 4000) -> str:

@@ -1,0 +1,96 @@
+"""Child processes of a supervisor (the demo, the tests): start, wait until ready, query, stop.
+
+A child writes a ready file (``--ready-file``, JSON with the ports it bound) once it serves; the
+supervisor reads its ``/status`` over HTTP and stops it with SIGTERM, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    ready_file: Path
+    log_file: Path
+    http_port: int = 0
+    grpc_port: int = 0
+
+
+def _python() -> list[str]:
+    return [sys.executable, "-m"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def start(name: str, module: str, args: list[str], workdir: Path) -> Proc:
+    ready = workdir / f"{name}.ready.json"
+    ready.unlink(missing_ok=True)  # a previous process of the same name
+    log_file = workdir / f"{name}.log"
+    with open(log_file, "ab") as out:
+        popen = subprocess.Popen(
+            [*_python(), module, *args, "--ready-file", str(ready)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_env(),
+            start_new_session=True,
+        )
+    return Proc(name, popen, ready, log_file)
+
+
+def wait_ready(proc: Proc, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.ready_file.exists():
+            info = json.loads(proc.ready_file.read_text())
+            proc.http_port = int(info.get("http_port", 0))
+            proc.grpc_port = int(info.get("grpc_port", 0))
+            return
+        if proc.popen.poll() is not None:
+            tail = proc.log_file.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{tail}")
+        time.sleep(0.1)
+    raise TimeoutError(f"{proc.name} not ready after {timeout:.0f} s (log: {proc.log_file})")
+
+
+def get_json(port: int, path: str = "/status", timeout: float = 2.0) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            data: dict[str, Any] = json.loads(r.read())
+            return data
+    except (OSError, ValueError):
+        return None
+
+
+def terminate(popen: subprocess.Popen[Any], timeout: float = 20.0) -> float:
+    """SIGTERM, wait; SIGKILL after ``timeout``. Returns the seconds it took to exit."""
+    t0 = time.monotonic()
+    if popen.poll() is None:
+        popen.send_signal(signal.SIGTERM)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+    return time.monotonic() - t0
+
+
+def stop(proc: Proc, timeout: float = 20.0) -> float:
+    return terminate(proc.popen, timeout)
