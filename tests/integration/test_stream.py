@@ -9,6 +9,8 @@ SIGTERM shuts both sides down within a bound with their state on disk.
 from __future__ import annotations
 
 import contextlib
+import functools
+import http.server
 import json
 import signal
 import socket
@@ -39,6 +41,7 @@ from edgeadapt.procs import Proc, get_json, start, stop, wait_ready
 from edgeadapt.stream.auth import call_metadata, mint_token, new_secret
 from edgeadapt.stream.messages import REJECTED_BATCH_KEY, update_message
 from edgeadapt.stream.tls import PKI, channel_credentials, write_dev_pki
+from edgeadapt.video.render import write_video
 
 pytestmark = pytest.mark.processes
 
@@ -128,6 +131,7 @@ class Cluster:
         extra: tuple[str, ...] = (),
         seed: int = 1,
         secure: bool = True,
+        source: str | None = None,
     ) -> Proc:
         token_file = self.workdir / f"{name}.token"
         token_file.write_text(token if token is not None else mint_token(self.env.secret, name))
@@ -141,7 +145,7 @@ class Cluster:
             "edgeadapt.edge_agent",
             [
                 "--device-id", name,
-                "--source", VIDEO.format(seed=seed),
+                "--source", source or VIDEO.format(seed=seed),
                 "--trainer", f"127.0.0.1:{port}",
                 *tls,
                 "--student", str(self.env.student),
@@ -226,6 +230,62 @@ def test_health_service_over_tls_and_plaintext_refused(cluster: Cluster, env: En
         with pytest.raises(grpc.RpcError) as exc:
             health_pb2_grpc.HealthStub(plain).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_agent_on_a_video_file(cluster: Cluster, env: Env, tmp_path: Path) -> None:
+    clip = tmp_path / "clip.mp4"
+    assert write_video("synthetic:seed=5,duration=12,fps=10", clip) == 120
+    trainer = cluster.trainer(cluster.workdir / "state")
+    agent = cluster.agent("cam-1", trainer.grpc_port, source=str(clip))
+    agent.popen.wait(60)
+    assert agent.popen.returncode == 0, agent.log_file.read_text()[-2000:]
+    summary = json.loads((cluster.workdir / "cam-1.summary.json").read_text())
+    assert summary["frames_inferred"] == 120, "every frame of the clip, once"
+    assert summary["inference_fps"] == pytest.approx(10, rel=0.05), "paced at the clip's rate"
+    assert summary["model_version"] >= 1
+    assert summary["batches_acked"] == summary["batches_sealed"] >= 5
+    assert summary["batches_pending"] == 0, "the last, partial batch too, before exit"
+
+
+class _DroppingHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files; the first response is cut off halfway, as a failing stream would be."""
+
+    requests = 0
+
+    def copyfile(self, source: Any, outputfile: Any) -> None:
+        type(self).requests += 1
+        if type(self).requests == 1:
+            data = source.read()
+            outputfile.write(data[: len(data) // 2])
+            self.close_connection = True
+            return
+        super().copyfile(source, outputfile)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_agent_on_an_http_stream_that_drops(cluster: Cluster, env: Env, tmp_path: Path) -> None:
+    clip = tmp_path / "clip.ts"  # MPEG-TS: a streaming container, as cameras serve
+    assert write_video("synthetic:seed=5,duration=12,fps=10", clip) == 120
+    trainer = cluster.trainer(cluster.workdir / "state")
+    handler = functools.partial(_DroppingHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{clip.name}"
+        agent = cluster.agent("cam-1", trainer.grpc_port, source=url)
+        agent.popen.wait(90)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert agent.popen.returncode == 0, agent.log_file.read_text()[-2000:]
+    summary = json.loads((cluster.workdir / "cam-1.summary.json").read_text())
+    assert summary["source_errors"] == 1, "the cut was seen and the stream reopened"
+    # Part of the clip before the cut, then all of it again after reopening.
+    assert 120 + 30 <= summary["frames_inferred"] <= 120 + 90
+    assert summary["model_version"] >= 1
+    assert summary["batches_pending"] == 0
 
 
 def test_mutual_tls_needs_a_client_certificate(cluster: Cluster, env: Env) -> None:

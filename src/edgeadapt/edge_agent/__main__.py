@@ -5,7 +5,9 @@
         [--state-dir DIR] [--http-listen 0.0.0.0:9090]
 
 ``--source`` is a video spec: ``synthetic:seed=N,...``, a file, or an rtsp/http/udp URL.
-``--no-adapt`` registers the device for scoring only (the trainer never updates it).
+``--no-adapt`` registers the device for scoring only (the trainer never updates it). A network
+source that fails is reopened with backoff (a live rtsp/rtmp/udp/srt/tcp stream also when it
+ends); inference resumes on the next frame it delivers.
 Without a trainer (``--trainer ''``) the agent only infers.
 """
 
@@ -22,6 +24,9 @@ from pathlib import Path
 from edgeadapt.telemetry import HTTPEndpoint, setup_logging, write_ready_file
 
 log = logging.getLogger("edgeadapt.edge_agent")
+
+# Streams that only exist live: one that ends has dropped, and is reopened like one that fails.
+LIVE_SCHEMES = ("rtsp://", "rtmp://", "udp://", "srt://", "tcp://")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, help="keep the model in use here across restarts")
     p.add_argument("--max-pending", type=int, default=60, help="sample batches kept offline")
     p.add_argument("--backoff-max", type=float, default=30.0, help="longest reconnect delay (s)")
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=10.0,
+        help="on exit, seconds to wait for the trainer to acknowledge the last batches",
+    )
     p.add_argument("--http-listen", default="0.0.0.0:9090", help="/metrics /healthz /status")
     p.add_argument("--summary-out", type=Path, help="write the final status here as JSON")
     p.add_argument("--ready-file", help="write the bound HTTP port here as JSON")
@@ -81,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     from edgeadapt.models.zoo import load_checkpoint_model
     from edgeadapt.stream.auth import valid_device_id
     from edgeadapt.stream.tls import channel_credentials
-    from edgeadapt.video.source import open_source
+    from edgeadapt.video.av_source import NETWORK_SCHEMES
+    from edgeadapt.video.source import VideoSource, open_source
 
     if not valid_device_id(args.device_id):
         log.error("--device-id must be a DNS-1123 name, got %r", args.device_id)
@@ -105,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.size:
         width, height = (int(v) for v in args.size.lower().split("x"))
     source = open_source(args.source, width=width, height=height)
+    network = args.source.startswith(NETWORK_SCHEMES)
+    live = args.source.startswith(LIVE_SCHEMES)
+
+    def reopen() -> VideoSource:
+        return open_source(args.source, width=width, height=height)
 
     link = None
     if args.trainer:
@@ -141,10 +158,13 @@ def main(argv: list[str] | None = None) -> int:
             duration=args.duration,
             pace=args.pace,
             state_dir=args.state_dir,
+            drain_timeout=args.drain_timeout,
+            reopen_at_end=live,
         ),
         source,
         edge,
         link,
+        reopen=reopen if network else None,
     )
     http = HTTPEndpoint(
         args.http_listen,

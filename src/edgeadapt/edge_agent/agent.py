@@ -22,10 +22,12 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import av
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import Enum as EnumMetric
@@ -77,6 +79,15 @@ class Sampler:
             self._next = max((self._next or t) + 1.0 / self.rate, t + 0.5 / self.rate)
         return sealed
 
+    def flush(self) -> tuple[list[RGBImage], list[float]] | None:
+        """Close the open batch early (the source ended, or the agent is stopping)."""
+        if not self.frames:
+            return None
+        sealed = (self.frames, self.times)
+        self.frames, self.times = [], []
+        self._batch_start = None
+        return sealed
+
 
 class AgentMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -92,6 +103,11 @@ class AgentMetrics:
             "edgeadapt_agent_inference_seconds",
             "Student inference time per frame",
             buckets=(0.002, 0.005, 0.01, 0.02, 0.033, 0.05, 0.1, 0.2),
+            registry=r,
+        )
+        self.source_errors = Counter(
+            "edgeadapt_agent_source_errors_total",
+            "Times the video source failed and was reopened",
             registry=r,
         )
         self.late = Counter(
@@ -150,7 +166,8 @@ class AgentOptions:
     t_update: float = 10.0
     state_dir: Path | None = None
     checkpoint_interval: float = 60.0
-    drain_timeout: float = 3.0
+    reopen_at_end: bool = False  # a live stream that ends is reopened too
+    drain_timeout: float = 10.0
 
 
 @dataclass
@@ -160,6 +177,7 @@ class _Counters:
     sealed: int = 0
     acked: int = 0
     rejected_batches: int = 0
+    source_errors: int = 0
     uplink_bytes: int = 0
     downlink_bytes: int = 0
     window: deque[float] = field(default_factory=lambda: deque(maxlen=512))
@@ -173,9 +191,12 @@ class Agent(LinkEvents):
         edge: EdgeModel,
         link_config: LinkConfig | None,
         metrics: AgentMetrics | None = None,
+        reopen: Callable[[], VideoSource] | None = None,
     ) -> None:
+        """``reopen`` opens the source again after it failed (network sources); None: never."""
         self.opt = options
         self.source = source
+        self.reopen = reopen
         self.edge = edge
         self.metrics = metrics or AgentMetrics()
         self.sampler = Sampler(options.r_init, options.t_update)
@@ -236,6 +257,7 @@ class Agent(LinkEvents):
     def run(self) -> dict[str, Any]:
         """Infer until the duration, the end of the source, or :meth:`request_stop`."""
         self.started_at = time.time()
+        self.loop_started = None
         encoder = threading.Thread(target=self._encode_loop, name="encoder", daemon=True)
         encoder.start()
         if self.link is not None:
@@ -244,6 +266,10 @@ class Agent(LinkEvents):
             self._infer_loop()
         finally:
             self.loop_ended = time.time()
+            with self._lock:
+                rest = self.sampler.flush()
+            if rest is not None:
+                self._seal(rest)
             self._encode_q.put(None)
             encoder.join(timeout=10)
             if self.link is not None:
@@ -254,27 +280,65 @@ class Agent(LinkEvents):
         return self.status()
 
     def _infer_loop(self) -> None:
-        fps = self.source.fps
+        """Play the source; a network source that fails is reopened (with backoff) if allowed."""
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                ended = self._play(self.source)
+            except (OSError, av.error.FFmpegError) as exc:
+                if self.reopen is None:
+                    raise
+                self.counters.source_errors += 1
+                self.metrics.source_errors.inc()
+                log.warning(
+                    "video source lost: %s; reopening in %.1f s",
+                    exc,
+                    delay,
+                    extra={"device": self.opt.device_id},
+                )
+            else:
+                if ended or self.reopen is None or not self.opt.reopen_at_end:
+                    return
+                log.warning("live source ended; reopening", extra={"device": self.opt.device_id})
+            if self._stop.wait(delay) or self._expired():
+                return
+            delay = min(delay * 2, 30.0)
+            try:
+                self.source.close()
+                self.source = self.reopen()
+                delay = 1.0
+            except OSError as exc:
+                log.warning("cannot reopen the video source: %s", exc)
+
+    def _expired(self) -> bool:
+        if self.opt.duration is None or self.loop_started is None:
+            return False
+        return time.time() - self.loop_started >= self.opt.duration
+
+    def _play(self, source: VideoSource) -> bool:
+        """Infer every frame of ``source``; True if the run is over (duration, stop)."""
+        fps = source.fps
         start = time.monotonic()
-        self.loop_started = time.time()
+        if self.loop_started is None:
+            self.loop_started = time.time()
         wall0 = time.time()
         last_checkpoint = start
-        for frame in self.source.frames():
-            if self._stop.is_set():
-                break
-            elapsed = time.monotonic() - start
-            if self.opt.duration is not None and elapsed >= self.opt.duration:
-                break
+        ts0: float | None = None  # a live stream's timestamps need not start at 0
+        for frame in source.frames():
+            if self._stop.is_set() or self._expired():
+                return True
+            if ts0 is None:
+                ts0 = frame.timestamp
             if self.opt.pace:
-                due = start + frame.timestamp
+                due = start + (frame.timestamp - ts0)
                 delay = due - time.monotonic()
                 if delay > 0:
                     if self._stop.wait(delay):
-                        break
+                        return True
                 elif delay < -1.0 / fps:
                     self.counters.late += 1
                     self.metrics.late.inc()
-                captured = wall0 + frame.timestamp
+                captured = wall0 + (frame.timestamp - ts0)
             else:
                 captured = time.time()
             t0 = time.perf_counter()
@@ -291,13 +355,8 @@ class Agent(LinkEvents):
                 sealed = self.sampler.offer(frame.image, captured)
             if len(c.window) > 1:
                 self.metrics.fps.set((len(c.window) - 1) / max(c.window[-1] - c.window[0], 1e-6))
-            if sealed is not None and self.link is not None:
-                self.counters.sealed += 1
-                self.metrics.batches.labels("sealed").inc()
-                try:
-                    self._encode_q.put_nowait((next(self._seq), *sealed, self.edge.version))
-                except queue.Full:
-                    self.metrics.batches.labels("dropped").inc()
+            if sealed is not None:
+                self._seal(sealed)
             if (
                 self.opt.state_dir is not None
                 and time.monotonic() - last_checkpoint >= self.opt.checkpoint_interval
@@ -305,6 +364,17 @@ class Agent(LinkEvents):
                 last_checkpoint = time.monotonic()
                 if self.edge.version != self._saved_version:
                     threading.Thread(target=self.save_state, daemon=True).start()
+        return False
+
+    def _seal(self, sealed: tuple[list[RGBImage], list[float]]) -> None:
+        if self.link is None:
+            return
+        self.counters.sealed += 1
+        self.metrics.batches.labels("sealed").inc()
+        try:
+            self._encode_q.put_nowait((next(self._seq), *sealed, self.edge.version))
+        except queue.Full:
+            self.metrics.batches.labels("dropped").inc()
 
     def _encode_loop(self) -> None:
         while True:
@@ -360,6 +430,7 @@ class Agent(LinkEvents):
             if len(c.window) > 1
             else 0.0,
             "late_frames": c.late,
+            "source_errors": c.source_errors,
             "model_version": self.edge.version,
             "model_checksum": f"{self.edge.checksum():08x}",
             "updates_applied": self.edge.applied,
