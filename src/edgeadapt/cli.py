@@ -20,6 +20,10 @@ COMMANDS: dict[tuple[str | None, str], tuple[str, str]] = {
         "edgeadapt.bench.ams",
         "AMS against its baselines on one drifting video",
     ),
+    ("bench", "stream"): (
+        "edgeadapt.bench.stream",
+        "devices one trainer process serves in real time, over gRPC",
+    ),
     ("bench", "operator"): (
         "edgeadapt.bench.operator",
         "operator scale: N EdgeDevices to Ready against a local control plane",

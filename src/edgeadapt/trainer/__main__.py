@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     http = HTTPEndpoint(
         args.http_listen,
         metrics.registry,
-        lambda: {"trainer": trainer_id, **hub.status()},
+        lambda: {"trainer": trainer_id, "device": str(device), **hub.status()},
         lambda: ready["healthy"],
     )
 

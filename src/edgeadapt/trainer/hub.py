@@ -147,6 +147,7 @@ class Hub:
         self.devices: dict[str, Device] = {}
         self._devices_lock = threading.Lock()
         self._queue: queue.Queue[tuple[str, Batch] | None] = queue.Queue(config.max_queue)
+        self._in_flight: dict[str, int] = {}  # batches submitted and not yet processed
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
 
@@ -228,8 +229,15 @@ class Hub:
         self._update_gauges()
 
     def submit(self, device_id: str, batch: Batch) -> None:
+        with self._devices_lock:
+            self._in_flight[device_id] = self._in_flight.get(device_id, 0) + 1
         self._queue.put((device_id, batch))
         self.metrics.queue.set(self._queue.qsize())
+
+    def in_flight(self, device_id: str) -> int:
+        """Batches of this device that were submitted and are not processed yet."""
+        with self._devices_lock:
+            return self._in_flight.get(device_id, 0)
 
     def ack(self, device_id: str, ack: pb.UpdateAck) -> None:
         dev = self.devices[device_id]
@@ -382,6 +390,10 @@ class Hub:
                 self._cycle(items)
             except Exception:
                 log.exception("worker cycle failed")
+            finally:
+                with self._devices_lock:
+                    for device_id, _ in items:
+                        self._in_flight[device_id] -= 1
 
     def _cycle(self, items: list[tuple[str, Batch]]) -> None:
         t0 = time.perf_counter()

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 _EOF: object = getattr(grpc.aio, "EOF")  # noqa: B009 - not in the type stubs
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AdaptationService"].full_name
 REGISTER_TIMEOUT = 10.0
+DRAIN_TIMEOUT = 60.0  # after the agent half-closes, the longest wait for its last batches
 MAX_BATCH_FRAMES = 600
 MAX_FRAME_PIXELS = 4096 * 4096
 
@@ -179,6 +180,11 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
             while True:
                 msg = await context.read()
                 if msg is _EOF:
+                    # The agent sends nothing more; what it already sent is still answered
+                    # (acknowledgements, updates) before the stream ends.
+                    deadline = loop.time() + DRAIN_TIMEOUT
+                    while self.hub.in_flight(device_id) and loop.time() < deadline:
+                        await asyncio.sleep(0.05)
                     out.put_nowait(_End(None))
                     return
                 self.hub.count_bytes(device_id, up=wire_size(msg))
