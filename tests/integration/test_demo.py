@@ -63,3 +63,33 @@ def test_demo_writes_the_report(tmp_path: Path) -> None:
     assert report["targets"]["models_identical_to_trainer"] is True
     assert report["run"]["trainer_shutdown_s"] < 15
     assert "cam-1" in proc.stdout
+
+
+def test_bench_stream_reports_lag_and_capacity(tmp_path: Path) -> None:
+    out = tmp_path / "stream.json"
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "edgeadapt", "bench", "stream",
+            "--profile", "tiny",
+            "--devices", "2",
+            "--duration", "25",
+            "--out", str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (run,) = report["runs"]
+    assert run["devices"] == 2
+    assert run["errors"] == []
+    # Every batch sent got its update back, and the lag is measured, not assumed.
+    assert run["updates_per_device"] == run["batches_per_device"] > 0
+    assert 0 < run["lag_median_s"] <= run["lag_p95_s"] <= run["lag_max_s"]
+    assert run["train_phase_mean_s"] > 0
+    assert report["capacity"] in (0, 2)
+    assert report["capacity"] == (2 if run["keeps_up"] else 0)

@@ -245,6 +245,13 @@ def test_agent_on_a_video_file(cluster: Cluster, env: Env, tmp_path: Path) -> No
     assert summary["model_version"] >= 1
     assert summary["batches_acked"] == summary["batches_sealed"] >= 5
     assert summary["batches_pending"] == 0, "the last, partial batch too, before exit"
+    # Structured logs: one JSON object per line, with the fields an operator filters on.
+    lines = agent.log_file.read_text().splitlines()
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    applied = [e for e in events if e["msg"] == "update applied"]
+    assert applied
+    assert all(e["device"] == "cam-1" for e in applied)
+    assert [e["version"] for e in applied] == list(range(1, len(applied) + 1))
 
 
 class _DroppingHandler(http.server.SimpleHTTPRequestHandler):
@@ -374,6 +381,16 @@ def test_garbage_upload_fails_only_that_stream(cluster: Cluster, env: Env) -> No
         s = status(a)
         assert s["connects"] == 1, "the other streams were not interrupted"
         assert s["updates_rejected"] == 0
+        # The agent's Prometheus endpoint says the same.
+        m = _metrics(a.http_port)
+        assert m["edgeadapt_agent_model_version"] >= before[a.name] + 2
+        assert m["edgeadapt_agent_frames_inferred_total"] > 0
+        assert m['edgeadapt_agent_stream_bytes_total{direction="up"}'] > 0
+        assert m['edgeadapt_agent_stream_bytes_total{direction="down"}'] > 0
+        assert m['edgeadapt_agent_updates_total{result="rejected"}'] == 0
+        assert (
+            m['edgeadapt_agent_connection_state{edgeadapt_agent_connection_state="connected"}'] == 1
+        )
     assert (
         _metrics(trainer.http_port)['edgeadapt_trainer_sample_batches_total{result="rejected"}']
         == 1

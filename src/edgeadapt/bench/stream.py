@@ -86,17 +86,18 @@ class SimulatedAgent(threading.Thread):
         video = SyntheticVideo.from_spec(self.video)
         time.sleep(max(0.0, self.start_at - time.time()))
         seq, t_video = 0, 0.0
-        next_at = time.time() + self.interval
+        prev = time.time()
+        next_at = prev + self.interval
         while next_at < self.stop_at:
             time.sleep(max(0.0, next_at - time.time()))
-            interval, rate = self.interval, self.rate
-            n = max(1, round(rate * interval))
-            offsets = [k / rate for k in range(n)]
+            now = time.time()
+            span, rate = now - prev, self.rate  # the batch covers the time since the last one
+            n = max(1, round(rate * span))
+            offsets = [span * (k + 1) / n for k in range(n)]
             frames = [
                 video.frame(min(round((t_video + o) * video.fps), video.num_frames - 1)).image
                 for o in offsets
             ]
-            now = time.time()
             seq += 1
             self.sent_at[seq] = now
             self._out.put(
@@ -105,15 +106,16 @@ class SimulatedAgent(threading.Thread):
                         seq=seq,
                         codec=pb.CODEC_H264,
                         data=encode_h264(frames),
-                        timestamps=[now - interval + o for o in offsets],
+                        timestamps=[prev + o for o in offsets],
                         width=video.width,
                         height=video.height,
                     )
                 )
             )
             self.batches += 1
-            t_video += interval
-            next_at += interval
+            t_video += span
+            prev = now
+            next_at = now + self.interval  # the trainer may have changed T_update meanwhile
         self._out.put(None)
 
     def run(self) -> None:
@@ -241,6 +243,7 @@ def run_one(n: int, args: argparse.Namespace, teacher: Path, student: Path) -> d
         status = get_json(trainer.http_port, timeout=10) or {"devices": []}
         url = f"http://127.0.0.1:{trainer.http_port}/metrics"
         metrics = urllib.request.urlopen(url, timeout=10).read().decode()
+        errors = [f"{a.device_id}: {a.error}" for a in agents if a.error]  # before the stop
     finally:
         stop(trainer)
         if not args.keep:
@@ -257,7 +260,7 @@ def run_one(n: int, args: argparse.Namespace, teacher: Path, student: Path) -> d
         "lag_max_s": round(float(lags.max()), 2) if len(lags) else None,
         "batches_per_device": round(float(np.mean(rounds)), 1),
         "updates_per_device": round(float(np.mean([a.updates for a in agents])), 1),
-        "keeps_up": p95 is not None and p95 < T_UPDATE and not any(a.error for a in agents),
+        "keeps_up": p95 is not None and p95 < T_UPDATE and not errors,
         "trainer_cpu_utilisation": round(cpu / wall, 2),
         "train_phase_mean_s": _histogram_mean(metrics, "edgeadapt_trainer_train_phase_seconds"),
         "label_cycle_mean_s": _histogram_mean(metrics, "edgeadapt_trainer_label_seconds"),
@@ -268,7 +271,7 @@ def run_one(n: int, args: argparse.Namespace, teacher: Path, student: Path) -> d
         "downlink_kbps_per_device": round(
             float(np.mean([a.down_bytes for a in agents])) * 8 / args.duration / 1000, 2
         ),
-        "errors": [a.error for a in agents if a.error],
+        "errors": errors,
     }
 
 
