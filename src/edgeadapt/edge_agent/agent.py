@@ -146,6 +146,14 @@ class AgentMetrics:
             registry=r,
         )
         self.connection.state(LinkState.DISCONNECTED.value)
+        # Every known label value is exported from the start, at zero.
+        for counter, values in (
+            (self.stream_bytes, ("up", "down")),
+            (self.updates, ("applied", "rejected")),
+            (self.batches, ("sealed", "acked", "dropped", "rejected")),
+        ):
+            for value in values:
+                counter.labels(value)
         self.rate = Gauge(
             "edgeadapt_agent_sampling_rate_fps", "Sampling rate set by the trainer", registry=r
         )

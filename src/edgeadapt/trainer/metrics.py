@@ -62,6 +62,13 @@ class TrainerMetrics:
             buckets=(0.1, 0.3, 1, 2, 4, 8, 16, 32),
             registry=r,
         )
+        for counter, values in (
+            (self.batches, ("accepted", "rejected")),
+            (self.updates, ("sparse", "snapshot")),
+            (self.stream_bytes, ("up", "down")),
+        ):
+            for value in values:
+                counter.labels(value)  # exported from the start, at zero
         self.persist_seconds = Histogram(
             "edgeadapt_trainer_persist_seconds",
             "Time to write one device's state",
