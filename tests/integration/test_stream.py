@@ -12,6 +12,7 @@ import contextlib
 import functools
 import http.server
 import json
+import shutil
 import signal
 import socket
 import threading
@@ -461,6 +462,19 @@ def test_sigterm_is_graceful_and_state_persists(cluster: Cluster, env: Env) -> N
     d = device(trainer, "cam-1")
     assert d is not None
     assert d["snapshots_sent"] == 0
+
+    # A device that lost its model (a new agent with no state) gets a float32 snapshot of the
+    # trainer's over the stream and runs exactly the trainer's model.
+    wait_for("a later version", at_version(agent, s["model_version"] + 1), 120)
+    stop(agent, timeout=30)
+    shutil.rmtree(cluster.workdir / "cam-1-state")
+    agent = cluster.agent("cam-1", trainer.grpc_port, extra=("--duration", "600"))
+    wait_for("the snapshot", lambda: (device(trainer, "cam-1") or {}).get("snapshots_sent") == 1)
+    s = wait_for("the snapshot applied", lambda: (st := status(agent))["model_version"] > 0 and st)
+    d = device(trainer, "cam-1")
+    assert d is not None
+    assert d["checksums"].get(str(s["model_version"])) == s["model_checksum"]
+    assert s["updates_rejected"] == 0
 
 
 # -- a fake trainer in this process feeds a real agent corrupt updates ---------------------------
