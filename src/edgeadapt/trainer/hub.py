@@ -81,7 +81,10 @@ class Device:
     adapt: bool
     session: AMSSession | None
     checksum: int
-    lock: threading.RLock = field(default_factory=threading.RLock)
+    lock: threading.RLock = field(
+        default_factory=threading.RLock
+    )  # model state; held while training
+    conn_lock: threading.Lock = field(default_factory=threading.Lock)  # send/close; never held long
     chain: list[Link] = field(default_factory=list)
     acked_version: int = 0
     last_frame_time: float = 0.0
@@ -107,8 +110,9 @@ class Device:
         return self.session.version if self.session is not None else 0
 
     def deliver(self, message: pb.TrainerMessage) -> None:
-        if self.send is not None:
-            self.send(message)
+        send = self.send
+        if send is not None:
+            send(message)
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,7 @@ class Hub:
         for dev in list(self.devices.values()):
             with dev.lock:
                 self._persist(dev)
+            with dev.conn_lock:
                 if dev.close is not None:
                     dev.close("trainer shutting down")
                 dev.send = dev.close = None
@@ -190,9 +195,10 @@ class Hub:
                 dev.adapt = True
             elif not register.adapt:
                 dev.adapt = False
-            if dev.close is not None:
-                dev.close("replaced by a newer stream for the same device")
-            dev.send, dev.close, dev.connected_at = send, close, time.time()
+            with dev.conn_lock:
+                if dev.close is not None:
+                    dev.close("replaced by a newer stream for the same device")
+                dev.send, dev.close, dev.connected_at = send, close, time.time()
             rate, interval = self._settings(dev)
             dev.settings = (rate, interval)
             messages = [
@@ -222,7 +228,9 @@ class Hub:
         dev = self.devices.get(device_id)
         if dev is None:
             return
-        with dev.lock:
+        # Called on the server's event loop: only the connection lock, never the device lock
+        # that a training phase holds for seconds.
+        with dev.conn_lock:
             if dev.send is send:  # not replaced by a newer stream meanwhile
                 dev.send = dev.close = None
                 dev.connected_at = None

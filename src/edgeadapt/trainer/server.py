@@ -80,7 +80,6 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
         self.hub = hub
         self.secret = token_secret
         self.metrics = hub.metrics
-        self._streams: set[asyncio.Queue[pb.TrainerMessage | _End]] = set()
 
     async def _fail(
         self,
@@ -142,7 +141,6 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
         except ValueError as exc:
             await self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         self.hub.count_bytes(device_id, up=wire_size(first))
-        self._streams.add(out)
         reader = asyncio.create_task(self._read(context, device_id, out))
         try:
             for message in initial:
@@ -157,7 +155,6 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
                     await self._write(context, device_id, item)
         finally:
             reader.cancel()
-            self._streams.discard(out)
             self.hub.detach(device_id, send)
 
     async def _write(
@@ -208,8 +205,8 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
                         return
                     self.metrics.batches.labels("accepted").inc()
                     await loop.run_in_executor(None, self.hub.submit, device_id, batch)
-                elif kind == "ack":
-                    self.hub.ack(device_id, msg.ack)
+                elif kind == "ack":  # waits for the device's training phase: off the loop
+                    await loop.run_in_executor(None, self.hub.ack, device_id, msg.ack)
                 elif kind == "resync":
                     for m in await loop.run_in_executor(
                         None, self.hub.resync, device_id, msg.resync
