@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgeadapt.procs import Proc, get_json, start, stop, wait_ready
+from edgeadapt.procs import Proc, get_json, start, start_trainer, stop, wait_ready
 
 log = logging.getLogger(__name__)
 
@@ -159,22 +159,16 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     if state_dir.exists():
         shutil.rmtree(state_dir)
 
-    trainer = start(
-        "trainer",
-        "edgeadapt.trainer",
-        [
-            "--listen", "127.0.0.1:0",
-            "--http-listen", "127.0.0.1:0",
-            "--state-dir", str(state_dir),
-            "--teacher", str(teacher),
-            "--student", str(student),
-            "--tls-cert", str(pki.server_cert),
-            "--tls-key", str(pki.server_key),
-            "--token-secret-file", str(workdir / "token-secret"),
-            "--threads", str(args.trainer_threads),
-        ],
+    trainer = start_trainer(
         workdir,
-    )  # fmt: skip
+        state_dir=state_dir,
+        teacher=teacher,
+        student=student,
+        tls_cert=pki.server_cert,
+        tls_key=pki.server_key,
+        token_secret_file=workdir / "token-secret",
+        extra=("--threads", str(args.trainer_threads)),
+    )
     procs: dict[str, Proc] = {}
     try:
         wait_ready(trainer, 120)

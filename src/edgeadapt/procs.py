@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,35 @@ def terminate(popen: subprocess.Popen[Any], timeout: float = 20.0) -> float:
 
 def stop(proc: Proc, timeout: float = 20.0) -> float:
     return terminate(proc.popen, timeout)
+
+
+def start_trainer(
+    workdir: Path,
+    *,
+    state_dir: Path,
+    teacher: Path,
+    student: Path,
+    tls_cert: Path,
+    tls_key: Path,
+    token_secret_file: Path,
+    listen: str = "127.0.0.1:0",
+    extra: Sequence[str] = (),
+    name: str = "trainer",
+) -> Proc:
+    """A trainer on loopback with TLS and tokens, its HTTP endpoint on a free port."""
+    return start(
+        name,
+        "edgeadapt.trainer",
+        [
+            "--listen", listen,
+            "--http-listen", "127.0.0.1:0",
+            "--state-dir", str(state_dir),
+            "--teacher", str(teacher),
+            "--student", str(student),
+            "--tls-cert", str(tls_cert),
+            "--tls-key", str(tls_key),
+            "--token-secret-file", str(token_secret_file),
+            *extra,
+        ],
+        workdir,
+    )  # fmt: skip

@@ -38,9 +38,9 @@ from edgeadapt.adapt.update import (
 )
 from edgeadapt.models.cache import ensure_checkpoint
 from edgeadapt.models.zoo import load_checkpoint_model
-from edgeadapt.procs import Proc, get_json, start, stop, wait_ready
+from edgeadapt.procs import Proc, get_json, start, start_trainer, stop, wait_ready
 from edgeadapt.stream.auth import call_metadata, mint_token, new_secret
-from edgeadapt.stream.messages import REJECTED_BATCH_KEY, update_message
+from edgeadapt.stream.messages import REJECTED_BATCH_KEY, register_message, update_message
 from edgeadapt.stream.tls import PKI, channel_credentials, write_dev_pki
 from edgeadapt.video.render import write_video
 
@@ -101,25 +101,18 @@ class Cluster:
         self, state: Path, port: int = 0, name: str = "trainer", extra: tuple[str, ...] = ()
     ) -> Proc:
         e = self.env
-        p = start(
-            name,
-            "edgeadapt.trainer",
-            [
-                "--listen", f"127.0.0.1:{port}",
-                "--http-listen", "127.0.0.1:0",
-                "--state-dir", str(state),
-                "--teacher", str(e.teacher),
-                "--student", str(e.student),
-                "--tls-cert", str(e.pki.server_cert),
-                "--tls-key", str(e.pki.server_key),
-                "--token-secret-file", str(e.secret_file),
-                "--t-update", "2",
-                "--iterations", "4",
-                "--log-format", "json",
-                *extra,
-            ],
+        p = start_trainer(
             self.workdir,
-        )  # fmt: skip
+            state_dir=state,
+            teacher=e.teacher,
+            student=e.student,
+            tls_cert=e.pki.server_cert,
+            tls_key=e.pki.server_key,
+            token_secret_file=e.secret_file,
+            listen=f"127.0.0.1:{port}",
+            extra=("--t-update", "2", "--iterations", "4", "--log-format", "json", *extra),
+            name=name,
+        )
         self.procs.append(p)
         wait_ready(p, 120)
         return p
@@ -199,22 +192,7 @@ def secure_channel(env: Env, port: int) -> grpc.Channel:
 
 
 def register(env: Env, device_id: str) -> pb.AgentMessage:
-    student = load_checkpoint_model(env.student)
-    return pb.AgentMessage(
-        register=pb.Register(
-            device_id=device_id,
-            task=pb.TASK_SEMANTIC_SEGMENTATION,
-            model=pb.ModelSpec(
-                arch=student.arch,
-                num_classes=int(student.config["num_classes"]),
-                width_mult=float(student.config["width_mult"]),
-                num_params=int(parameter_vector(student).numel()),
-            ),
-            model_version=0,
-            model_checksum=model_checksum(parameter_vector(student)),
-            adapt=True,
-        )
-    )
+    return pb.AgentMessage(register=register_message(device_id, load_checkpoint_model(env.student)))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from edgeadapt.procs import get_json, start, stop, wait_ready
+from edgeadapt.procs import get_json, start_trainer, stop, wait_ready
 
 log = logging.getLogger(__name__)
 
@@ -173,55 +173,35 @@ def _histogram_mean(metrics: str, name: str) -> float | None:
 def run_one(n: int, args: argparse.Namespace, teacher: Path, student: Path) -> dict[str, Any]:
     import urllib.request
 
-    from edgeadapt._proto.stream.v1 import stream_pb2 as pb
-    from edgeadapt.adapt.update import model_checksum, parameter_vector
     from edgeadapt.models.zoo import load_checkpoint_model
     from edgeadapt.stream.auth import mint_token, new_secret
+    from edgeadapt.stream.messages import register_message
     from edgeadapt.stream.tls import channel_credentials, write_dev_pki
 
     workdir = Path(tempfile.mkdtemp(prefix=f"edgeadapt-bench-stream-{n}-"))
     pki = write_dev_pki(workdir / "pki")
     secret = new_secret().hex().encode()
     (workdir / "secret").write_bytes(secret)
-    trainer = start(
-        "trainer",
-        "edgeadapt.trainer",
-        [
-            "--listen", "127.0.0.1:0",
-            "--http-listen", "127.0.0.1:0",
-            "--state-dir", str(workdir / "state"),
-            "--teacher", str(teacher),
-            "--student", str(student),
-            "--tls-cert", str(pki.server_cert),
-            "--tls-key", str(pki.server_key),
-            "--token-secret-file", str(workdir / "secret"),
-            "--threads", str(args.trainer_threads),
-            "--log-format", "json",
-        ],
+    trainer = start_trainer(
         workdir,
-    )  # fmt: skip
+        state_dir=workdir / "state",
+        teacher=teacher,
+        student=student,
+        tls_cert=pki.server_cert,
+        tls_key=pki.server_key,
+        token_secret_file=workdir / "secret",
+        extra=("--threads", str(args.trainer_threads), "--log-format", "json"),
+    )
     try:
         wait_ready(trainer, 120)
         model = load_checkpoint_model(student)
-        flat = parameter_vector(model)
         credentials = channel_credentials(pki.ca)
         t0 = time.time() + 1.0
         stop_at = t0 + args.duration
         agents = []
         for i in range(n):
             device_id = f"sim-{i + 1}"
-            register = pb.Register(
-                device_id=device_id,
-                task=pb.TASK_SEMANTIC_SEGMENTATION,
-                model=pb.ModelSpec(
-                    arch=model.arch,
-                    num_classes=int(model.config["num_classes"]),
-                    width_mult=float(model.config["width_mult"]),
-                    num_params=int(flat.numel()),
-                ),
-                model_checksum=model_checksum(flat),
-                adapt=True,
-            )
+            register = register_message(device_id, model)
             agents.append(
                 SimulatedAgent(
                     device_id,

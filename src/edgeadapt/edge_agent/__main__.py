@@ -84,13 +84,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from edgeadapt._proto.stream.v1 import stream_pb2 as pb
     from edgeadapt.adapt.ams import EdgeModel
     from edgeadapt.edge_agent.agent import Agent, AgentOptions, load_state, restore_edge
     from edgeadapt.edge_agent.link import LinkConfig
     from edgeadapt.models.cache import ensure_checkpoint
     from edgeadapt.models.zoo import load_checkpoint_model
     from edgeadapt.stream.auth import valid_device_id
+    from edgeadapt.stream.messages import register_message
     from edgeadapt.stream.tls import channel_credentials
     from edgeadapt.video.av_source import NETWORK_SCHEMES
     from edgeadapt.video.source import VideoSource, open_source
@@ -129,18 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         credentials = None
         if not args.insecure:
             credentials = channel_credentials(args.ca_file, args.cert_file, args.key_file)
-        register = pb.Register(
-            device_id=args.device_id,
-            task=pb.TASK_SEMANTIC_SEGMENTATION,
-            model=pb.ModelSpec(
-                arch=student.arch,
-                num_classes=int(student.config["num_classes"]),
-                width_mult=float(student.config.get("width_mult", 1.0)),
-                num_params=edge.num_params,
-            ),
-            adapt=args.adapt,
-            agent_version="edgeadapt-0.1.0",
-        )
+        # The link fills in the version and checksum the agent runs when it connects.
+        register = register_message(args.device_id, student, adapt=args.adapt)
         link = LinkConfig(
             target=args.trainer,
             device_id=args.device_id,

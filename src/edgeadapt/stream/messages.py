@@ -13,7 +13,18 @@ import struct
 from google.protobuf.message import Message
 
 from edgeadapt._proto.stream.v1 import stream_pb2 as pb
-from edgeadapt.adapt.update import _CRC_OFFSET, FORMAT, HEADER, MAGIC, UpdateError
+from edgeadapt.adapt.update import (
+    _CRC_OFFSET,
+    FORMAT,
+    HEADER,
+    MAGIC,
+    UpdateError,
+    model_checksum,
+    parameter_vector,
+)
+from edgeadapt.models.zoo import SegmentationModel
+
+AGENT_VERSION = "0.1.0"
 
 GRPC_FRAME_BYTES = 5  # gRPC's per-message prefix: compressed flag and length
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a float32 snapshot of a large student fits
@@ -34,6 +45,25 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
 ]
 REJECTED_BATCH_KEY = "edgeadapt-rejected-batch"
+
+
+def register_message(device_id: str, student: SegmentationModel, adapt: bool = True) -> pb.Register:
+    """The Register a device running ``student`` (as built, version 0) opens its stream with."""
+    flat = parameter_vector(student)
+    return pb.Register(
+        device_id=device_id,
+        task=pb.TASK_SEMANTIC_SEGMENTATION,
+        model=pb.ModelSpec(
+            arch=student.arch,
+            num_classes=int(student.config["num_classes"]),
+            width_mult=float(student.config.get("width_mult", 1.0)),
+            num_params=int(flat.numel()),
+        ),
+        model_version=0,
+        model_checksum=model_checksum(flat),
+        adapt=adapt,
+        agent_version=f"edgeadapt-{AGENT_VERSION}",
+    )
 
 
 def wire_size(message: Message) -> int:
