@@ -274,7 +274,8 @@ class EdgeModel:
         self.last_error = ""
         self.num_params = sum(p.numel() for p in self.active.parameters() if p.requires_grad)
         self._swap_lock = threading.Lock()  # held by predict for one frame, by apply to swap
-        self._apply_lock = threading.Lock()  # one update at a time
+        self._apply_lock = threading.Lock()  # one update at a time; the active model is stable
+        self._checksum: int | None = None  # of the active model, once computed
 
     @staticmethod
     def _params(model: nn.Module) -> list[nn.Parameter]:
@@ -287,9 +288,24 @@ class EdgeModel:
         torch.nn.utils.vector_to_parameters(flat, params)
 
     def checksum(self) -> int:
-        """CRC32 of the active model's parameters (see :func:`model_checksum`)."""
-        with self._swap_lock:
-            return model_checksum(parameter_vector(self.active))
+        """CRC32 of the active model's parameters (see :func:`model_checksum`).
+
+        Cached per model version, and computed without holding up inference: only ``apply``
+        changes the active model, and it is excluded meanwhile.
+        """
+        with self._apply_lock:
+            if self._checksum is None:
+                self._checksum = model_checksum(parameter_vector(self.active))
+            return self._checksum
+
+    @torch.no_grad()
+    def load_parameters(self, params: torch.Tensor, version: int) -> None:
+        """Put a parameter vector (a saved model) into both copies, at ``version``."""
+        with self._apply_lock:
+            for model in (self.active, self.inactive):
+                torch.nn.utils.vector_to_parameters(params.to(self.device), self._params(model))
+            self.version = version
+            self._checksum = None
 
     def _reject(self, reason: str) -> bool:
         self.rejected += 1
@@ -309,6 +325,7 @@ class EdgeModel:
             except UpdateError as exc:
                 return self._reject(str(exc))
             self._patch(self.inactive, update)
+            got = None
             if expected_checksum is not None:
                 got = model_checksum(parameter_vector(self.inactive))
                 if got != expected_checksum:
@@ -322,6 +339,7 @@ class EdgeModel:
             with self._swap_lock:
                 self.active, self.inactive = self.inactive, self.active
                 self.version = update.version
+            self._checksum = got  # verified above, or computed when first asked for
             self._patch(self.inactive, update)
             self.applied += 1
             self.last_error = ""

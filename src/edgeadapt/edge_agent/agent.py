@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import Enum as EnumMetric
 
 from edgeadapt.adapt.ams import EdgeModel
-from edgeadapt.adapt.update import model_checksum, parameter_vector
+from edgeadapt.adapt.update import parameter_vector
 from edgeadapt.edge_agent.link import EncodedBatch, Link, LinkConfig, LinkEvents, LinkState
 from edgeadapt.video.codec import encode_h264
 from edgeadapt.video.source import RGBImage, VideoSource
@@ -486,13 +486,5 @@ def load_state(path: Path, device_id: str, num_params: int) -> tuple[int, torch.
 
 def restore_edge(edge: EdgeModel, version: int, params: torch.Tensor) -> None:
     """Put saved parameters into both copies of an edge model."""
-    for model in (edge.active, edge.inactive):
-        torch.nn.utils.vector_to_parameters(
-            params.to(edge.device), [p for p in model.parameters() if p.requires_grad]
-        )
-    edge.version = version
-    log.info(
-        "restored model version %d (checksum %08x)",
-        version,
-        model_checksum(parameter_vector(edge.active)),
-    )
+    edge.load_parameters(params, version)
+    log.info("restored model version %d (checksum %08x)", version, edge.checksum())
