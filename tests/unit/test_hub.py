@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from edgeadapt.adapt.ams import AMSConfig, EdgeModel
 from edgeadapt.adapt.update import model_checksum, parameter_vector
 from edgeadapt.models.zoo import SegmentationModel, build_student, build_teacher
 from edgeadapt.stream.messages import update_bytes
-from edgeadapt.trainer.hub import Batch, Hub, HubConfig, PreconditionError
+from edgeadapt.trainer.hub import Batch, CloseReason, Hub, HubConfig, PreconditionError
 from edgeadapt.trainer.store import DeviceStore
 
 Models = tuple[SegmentationModel, SegmentationModel]
@@ -27,12 +28,18 @@ def models() -> Models:
     return build_teacher(7).eval(), build_student(7, width_mult=0.5).eval()
 
 
-def make_hub(models: Models, store: Path) -> Hub:
+def make_hub(models: Models, store: Path, start: bool = True, **overrides: Any) -> Hub:
     teacher, student = models
-    cfg = HubConfig(ams=AMSConfig(iterations=2, batch_size=2, t_update=2.0))
+    options: dict[str, Any] = {"resync_interval": 0.0, **overrides}
+    cfg = HubConfig(ams=AMSConfig(iterations=2, batch_size=2, t_update=2.0), **options)
     hub = Hub(teacher, student, cfg, DeviceStore(store), torch.device("cpu"))
-    hub.start()
+    if start:
+        hub.start()
     return hub
+
+
+def submit(hub: Hub, device_id: str, b: Batch) -> None:
+    assert hub.try_submit(device_id, b)
 
 
 def register(
@@ -79,7 +86,7 @@ def test_rounds_catch_up_and_persistence(models: Models, tmp_path: Path) -> None
     assert kinds(first) == ["welcome"], "an agent on the pretrained student needs no model bytes"
 
     for seq in (1, 2):
-        hub.submit("cam-1", batch(seq, 100.0 + 10 * seq))
+        submit(hub, "cam-1", batch(seq, 100.0 + 10 * seq))
     wait(lambda: kinds(sent).count("update") == 2)
     assert kinds(sent).count("batch_ack") == 2
     updates = [m.update for m in sent if m.WhichOneof("body") == "update"]
@@ -108,7 +115,7 @@ def test_rounds_catch_up_and_persistence(models: Models, tmp_path: Path) -> None
 
     # A resent batch (same capture times) is acknowledged but not learned twice.
     frames = hub.devices["cam-1"].frames
-    hub.submit("cam-1", batch(2, 120.0))
+    submit(hub, "cam-1", batch(2, 120.0))
     wait(lambda: kinds(sent).count("batch_ack") == 3)
     assert hub.devices["cam-1"].frames == frames
     assert hub.devices["cam-1"].version == 2
@@ -130,10 +137,10 @@ def test_rounds_catch_up_and_persistence(models: Models, tmp_path: Path) -> None
 
 def test_second_stream_replaces_the_first(models: Models, tmp_path: Path) -> None:
     hub = make_hub(models, tmp_path)
-    closed: list[str] = []
+    closed: list[CloseReason] = []
     hub.attach(register(hub), _drop, closed.append)
     hub.attach(register(hub), _drop, closed.append)
-    assert closed == ["replaced by a newer stream for the same device"]
+    assert closed == [CloseReason.REPLACED]
     hub.stop()
 
 
@@ -148,3 +155,184 @@ def test_a_student_this_trainer_does_not_adapt_is_refused(
     with pytest.raises(PreconditionError, match="this trainer adapts"):
         hub.attach(register(hub, **{field: value}), _drop, lambda reason: None)  # type: ignore[arg-type]
     hub.stop()
+
+
+def device_register(hub: Hub, device_id: str, adapt: bool = True) -> pb.Register:
+    r = register(hub)
+    r.device_id = device_id
+    r.adapt = adapt
+    return r
+
+
+def test_adapt_false_on_reconnect_is_honoured(models: Models, tmp_path: Path) -> None:
+    hub = make_hub(models, tmp_path)
+    sent: list[pb.TrainerMessage] = []
+    hub.attach(register(hub), sent.append, lambda reason: None)
+    submit(hub, "cam-1", batch(1, 100.0))
+    wait(lambda: kinds(sent).count("update") == 1)
+    # The same device comes back as a scoring-only device: scored, never trained again.
+    sent.clear()
+    hub.attach(device_register(hub, "cam-1", adapt=False), sent.append, lambda reason: None)
+    submit(hub, "cam-1", batch(2, 200.0))
+    wait(lambda: kinds(sent).count("batch_ack") == 1)
+    dev = hub.devices["cam-1"]
+    assert dev.version == 1
+    assert "update" not in kinds(sent)
+    assert dev.frames == 6, "the frames are still scored"
+    hub.stop()
+
+
+def test_mixed_resolutions_share_a_cycle_and_a_device_may_change_its_own(
+    models: Models, tmp_path: Path
+) -> None:
+    hub = make_hub(models, tmp_path, start=False)
+    sent: dict[str, list[pb.TrainerMessage]] = {"cam-a": [], "cam-b": []}
+    for name, out in sent.items():
+        hub.attach(device_register(hub, name), out.append, lambda reason: None)
+    rng = np.random.default_rng(0)
+    small = Batch(1, rng.integers(0, 255, (2, 48, 64, 3), dtype=np.uint8), [10.0, 11.0])
+    submit(hub, "cam-a", batch(1, 10.0))  # 64x128
+    submit(hub, "cam-b", small)
+    submit(hub, "cam-b", batch(2, 20.0))  # cam-b's camera changed resolution
+    hub.start()  # all three batches are taken in one worker cycle
+    wait(lambda: kinds(sent["cam-a"]).count("batch_ack") == 1)
+    wait(lambda: kinds(sent["cam-b"]).count("batch_ack") == 2)
+    assert [m.batch_ack.frames for m in sent["cam-b"] if m.HasField("batch_ack")] == [2, 3]
+    assert kinds(sent["cam-a"]).count("update") == 1
+    assert kinds(sent["cam-b"]).count("update") == 2
+    assert hub.metrics.batches.labels("failed")._value.get() == 0
+    hub.stop()
+
+
+def test_one_devices_failure_never_drops_another_devices_batch(
+    models: Models, tmp_path: Path
+) -> None:
+    hub = make_hub(models, tmp_path, start=False)
+    sent: dict[str, list[pb.TrainerMessage]] = {"cam-a": [], "cam-b": []}
+    for name, out in sent.items():
+        hub.attach(device_register(hub, name), out.append, lambda reason: None)
+    bad = hub.devices["cam-a"].session
+    assert bad is not None
+
+    def broken(now: float) -> None:
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    bad.train_phase = broken  # type: ignore[method-assign]
+    submit(hub, "cam-a", batch(1, 10.0))
+    submit(hub, "cam-b", batch(2, 10.0))
+    hub.start()
+    wait(lambda: "update" in kinds(sent["cam-b"]))
+    wait(lambda: "batch_ack" in kinds(sent["cam-a"]))
+    ack = next(m.batch_ack for m in sent["cam-a"] if m.HasField("batch_ack"))
+    assert ack.frames == 0, "answered, so the agent does not resend it forever"
+    assert hub.metrics.batches.labels("failed")._value.get() == 1
+    assert hub.healthy()
+    hub.stop()
+
+
+def test_a_resync_flood_costs_one_snapshot(models: Models, tmp_path: Path) -> None:
+    hub = make_hub(models, tmp_path, resync_interval=0.5)
+    sent: list[pb.TrainerMessage] = []
+    hub.attach(register(hub), sent.append, lambda reason: None)
+    submit(hub, "cam-1", batch(1, 100.0))
+    wait(lambda: kinds(sent).count("update") == 1)
+    request = pb.ResyncRequest(have_version=0, have_checksum=12345)  # matches nothing we sent
+    answers = [m for _ in range(200) for m in hub.resync("cam-1", request)]
+    assert len(answers) == 1
+    assert answers[0].update.snapshot
+    assert hub.metrics.resyncs.labels("deferred")._value.get() == 199
+    # The deferred request is answered once the interval has passed, but not with a second
+    # snapshot while the first is still on its way.
+    wait(lambda: hub.metrics.resyncs.labels("coalesced")._value.get() >= 1, timeout=10)
+    assert sum(m.update.snapshot for m in sent if m.HasField("update")) == 0
+    # Once the device acknowledges the snapshot, a new request may get another one.
+    hub.ack("cam-1", pb.UpdateAck(version=1, applied=True))
+    again: list[pb.TrainerMessage] = []
+
+    def served() -> bool:
+        again.extend(hub.resync("cam-1", request))
+        return bool(again)
+
+    wait(served, timeout=10)
+    assert len(again) == 1
+    assert again[0].update.snapshot
+    assert hub.devices["cam-1"].snapshots_sent == 2
+    hub.stop()
+
+
+def test_updates_are_logged_not_checkpointed_per_batch_and_survive_a_kill(
+    models: Models, tmp_path: Path
+) -> None:
+    hub = make_hub(models, tmp_path, checkpoint_interval=3600.0)
+    store = hub.store
+    assert store is not None
+    saves: list[str] = []
+    save = store.save
+
+    def counted(device_id: str, state: dict[str, Any]) -> int:
+        saves.append(device_id)
+        return save(device_id, state)
+
+    store.save = counted  # type: ignore[method-assign]
+    sent: list[pb.TrainerMessage] = []
+    hub.attach(register(hub), sent.append, lambda reason: None)
+    for seq in (1, 2, 3):
+        submit(hub, "cam-1", batch(seq, 100.0 + 10 * seq))
+    wait(lambda: kinds(sent).count("update") == 3)
+    assert saves == [], "no whole-state write per batch"
+    assert len(store.records("cam-1")) == 3
+    checksum = hub.devices["cam-1"].checksum
+    # A trainer killed now (no stop, no checkpoint) resumes at version 3 from the log alone.
+    hub2 = make_hub(models, tmp_path)
+    welcome = hub2.attach(register(hub2, 3, checksum), _drop, lambda reason: None)
+    assert kinds(welcome) == ["welcome"]
+    assert welcome[0].welcome.model_version == 3
+    dev = hub2.devices["cam-1"]
+    assert dev.session is not None
+    assert model_checksum(parameter_vector(dev.session.model)) == checksum
+    # The agent at version 1 gets the two logged updates it lacks, not a snapshot.
+    behind = hub2.resync(
+        "cam-1", pb.ResyncRequest(have_version=1, have_checksum=dev.chain[0].checksum)
+    )
+    assert [m.update.version for m in behind] == [2, 3]
+    hub2.stop()
+    assert store.records("cam-1") == [], "a checkpoint empties the log"
+    hub.stop()
+
+
+def test_idle_devices_leave_memory_and_come_back(models: Models, tmp_path: Path) -> None:
+    hub = make_hub(models, tmp_path, idle_evict_after=0.5)
+    sent: list[pb.TrainerMessage] = []
+    send = sent.append
+    hub.attach(register(hub), send, lambda reason: None)
+    submit(hub, "cam-1", batch(1, 100.0))
+    wait(lambda: kinds(sent).count("update") == 1)
+    checksum = hub.devices["cam-1"].checksum
+    hub.detach("cam-1", send)
+    wait(lambda: "cam-1" not in hub.devices, timeout=10)
+    assert hub.metrics.evictions._value.get() == 1
+    welcome = hub.attach(register(hub, 1, checksum), _drop, lambda reason: None)
+    assert kinds(welcome) == ["welcome"]
+    assert welcome[0].welcome.model_version == 1
+    assert hub.devices["cam-1"].checksum == checksum
+    hub.stop()
+
+
+def test_one_failing_save_does_not_skip_the_others_at_shutdown(
+    models: Models, tmp_path: Path
+) -> None:
+    hub = make_hub(models, tmp_path)
+    for name in ("cam-a", "cam-b", "cam-c"):
+        hub.attach(device_register(hub, name), _drop, lambda reason: None)
+    store = hub.store
+    assert store is not None
+    save = store.save
+
+    def failing(device_id: str, state: dict[str, Any]) -> int:
+        if device_id == "cam-a":
+            raise OSError(28, "No space left on device")
+        return save(device_id, state)
+
+    store.save = failing  # type: ignore[method-assign]
+    hub.stop()
+    assert store.device_ids() == ["cam-b", "cam-c"]

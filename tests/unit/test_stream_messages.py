@@ -156,3 +156,31 @@ def test_generated_code_matches_the_protos() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("mask_encoding", -1, "mask encoding"),
+        ("mask_encoding", 7, "mask encoding"),
+        ("value_type", -3, "value type"),
+        ("value_type", 9, "value type"),
+        ("num_params", 0, "out of range"),
+        ("num_params", 2**40, "out of range"),
+        ("num_params", 2, "values for a model"),
+    ],
+)
+def test_out_of_range_fields_are_an_update_error(field: str, value: int, match: str) -> None:
+    msg = update_message(_sparse(), 0)
+    wire = msg.SerializeToString()
+    bad = pb.ModelUpdate.FromString(wire)
+    setattr(bad, field, value)  # the agent sees whatever the wire carries
+    bad = pb.ModelUpdate.FromString(bad.SerializeToString())
+    with pytest.raises(UpdateError, match=match):
+        update_bytes(bad)
+
+
+def test_a_device_id_with_a_trailing_newline_is_invalid() -> None:
+    assert not valid_device_id("cam-1\n")
+    with pytest.raises(ValueError, match="invalid device id"):
+        mint_token(b"s" * 32, "cam-1\n")

@@ -118,3 +118,55 @@ def test_edge_model_rejects_corrupt_and_stale_updates_and_keeps_its_model() -> N
     assert edge.applied == 1
     assert not torch.equal(after, before)
     assert torch.equal(after, spare)  # both copies patched
+
+
+def _forge(encoding: int, n: int, mask: bytes, values: bytes = b"", value_type: int = 0) -> bytes:
+    """An update with a valid checksum around whatever mask and values are given."""
+    import struct
+    import zlib
+
+    count = len(values) // (4 if value_type else 2)
+    header = HEADER.pack(b"EAUP", 1, encoding, value_type, 2, 1, n, count, len(mask), 0)
+    body = mask + values
+    crc = zlib.crc32(body, zlib.crc32(header))
+    return header[:-4] + struct.pack("<I", crc) + body
+
+
+def test_a_zlib_bomb_in_the_mask_is_refused_without_inflating_it() -> None:
+    import tracemalloc
+    import zlib
+
+    n = 10_000
+    bomb = zlib.compress(b"\0" * 64_000_000, 9)  # 62 KB that inflate to 64 MB
+    tracemalloc.start()
+    try:
+        with pytest.raises(UpdateError, match="more than"):
+            decode_update(_forge(MASK_BITS, n, bomb), n)
+        with pytest.raises(UpdateError, match="more than"):
+            decode_update(_forge(MASK_GAPS, n, bomb, b"\0\0" * 4), n)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4_000_000
+
+
+def test_masks_that_do_not_fit_the_model_are_refused() -> None:
+    import zlib
+
+    n = 10_001  # 1251 mask bytes, 7 spare bits in the last one
+    bits = np.zeros(1251 * 8, np.bool_)
+    bits[[3, n]] = True  # a bit past the model's end
+    with pytest.raises(UpdateError, match="past the model"):
+        decode_update(
+            _forge(MASK_BITS, n, zlib.compress(np.packbits(bits).tobytes()), b"\0" * 4), n
+        )
+    short = zlib.compress(np.packbits(np.zeros(800, np.bool_)).tobytes())
+    with pytest.raises(UpdateError, match="bit mask is 100 bytes"):
+        decode_update(_forge(MASK_BITS, n, short), n)
+    good = zlib.compress(np.packbits(np.zeros(1251 * 8, np.bool_)).tobytes())
+    with pytest.raises(UpdateError, match="trailing"):
+        decode_update(_forge(MASK_BITS, n, good + b"junk"), n)
+    with pytest.raises(UpdateError, match="truncated"):
+        decode_update(_forge(MASK_BITS, n, good[:-3]), n)
+    with pytest.raises(UpdateError, match="no mask"):
+        decode_update(_forge(MASK_ALL, 2, b"x", b"\0" * 4), 2)

@@ -177,7 +177,7 @@ class AMSSession:
         for img, lab, t in zip(images, labels, times, strict=True):
             frame = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()
             self.buffer.add(frame, lab.to(torch.uint8), t)
-            if self._prev_label is not None:
+            if self._prev_label is not None and self._prev_label.shape == lab.shape:
                 phi = phi_score(lab, self._prev_label, self.num_classes)
                 self.sampling.observe(phi)
                 phis.append(phi)

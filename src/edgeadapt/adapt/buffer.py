@@ -26,7 +26,13 @@ class HorizonBuffer:
         return len(self.times)
 
     def add(self, frame: torch.Tensor, label: torch.Tensor, t: float) -> None:
-        """Insert one sample, keeping time order (arrivals are normally in order)."""
+        """Insert one sample, keeping time order (arrivals are normally in order).
+
+        A frame of another size than those held (the camera's resolution changed) starts the
+        horizon afresh: mini-batches are stacked, and the old view is stale anyway.
+        """
+        if self.frames and self.frames[-1].shape != frame.shape:
+            self.times, self.frames, self.labels = [], [], []
         k = bisect.bisect_right(self.times, t)
         self.times.insert(k, t)
         self.frames.insert(k, frame)

@@ -35,6 +35,7 @@ MASK_ALL, MASK_BITS, MASK_GAPS = 0, 1, 2
 VALUE_F16, VALUE_F32 = 0, 1
 _VALUE_DTYPES: dict[int, np.dtype[Any]] = {VALUE_F16: np.dtype("<f2"), VALUE_F32: np.dtype("<f4")}
 _CRC_OFFSET = HEADER.size - 4
+_MAX_VARINT = 6  # bytes of one LEB128 gap (positions are below 2**32)
 
 
 class UpdateError(ValueError):
@@ -118,6 +119,22 @@ def encode_update(update: ModelUpdate) -> bytes:
     return header[:_CRC_OFFSET] + struct.pack("<I", crc) + body
 
 
+def _inflate(data: bytes, limit: int) -> bytes:
+    """zlib-decompress at most ``limit`` bytes; more than that (a zlib bomb) is an error."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, limit)
+        if not d.eof:
+            if d.decompress(d.unconsumed_tail, 1):
+                raise UpdateError(f"mask decompresses to more than {limit} bytes")
+            raise UpdateError("mask is a truncated zlib stream")
+        if d.unused_data:
+            raise UpdateError("trailing bytes after the mask's zlib stream")
+    except zlib.error as exc:
+        raise UpdateError(f"mask does not decompress: {exc}") from exc
+    return out
+
+
 def decode_update(data: bytes, num_params: int | None = None) -> ModelUpdate:
     """Parse and verify an encoded update; raise :class:`UpdateError` on anything wrong."""
     if len(data) < HEADER.size:
@@ -140,20 +157,28 @@ def decode_update(data: bytes, num_params: int | None = None) -> ModelUpdate:
         raise UpdateError("checksum mismatch")
     mask = data[HEADER.size : HEADER.size + mask_len]
     values = np.frombuffer(data, dtype, count=count, offset=HEADER.size + mask_len)
-    try:
-        if encoding == MASK_ALL:
-            indices = np.arange(n_params, dtype=np.int64)
-        elif encoding == MASK_BITS:
-            bits = np.unpackbits(np.frombuffer(zlib.decompress(mask), np.uint8))
-            if len(bits) < n_params or bits[n_params:].any():
-                raise UpdateError("bit mask does not match the model size")
-            indices = np.flatnonzero(bits[:n_params]).astype(np.int64)
-        elif encoding == MASK_GAPS:
-            indices = np.cumsum(_unleb128(zlib.decompress(mask)) + 1) - 1
-        else:
-            raise UpdateError(f"unknown mask encoding {encoding}")
-    except zlib.error as exc:
-        raise UpdateError(f"mask does not decompress: {exc}") from exc
+    if encoding == MASK_ALL:
+        if mask_len:
+            raise UpdateError("a full-model update carries no mask")
+        indices = np.arange(n_params, dtype=np.int64)
+    elif encoding == MASK_BITS:
+        nbytes = (n_params + 7) // 8
+        raw = _inflate(mask, nbytes)
+        if len(raw) != nbytes:
+            raise UpdateError(
+                f"bit mask is {len(raw)} bytes, a {n_params}-parameter model needs {nbytes}"
+            )
+        bits = np.unpackbits(np.frombuffer(raw, np.uint8))
+        if bits[n_params:].any():
+            raise UpdateError("bit mask has bits set past the model size")
+        indices = np.flatnonzero(bits[:n_params]).astype(np.int64)
+    elif encoding == MASK_GAPS:
+        gaps = _unleb128(_inflate(mask, count * _MAX_VARINT))
+        if len(gaps) != count:
+            raise UpdateError(f"{len(gaps)} positions for {count} values")
+        indices = np.cumsum(gaps + 1) - 1
+    else:
+        raise UpdateError(f"unknown mask encoding {encoding}")
     if len(indices) != count or (count and (indices[0] < 0 or indices[-1] >= n_params)):
         raise UpdateError("positions do not match the value count or the model size")
     if not np.isfinite(values).all():

@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pace", dest="pace", action="store_false", help="do not pace to fps")
     p.add_argument("--state-dir", type=Path, help="keep the model in use here across restarts")
     p.add_argument("--max-pending", type=int, default=60, help="sample batches kept offline")
+    p.add_argument(
+        "--t-update",
+        type=float,
+        default=10.0,
+        help="seconds of samples per batch until the trainer sets T_update (offline, at start)",
+    )
     p.add_argument("--backoff-max", type=float, default=30.0, help="longest reconnect delay (s)")
     p.add_argument(
         "--drain-timeout",
@@ -150,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             state_dir=args.state_dir,
             drain_timeout=args.drain_timeout,
             reopen_at_end=live,
+            t_update=args.t_update,
         ),
         source,
         edge,
@@ -160,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         args.http_listen,
         agent.metrics.registry,
         agent.status,
-        lambda: not agent._stop.is_set(),
+        agent.healthy,
     )
     write_ready_file(args.ready_file, http_port=http.port)
     for sig in (signal.SIGTERM, signal.SIGINT):

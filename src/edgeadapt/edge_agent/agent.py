@@ -16,9 +16,12 @@ with the last good model while batches wait in the link's bounded queue.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import os
 import queue
+import tempfile
 import threading
 import time
 from collections import deque
@@ -32,15 +35,19 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import Enum as EnumMetric
 
+from edgeadapt._proto.stream.v1 import stream_pb2 as pb
 from edgeadapt.adapt.ams import EdgeModel
 from edgeadapt.adapt.update import parameter_vector
 from edgeadapt.edge_agent.link import EncodedBatch, Link, LinkConfig, LinkEvents, LinkState
+from edgeadapt.stream.messages import MAX_BATCH_BYTES
 from edgeadapt.video.codec import encode_h264
 from edgeadapt.video.source import RGBImage, VideoSource
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
+
+_Chunk = tuple[bytes, list[float], tuple[int, int]]  # H.264 data, capture times, (height, width)
 
 
 class Sampler:
@@ -154,6 +161,14 @@ class AgentMetrics:
         ):
             for value in values:
                 counter.labels(value)
+        self.thread_failures = Counter(
+            "edgeadapt_agent_thread_failures_total",
+            "Unexpected exceptions caught in a worker thread's loop, by thread (link, encoder)",
+            ["thread"],
+            registry=r,
+        )
+        for thread in ("link", "encoder"):
+            self.thread_failures.labels(thread)
         self.rate = Gauge(
             "edgeadapt_agent_sampling_rate_fps", "Sampling rate set by the trainer", registry=r
         )
@@ -185,6 +200,9 @@ class _Counters:
     sealed: int = 0
     acked: int = 0
     rejected_batches: int = 0
+    dropped: int = 0  # by a bounded queue (the link's offline queue or the encoder's)
+    thread_failures: int = 0
+    last_failure: str = ""
     source_errors: int = 0
     uplink_bytes: int = 0
     downlink_bytes: int = 0
@@ -216,6 +234,10 @@ class Agent(LinkEvents):
         )
         self._seq = itertools.count(1)
         self.link = Link(link_config, edge, self) if link_config is not None else None
+        self._encoder: threading.Thread | None = None
+        # The trainer's limits on one batch (Settings); longer batches are split before upload.
+        self.max_batch_frames = 0  # 0: no limit said
+        self.max_batch_bytes = MAX_BATCH_BYTES
         self.started_at = time.time()
         self.ended_at: float | None = None
         self.loop_started: float | None = None
@@ -226,9 +248,13 @@ class Agent(LinkEvents):
         self.metrics.interval.set(self.sampler.interval)
 
     # -- LinkEvents (link thread) -------------------------------------------------------
-    def settings(self, rate: float, interval: float) -> None:
+    def settings(self, settings: pb.Settings) -> None:
         with self._lock:
-            self.sampler.set(rate, interval)
+            self.sampler.set(settings.sampling_rate_fps, settings.update_interval_s)
+            if settings.max_batch_frames:
+                self.max_batch_frames = int(settings.max_batch_frames)
+            if settings.max_batch_bytes:
+                self.max_batch_bytes = min(int(settings.max_batch_bytes), MAX_BATCH_BYTES)
         self.metrics.rate.set(self.sampler.rate)
         self.metrics.interval.set(self.sampler.interval)
 
@@ -255,8 +281,26 @@ class Agent(LinkEvents):
                 self.counters.acked += 1
             elif result == "rejected":
                 self.counters.rejected_batches += 1
+            elif result == "dropped":
+                self.counters.dropped += 1
         if self.link is not None:
             self.metrics.pending.set(self.link.pending_count())
+
+    def failure(self, thread: str, error: BaseException) -> None:
+        self.metrics.thread_failures.labels(thread).inc()
+        with self._lock:
+            self.counters.thread_failures += 1
+            self.counters.last_failure = f"{thread}: {error!r}"
+
+    def healthy(self) -> bool:
+        """False once a thread the agent needs has died (a liveness probe then restarts it)."""
+        if self._stop.is_set():
+            return False  # shutting down
+        if self._encoder is not None and not self._encoder.is_alive():
+            return False
+        return not (
+            self.link is not None and self.link.ident is not None and not self.link.is_alive()
+        )
 
     # -- lifecycle ----------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -267,6 +311,7 @@ class Agent(LinkEvents):
         self.started_at = time.time()
         self.loop_started = None
         encoder = threading.Thread(target=self._encode_loop, name="encoder", daemon=True)
+        self._encoder = encoder
         encoder.start()
         if self.link is not None:
             self.link.start()
@@ -278,7 +323,8 @@ class Agent(LinkEvents):
                 rest = self.sampler.flush()
             if rest is not None:
                 self._seal(rest)
-            self._encode_q.put(None)
+            with contextlib.suppress(queue.Full):  # a dead encoder must not block the exit
+                self._encode_q.put(None, timeout=10)
             encoder.join(timeout=10)
             if self.link is not None:
                 self.link.stop(drain=self.opt.drain_timeout)
@@ -377,24 +423,57 @@ class Agent(LinkEvents):
     def _seal(self, sealed: tuple[list[RGBImage], list[float]]) -> None:
         if self.link is None:
             return
-        self.counters.sealed += 1
+        with self._lock:
+            self.counters.sealed += 1
         self.metrics.batches.labels("sealed").inc()
         try:
             self._encode_q.put_nowait((next(self._seq), *sealed, self.edge.version))
         except queue.Full:
-            self.metrics.batches.labels("dropped").inc()
+            self.batch("dropped")
 
     def _encode_loop(self) -> None:
+        """Encode sealed batches for the link; a batch that fails is dropped and counted."""
         while True:
             item = self._encode_q.get()
             if item is None:
                 return
             seq, frames, times, version = item
-            data = encode_h264(frames, crf=self.opt.crf, preset=self.opt.preset)
-            h, w = frames[0].shape[:2]
+            try:
+                chunks = self._encode(frames, times)
+            except Exception as exc:
+                log.exception("cannot encode a sample batch", extra={"device": self.opt.device_id})
+                self.failure("encoder", exc)
+                self.batch("dropped")
+                continue
             assert self.link is not None
-            self.link.enqueue(EncodedBatch(seq, data, list(times), w, h, version))
+            for i, (data, chunk_times, (h, w)) in enumerate(chunks):
+                if i:  # a split batch is several batches, each acknowledged on its own
+                    seq = next(self._seq)
+                    with self._lock:
+                        self.counters.sealed += 1
+                    self.metrics.batches.labels("sealed").inc()
+                self.link.enqueue(EncodedBatch(seq, data, chunk_times, w, h, version))
             self.metrics.pending.set(self.link.pending_count())
+
+    def _encode(self, frames: list[RGBImage], times: list[float]) -> list[_Chunk]:
+        """H.264 chunks of the batch, each within the trainer's frame and byte limits."""
+        with self._lock:
+            max_frames, max_bytes = self.max_batch_frames, self.max_batch_bytes
+        step = max_frames or len(frames)
+        pending = [(frames[i : i + step], times[i : i + step]) for i in range(0, len(frames), step)]
+        out: list[_Chunk] = []
+        while pending:
+            part, part_times = pending.pop(0)
+            data = encode_h264(part, crf=self.opt.crf, preset=self.opt.preset)
+            if len(data) <= max_bytes:
+                h, w = part[0].shape[:2]
+                out.append((data, list(part_times), (int(h), int(w))))
+            elif len(part) > 1:
+                half = len(part) // 2
+                pending[:0] = [(part[:half], part_times[:half]), (part[half:], part_times[half:])]
+            else:
+                raise ValueError(f"one frame encodes to {len(data)} bytes, over {max_bytes}")
+        return out
 
     # -- state ----------------------------------------------------------------------------
     def save_state(self) -> None:
@@ -410,9 +489,20 @@ class Agent(LinkEvents):
                 "version": self.edge.version,
                 "params": parameter_vector(self.edge.active).cpu().clone(),
             }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+        # One temporary file per writer (the periodic and the final save may overlap), flushed
+        # to disk before it replaces the old state, and the rename made durable too.
+        fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".tmp", dir=self.opt.state_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        fsync_dir(self.opt.state_dir)
         self._saved_version = int(state["version"])  # type: ignore[call-overload]
         log.info(
             "model state saved", extra={"device": self.opt.device_id, "version": state["version"]}
@@ -453,12 +543,23 @@ class Agent(LinkEvents):
             "batches_sealed": c.sealed,
             "batches_acked": c.acked,
             "batches_rejected": c.rejected_batches,
-            "batches_dropped": link.dropped if link is not None else 0,
+            "batches_dropped": c.dropped,
+            "thread_failures": c.thread_failures,
+            "last_failure": c.last_failure,
             "batches_pending": link.pending_count() if link is not None else 0,
             "connection": link.state.value if link is not None else "none",
             "connects": link.connects if link is not None else 0,
             "last_link_error": link.last_error if link is not None else "",
         }
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_state(path: Path, device_id: str, num_params: int) -> tuple[int, torch.Tensor] | None:

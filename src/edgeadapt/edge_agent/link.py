@@ -67,7 +67,7 @@ class LinkConfig:
 class LinkEvents:
     """Callbacks into the agent; every method may be called from the link thread."""
 
-    def settings(self, rate: float, interval: float) -> None: ...
+    def settings(self, settings: pb.Settings) -> None: ...
 
     def state(self, state: LinkState) -> None: ...
 
@@ -76,6 +76,8 @@ class LinkEvents:
     def update(self, applied: bool, reason: str) -> None: ...
 
     def batch(self, result: str) -> None: ...
+
+    def failure(self, thread: str, error: BaseException) -> None: ...
 
 
 _DONE = object()
@@ -96,18 +98,22 @@ class Link(threading.Thread):
         self._welcomed = threading.Event()
         self.connects = 0
         self.dropped = 0
+        self.failures = 0  # sessions ended by an unexpected exception
         self.last_error = ""
         self.backoff = config.backoff_initial
 
     # -- from the agent -----------------------------------------------------------------
     def enqueue(self, batch: EncodedBatch) -> None:
+        # Callbacks run after the lock is released: they may ask for pending_count().
         with self._pending_lock:
-            if len(self.pending) >= self.cfg.max_pending:
+            dropped = len(self.pending) >= self.cfg.max_pending
+            if dropped:
                 self.pending.popleft()
                 self.dropped += 1
-                self.events.batch("dropped")
             self.pending.append(batch)
             out = self._out if self._welcomed.is_set() else None
+        if dropped:
+            self.events.batch("dropped")
         if out is not None:
             self._send(out, pb.AgentMessage(samples=self._samples(batch)))
 
@@ -118,8 +124,10 @@ class Link(threading.Thread):
     def stop(self, drain: float = 0.0) -> None:
         """Stop the link; first wait up to ``drain`` s for pending batches to be acknowledged."""
         deadline = time.monotonic() + drain
+        # Offline, the wait also covers a reconnect: a trainer that is back within the drain
+        # timeout still receives the last batches.
         while drain and self.pending_count() and time.monotonic() < deadline:
-            if self.state != LinkState.CONNECTED:
+            if self.state in (LinkState.REFUSED, LinkState.STOPPED) or not self.is_alive():
                 break
             time.sleep(0.05)
         self._stop_event.set()
@@ -160,7 +168,16 @@ class Link(threading.Thread):
 
     def run(self) -> None:
         while not self._stop_event.is_set():
-            refused = self._session()
+            try:
+                refused = self._session()
+            except Exception as exc:  # a bug must cost one stream, never the link
+                log.exception("link session failed", extra={"device": self.cfg.device_id})
+                self.failures += 1
+                self.last_error = f"internal error: {exc!r}"
+                self.events.failure("link", exc)
+                refused = False
+                if self.state != LinkState.REFUSED:
+                    self._set_state(LinkState.DISCONNECTED)
             if self._stop_event.is_set():
                 break
             delay = self.cfg.backoff_max if refused else self.backoff
@@ -255,7 +272,7 @@ class Link(threading.Thread):
             self.connects += 1
             self.backoff = self.cfg.backoff_initial
             self._set_state(LinkState.CONNECTED)
-            self.events.settings(w.settings.sampling_rate_fps, w.settings.update_interval_s)
+            self.events.settings(w.settings)
             log.info(
                 "connected",
                 extra={
@@ -273,8 +290,7 @@ class Link(threading.Thread):
         elif kind == "update":
             self._apply(out, message.update)
         elif kind == "settings":
-            s = message.settings
-            self.events.settings(s.sampling_rate_fps, s.update_interval_s)
+            self.events.settings(message.settings)
         elif kind == "batch_ack":
             with self._pending_lock:
                 self.pending = collections.deque(
@@ -285,12 +301,17 @@ class Link(threading.Thread):
     def _apply(self, out: queue.Queue[object], update: pb.ModelUpdate) -> None:
         try:
             data = update_bytes(update)
+            applied = self.edge.apply(data, expected_checksum=update.model_checksum)
         except UpdateError as exc:
             self.edge.rejected += 1
             self.edge.last_error = str(exc)
             applied = False
-        else:
-            applied = self.edge.apply(data, expected_checksum=update.model_checksum)
+        except Exception as exc:  # never lose the link over one update: reject and resync
+            log.exception("update could not be applied", extra={"device": self.cfg.device_id})
+            self.edge.rejected += 1
+            self.edge.last_error = f"internal error: {exc!r}"
+            self.events.failure("link", exc)
+            applied = False
         reason = "" if applied else self.edge.last_error
         self.events.update(applied, reason)
         self._send(

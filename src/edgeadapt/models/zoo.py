@@ -130,3 +130,12 @@ def load_checkpoint_model(path: str | Path) -> SegmentationModel:
     model = build_model(str(ids["arch"]), dict(ids["config"]))
     model.load_state_dict(ckpt["model"])
     return model
+
+
+def checkpoint_input_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) a checkpoint of ours was trained at, if it says."""
+    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    args = ckpt.get("args") if isinstance(ckpt, dict) else None
+    if not isinstance(args, dict) or "width" not in args or "height" not in args:
+        return None
+    return int(args["width"]), int(args["height"])

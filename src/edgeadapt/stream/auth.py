@@ -19,12 +19,12 @@ from pathlib import Path
 AUTHORIZATION_KEY = "authorization"
 DEVICE_KEY = "x-edgeadapt-device"
 TOKEN_PREFIX = "ea1."
-_DEVICE_ID = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_DEVICE_ID = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 
 def valid_device_id(device_id: str) -> bool:
     """A DNS-1123 subdomain, like the EdgeDevice's name (and safe as a directory name)."""
-    return bool(_DEVICE_ID.match(device_id)) and ".." not in device_id
+    return bool(_DEVICE_ID.fullmatch(device_id)) and ".." not in device_id
 
 
 def new_secret() -> bytes:

@@ -27,9 +27,14 @@ from edgeadapt.models.zoo import SegmentationModel
 AGENT_VERSION = "0.1.0"
 
 GRPC_FRAME_BYTES = 5  # gRPC's per-message prefix: compressed flag and length
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a float32 snapshot of a large student fits
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # trainer -> agent: a float32 snapshot of a large student
+# Agent -> trainer: the largest sample batch the trainer accepts (it tells the agent in Settings,
+# and the agent splits longer batches), plus room for the message's other fields. A receive
+# limit the size of a snapshot would let one device make the trainer buffer 64 MiB per message.
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+MAX_UPLOAD_BYTES = MAX_BATCH_BYTES + 64 * 1024
 CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_UPLOAD_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
@@ -38,7 +43,7 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
 ]
 SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_UPLOAD_BYTES),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
@@ -92,12 +97,25 @@ def update_message(data: bytes, model_checksum: int, snapshot: bool = False) -> 
 
 
 def update_bytes(msg: pb.ModelUpdate) -> bytes:
-    """Rebuild the encoded update from a message; the decoder then verifies it."""
+    """Rebuild the encoded update from a message; the decoder then verifies it.
+
+    Every field is range-checked first, so a malformed message is an :class:`UpdateError`
+    (counted and answered with a resync), never another exception on the agent's link thread.
+    """
+    if msg.value_type not in (pb.VALUE_FLOAT16, pb.VALUE_FLOAT32):
+        raise UpdateError(f"unknown value type {msg.value_type}")
+    if msg.mask_encoding not in (pb.MASK_ALL, pb.MASK_BITS, pb.MASK_GAPS):
+        raise UpdateError(f"unknown mask encoding {msg.mask_encoding}")
+    if not (0 < msg.num_params < 2**32 and len(msg.mask) < 2**32):
+        raise UpdateError("update fields out of range")
+    if msg.version >= 2**64 or msg.base_version >= 2**64:
+        raise UpdateError("update version out of range")
     itemsize = 4 if msg.value_type == pb.VALUE_FLOAT32 else 2
     if len(msg.values) % itemsize:
         raise UpdateError(f"{len(msg.values)} value bytes is not a whole number of values")
-    if msg.num_params >= 2**32 or msg.version >= 2**64 or msg.mask_encoding > 255:
-        raise UpdateError("update fields out of range")
+    count = len(msg.values) // itemsize
+    if count > msg.num_params:
+        raise UpdateError(f"{count} values for a model of {msg.num_params} parameters")
     header = HEADER.pack(
         MAGIC,
         FORMAT,
@@ -106,7 +124,7 @@ def update_bytes(msg: pb.ModelUpdate) -> bytes:
         msg.version,
         msg.base_version,
         msg.num_params,
-        len(msg.values) // itemsize,
+        count,
         len(msg.mask),
         0,
     )

@@ -65,6 +65,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--adaptive-interval", choices=("Enabled", "Disabled"), default="Enabled", help="ATR"
     )
+    p.add_argument(
+        "--input-size",
+        help="WxH uploaded frames are brought to (default: the student's training size)",
+    )
+    p.add_argument(
+        "--max-batch-decoded-mb",
+        type=float,
+        default=1024,
+        help="refuse a sample batch whose frames decode to more than this (MiB, RGB)",
+    )
+    p.add_argument(
+        "--max-queued-mb",
+        type=float,
+        default=256,
+        help="decoded frames waiting for the worker, all devices (MiB); uploads wait beyond",
+    )
+    p.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=60.0,
+        help="seconds between checkpoints of a device's whole state (updates are logged first)",
+    )
+    p.add_argument(
+        "--idle-evict-after",
+        type=float,
+        default=600.0,
+        help="seconds after which a disconnected device is checkpointed and dropped from memory",
+    )
     p.add_argument("--ready-file", help="write the bound ports here as JSON once serving")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -128,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from edgeadapt.models.cache import ensure_checkpoint
     from edgeadapt.models.train import pick_device
-    from edgeadapt.models.zoo import load_checkpoint_model
+    from edgeadapt.models.zoo import checkpoint_input_size, load_checkpoint_model
     from edgeadapt.stream.auth import load_secret
     from edgeadapt.stream.tls import server_credentials
     from edgeadapt.trainer.hub import Hub, HubConfig
@@ -141,7 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":
         log.info("no CUDA device; training on CPU with %d thread(s)", args.threads)
     teacher = load_checkpoint_model(args.teacher or ensure_checkpoint("teacher", args.profile))
-    student = load_checkpoint_model(args.student or ensure_checkpoint("student", args.profile))
+    student_path = args.student or ensure_checkpoint("student", args.profile)
+    student = load_checkpoint_model(student_path)
+    if args.input_size:
+        w, _, h = args.input_size.lower().partition("x")
+        input_size: tuple[int, int] | None = (int(w), int(h))
+    else:
+        input_size = checkpoint_input_size(student_path)
     ams = AMSConfig(
         t_update=args.t_update,
         t_horizon=args.t_horizon,
@@ -156,7 +190,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     trainer_id = os.environ.get("EDGEADAPT_TRAINER_NAME") or socket.gethostname()
     metrics = TrainerMetrics()
-    hub = Hub(teacher, student, HubConfig(ams=ams), DeviceStore(args.state_dir), device, metrics)
+    config = HubConfig(
+        ams=ams,
+        input_size=input_size,
+        max_batch_decoded_bytes=int(args.max_batch_decoded_mb * 2**20),
+        max_queued_bytes=int(args.max_queued_mb * 2**20),
+        checkpoint_interval=args.checkpoint_interval,
+        idle_evict_after=args.idle_evict_after,
+    )
+    hub = Hub(
+        teacher,
+        student,
+        config,
+        DeviceStore(args.state_dir),
+        device,
+        metrics,
+        trainer_id=trainer_id,
+    )
     credentials = (
         server_credentials(args.tls_cert, args.tls_key, args.client_ca) if args.tls_cert else None
     )
@@ -167,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         args.http_listen,
         metrics.registry,
         lambda: {"trainer": trainer_id, "device": str(device), **hub.status()},
-        lambda: ready["healthy"],
+        lambda: ready["healthy"] and hub.healthy(),
     )
 
     def started(port: int) -> None:

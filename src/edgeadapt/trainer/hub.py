@@ -1,33 +1,42 @@
 """The trainer's device hub: per-device AMS state, batched teacher labelling, round-robin training.
 
 The hub knows nothing of gRPC. The server hands it each device's stream as two callables (send a
-message, close the stream) and feeds it decoded sample batches; one worker thread does all model
-work in cycles:
+message, close the stream) and feeds it decoded sample batches, already at the model's input
+size; one worker thread does all model work in cycles:
 
 1. take every sample batch that is waiting, from every device;
-2. label all their frames with the teacher in one pass (batched across devices);
+2. label their frames with the teacher, batched across devices, one pass per frame shape;
 3. visit the devices round-robin, one batch each per turn: score the device's current model on
    the new frames against the teacher labels (test, then train), add the frames to its horizon
-   buffer, tick ASR/ATR, run one AMS training phase, persist the device's state, then send the
-   batch acknowledgement, the update and the new settings.
+   buffer, tick ASR/ATR, run one AMS training phase, log the update to disk, then send the batch
+   acknowledgement, the update and the new settings.
 
-State is persisted before an update leaves the trainer, so a trainer killed at any point never
-has sent a version it cannot resume from. Updates not yet acknowledged are kept (a short chain);
-a device that reconnects behind the trainer receives the updates it missed, or a float32
-snapshot of its model when the chain does not reach back to its version.
+One device's failure (a bad batch, a scoring error, a full disk) is caught, counted and answered
+on that device alone; the other devices' batches of the same cycle are processed as usual.
+
+Persistence (:mod:`edgeadapt.trainer.store`): every update is appended to the device's update log
+before it leaves the trainer, so a trainer killed at any point never has sent a version it cannot
+resume from; the whole state (model, optimizer, horizon) is checkpointed once per
+``checkpoint_interval``, at shutdown, and when an idle device is evicted from memory. Updates not
+yet acknowledged are kept (a short chain); a device that reconnects behind the trainer receives
+the updates it missed, or a float32 snapshot when the chain does not reach back to its version.
+At most one snapshot per device is in flight, and resync requests are served at most once per
+``resync_interval`` (later ones are coalesced into one deferred answer).
 """
 
 from __future__ import annotations
 
 import collections
+import enum
 import itertools
 import logging
+import math
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -36,6 +45,8 @@ from edgeadapt._proto.stream.v1 import stream_pb2 as pb
 from edgeadapt.adapt.ams import AMSConfig, AMSSession, Teacher
 from edgeadapt.adapt.metrics import frame_miou
 from edgeadapt.adapt.update import (
+    apply_update,
+    decode_update,
     encode_update,
     model_checksum,
     parameter_vector,
@@ -43,14 +54,24 @@ from edgeadapt.adapt.update import (
 )
 from edgeadapt.models.data import to_tensor
 from edgeadapt.models.zoo import SegmentationModel
-from edgeadapt.stream.messages import update_message
+from edgeadapt.stream.messages import MAX_BATCH_BYTES, update_message
 from edgeadapt.trainer.metrics import TrainerMetrics
-from edgeadapt.trainer.store import DeviceStore
+from edgeadapt.trainer.store import DeviceStore, UpdateRecord, pack_tensor, unpack_tensor
 
 log = logging.getLogger(__name__)
 
+
+class CloseReason(enum.Enum):
+    """Why the hub ends a device's stream; the server maps each to a gRPC status."""
+
+    REPLACED = "replaced by a newer stream for the same device"
+    SHUTDOWN = "trainer shutting down"
+
+
 Send = Callable[[pb.TrainerMessage], None]
-Close = Callable[[str], None]
+Close = Callable[[CloseReason], None]
+
+HARD_MAX_BATCH_FRAMES = 600
 
 
 class PreconditionError(Exception):
@@ -60,12 +81,26 @@ class PreconditionError(Exception):
 @dataclass(frozen=True)
 class Batch:
     seq: int
-    images: np.ndarray  # N x H x W x 3 uint8, decoded from what crossed the wire
-    times: list[float]  # capture times, Unix seconds
+    images: np.ndarray  # N x H x W x 3 uint8 at the model's input size
+    times: list[float]  # capture times, Unix seconds (clamped to the trainer's clock)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.images.nbytes)
 
 
 @dataclass(frozen=True)
-class Link:
+class BatchLimits:
+    """What one uploaded batch may hold; the server refuses a batch beyond any of them."""
+
+    max_frames: int
+    max_bytes: int = MAX_BATCH_BYTES  # encoded
+    max_decoded_bytes: int = 1 << 30  # RGB at the stream's own size, summed over its frames
+    input_size: tuple[int, int] | None = None  # (width, height) frames are brought to
+
+
+@dataclass(frozen=True)
+class PendingUpdate:
     """One sent update the device has not acknowledged yet."""
 
     version: int
@@ -75,24 +110,29 @@ class Link:
     checksum: int
 
 
+class Score(NamedTuple):
+    """One scored batch: per-frame mIoU sums of the device's model and of the pretrained one."""
+
+    time: float  # capture time of the batch's last frame
+    miou: float
+    miou_base: float
+    frames: int
+    version: int
+
+
 @dataclass
 class Device:
     device_id: str
     adapt: bool
     session: AMSSession | None
     checksum: int
-    lock: threading.RLock = field(
-        default_factory=threading.RLock
-    )  # model state; held while training
-    conn_lock: threading.Lock = field(default_factory=threading.Lock)  # send/close; never held long
-    chain: list[Link] = field(default_factory=list)
+    lock: threading.RLock = field(default_factory=threading.RLock)  # model; held while training
+    conn_lock: threading.Lock = field(default_factory=threading.Lock)  # send/close; never long
+    chain_lock: threading.Lock = field(default_factory=threading.Lock)  # chain, acks; never long
+    chain: list[PendingUpdate] = field(default_factory=list)
     acked_version: int = 0
     last_frame_time: float = 0.0
-    # (time of the batch's last frame, sum of per-frame mIoU, same for the pretrained student,
-    #  frames, model version scored)
-    scores: collections.deque[tuple[float, float, float, int, int]] = field(
-        default_factory=lambda: collections.deque(maxlen=4096)
-    )
+    scores: collections.deque[Score] = field(default_factory=lambda: collections.deque(maxlen=4096))
     frames: int = 0
     batches: int = 0
     updates_sent: int = 0
@@ -103,7 +143,18 @@ class Device:
     send: Send | None = None
     close: Close | None = None
     connected_at: float | None = None
-    snapshot: dict[str, Any] = field(default_factory=dict)
+    view: dict[str, Any] = field(default_factory=dict)  # the last /status summary
+    # flow control of resynchronisation
+    snapshot_in_flight: int | None = None  # version of a snapshot sent and not acknowledged
+    snapshot_cache: tuple[int, bytes] | None = None
+    last_resync: float = -math.inf  # monotonic
+    deferred_resync: tuple[int, int] | None = None  # (have version, have checksum)
+    # persistence and memory
+    dirty: bool = False
+    last_checkpoint: float = field(default_factory=time.monotonic)
+    last_active: float = field(default_factory=time.monotonic)
+    state_bytes: int = 0
+    evicted: bool = False
 
     @property
     def version(self) -> int:
@@ -119,7 +170,14 @@ class Device:
 class HubConfig:
     ams: AMSConfig = field(default_factory=AMSConfig)
     chain_length: int = 8  # unacknowledged updates kept for a reconnecting device
-    max_queue: int = 256  # waiting batches, all devices; beyond it submit() blocks
+    max_queued_batches: int = 256  # waiting batches, all devices; beyond it uploads wait
+    max_queued_bytes: int = 256 << 20  # decoded frame bytes waiting, all devices
+    max_batch_decoded_bytes: int = 1 << 30
+    input_size: tuple[int, int] | None = None  # (width, height); None: as uploaded
+    checkpoint_interval: float = 60.0  # seconds between a device's checkpoints
+    idle_evict_after: float = 600.0  # a device disconnected this long leaves memory
+    resync_interval: float = 1.0  # at most one resync served per device per interval
+    score_chunk: int = 8  # frames scored per forward pass
 
 
 class Hub:
@@ -132,10 +190,12 @@ class Hub:
         device: torch.device,
         metrics: TrainerMetrics | None = None,
         num_classes: int | None = None,
+        trainer_id: str = "",
     ) -> None:
         self.config = config
         self.store = store
         self.device = device
+        self.trainer_id = trainer_id
         self.metrics = metrics or TrainerMetrics()
         self.teacher = Teacher(teacher, device)
         self.student = student.to(device).eval()
@@ -148,30 +208,49 @@ class Hub:
             width_mult=float(student.config.get("width_mult", 1.0)),
             num_params=int(self.base_flat.numel()),
         )
+        ams = config.ams
+        longest = ams.t_update * (ams.atr_cap_mult if ams.atr else 1.0)
+        self.limits = BatchLimits(
+            max_frames=min(HARD_MAX_BATCH_FRAMES, math.ceil(ams.r_max * longest * 1.25) + 2),
+            max_decoded_bytes=config.max_batch_decoded_bytes,
+            input_size=config.input_size,
+        )
         self.devices: dict[str, Device] = {}
-        self._devices_lock = threading.Lock()
-        self._queue: queue.Queue[tuple[str, Batch] | None] = queue.Queue(config.max_queue)
+        self._devices_lock = threading.Lock()  # the devices dict; never held during I/O
+        self._loading: dict[str, threading.Lock] = {}  # one restore at a time per device
+        self._queue: queue.Queue[tuple[str, Batch] | None] = queue.Queue()
+        self._queue_lock = threading.Lock()  # in-flight counts and queued bytes
         self._in_flight: dict[str, int] = {}  # batches submitted and not yet processed
+        self._queued = 0
+        self._queued_bytes = 0
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._last_housekeeping = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
         self._worker = threading.Thread(target=self._run, name="hub-worker", daemon=True)
         self._worker.start()
 
+    def healthy(self) -> bool:
+        """False once the worker thread has died: a liveness probe should restart the trainer."""
+        return self._worker is None or self._worker.is_alive() or self._stopping.is_set()
+
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the batch in progress, persist every device, close every stream."""
+        """Finish the batch in progress, checkpoint every device, close every stream."""
         self._stopping.set()
         self._queue.put(None)
         if self._worker is not None:
             self._worker.join(timeout)
         for dev in list(self.devices.values()):
-            with dev.lock:
-                self._persist(dev)
+            try:  # one device's failure never skips the others
+                with dev.lock:
+                    self._checkpoint(dev)
+            except Exception:
+                log.exception("cannot save device state", extra={"device": dev.device_id})
             with dev.conn_lock:
                 if dev.close is not None:
-                    dev.close("trainer shutting down")
+                    dev.close(CloseReason.SHUTDOWN)
                 dev.send = dev.close = None
 
     # -- stream events (called from the server's threads) --------------------------------
@@ -188,29 +267,13 @@ class Hub:
                 f"{m.num_params} parameters); this trainer adapts {s.arch} x{s.width_mult:g} "
                 f"({s.num_classes} classes, {s.num_params} parameters)"
             )
-        dev = self._device(register.device_id, register.adapt)
-        with dev.lock:
-            if register.adapt and dev.session is None:
-                dev.session = self._new_session()
-                dev.adapt = True
-            elif not register.adapt:
-                dev.adapt = False
-            with dev.conn_lock:
-                if dev.close is not None:
-                    dev.close("replaced by a newer stream for the same device")
-                dev.send, dev.close, dev.connected_at = send, close, time.time()
-            rate, interval = self._settings(dev)
-            dev.settings = (rate, interval)
-            messages = [
-                pb.TrainerMessage(
-                    welcome=pb.Welcome(
-                        model_version=dev.version,
-                        settings=pb.Settings(sampling_rate_fps=rate, update_interval_s=interval),
-                    )
-                )
-            ]
-            messages += self._catch_up(dev, register.model_version, register.model_checksum)
-            dev.snapshot = self._snapshot(dev)
+        while True:
+            dev = self._device(register.device_id, register.adapt)
+            with dev.lock:
+                if dev.evicted:  # evicted between the lookup and the lock: restore it again
+                    continue
+                messages = self._attach_locked(dev, register, send, close)
+                break
         self._update_gauges()
         log.info(
             "device attached",
@@ -224,6 +287,38 @@ class Hub:
         )
         return messages
 
+    def _attach_locked(
+        self, dev: Device, register: pb.Register, send: Send, close: Close
+    ) -> list[pb.TrainerMessage]:
+        # A device that registers with adapt=false is scored only, whatever it did before; its
+        # session (if any) is kept for the day it adapts again.
+        dev.adapt = register.adapt
+        if dev.adapt and dev.session is None:
+            dev.session = self._new_session()
+        with dev.conn_lock:
+            if dev.close is not None:
+                dev.close(CloseReason.REPLACED)
+            dev.send, dev.close, dev.connected_at = send, close, time.time()
+        with dev.chain_lock:
+            # A new stream: what was queued on the old one is gone.
+            dev.snapshot_in_flight = None
+            dev.deferred_resync = None
+            dev.last_resync = time.monotonic()
+        dev.last_active = time.monotonic()
+        dev.settings = self._settings(dev)
+        messages = [
+            pb.TrainerMessage(
+                welcome=pb.Welcome(
+                    model_version=dev.version,
+                    settings=self._settings_message(dev.settings),
+                    trainer_id=self.trainer_id,
+                )
+            )
+        ]
+        messages += self._catch_up(dev, register.model_version, register.model_checksum)
+        dev.view = self._view(dev)
+        return messages
+
     def detach(self, device_id: str, send: Send) -> None:
         dev = self.devices.get(device_id)
         if dev is None:
@@ -234,33 +329,74 @@ class Hub:
             if dev.send is send:  # not replaced by a newer stream meanwhile
                 dev.send = dev.close = None
                 dev.connected_at = None
+        dev.last_active = time.monotonic()
         self._update_gauges()
 
-    def submit(self, device_id: str, batch: Batch) -> None:
-        with self._devices_lock:
+    def try_submit(self, device_id: str, batch: Batch) -> bool:
+        """Queue a decoded batch for the worker; False while the queue is full (retry later).
+
+        Never blocks: the server awaits and retries, so a full queue holds back the uploads
+        (gRPC flow control) without tying up threads.
+        """
+        with self._queue_lock:
+            full = (
+                self._queued >= self.config.max_queued_batches
+                or self._queued_bytes + batch.nbytes > self.config.max_queued_bytes
+            )
+            if full and self._queued:  # one batch is always accepted, however large
+                return False
+            self._queued += 1
+            self._queued_bytes += batch.nbytes
             self._in_flight[device_id] = self._in_flight.get(device_id, 0) + 1
         self._queue.put((device_id, batch))
-        self.metrics.queue.set(self._queue.qsize())
+        self.metrics.queue.set(self._queued)
+        self.metrics.queued_bytes.set(self._queued_bytes)
+        return True
 
     def in_flight(self, device_id: str) -> int:
         """Batches of this device that were submitted and are not processed yet."""
-        with self._devices_lock:
+        with self._queue_lock:
             return self._in_flight.get(device_id, 0)
 
     def ack(self, device_id: str, ack: pb.UpdateAck) -> None:
-        dev = self.devices[device_id]
-        with dev.lock:
+        """An update acknowledgement; takes only the chain lock, never waits for training."""
+        dev = self.devices.get(device_id)
+        if dev is None:
+            return
+        with dev.chain_lock:
             if ack.applied:
                 dev.acked_version = max(dev.acked_version, ack.version)
-                dev.chain = [link for link in dev.chain if link.version > dev.acked_version]
-            else:
-                log.warning(
-                    "device rejected an update",
-                    extra={"device": device_id, "version": ack.version, "reason": ack.reason},
-                )
+                dev.chain = [k for k in dev.chain if k.version > dev.acked_version]
+            if dev.snapshot_in_flight is not None and (
+                not ack.applied or ack.version >= dev.snapshot_in_flight
+            ):
+                dev.snapshot_in_flight = None
+                dev.snapshot_cache = None
+        dev.dirty = True
+        if not ack.applied:
+            log.warning(
+                "device rejected an update",
+                extra={"device": device_id, "version": ack.version, "reason": ack.reason},
+            )
 
     def resync(self, device_id: str, request: pb.ResyncRequest) -> list[pb.TrainerMessage]:
-        dev = self.devices[device_id]
+        """What a device that asked to resynchronise needs, at most once per resync interval.
+
+        A request inside the interval is not answered now: the latest one is kept and the
+        worker answers it when the interval has passed, so a flood of requests costs one
+        answer per interval and at most one snapshot in flight.
+        """
+        dev = self.devices.get(device_id)
+        if dev is None:
+            return []
+        now = time.monotonic()
+        with dev.chain_lock:
+            if now - dev.last_resync < self.config.resync_interval:
+                dev.deferred_resync = (request.have_version, request.have_checksum)
+                self.metrics.resyncs.labels("deferred").inc()
+                return []
+            dev.last_resync = now
+            dev.deferred_resync = None
         with dev.lock:
             return self._catch_up(dev, request.have_version, request.have_checksum)
 
@@ -279,8 +415,15 @@ class Hub:
         return AMSSession(self.student, self.config.ams, self.num_classes, self.device)
 
     def _device(self, device_id: str, adapt: bool) -> Device:
+        """The device's record, restored from disk (outside the devices lock) if not in memory."""
         with self._devices_lock:
             dev = self.devices.get(device_id)
+            if dev is not None:
+                return dev
+            loading = self._loading.setdefault(device_id, threading.Lock())
+        with loading:
+            with self._devices_lock:
+                dev = self.devices.get(device_id)
             if dev is None:
                 dev = self._restore(device_id) or Device(
                     device_id,
@@ -288,48 +431,124 @@ class Hub:
                     self._new_session() if adapt else None,
                     self.base_checksum,
                 )
-                self.devices[device_id] = dev
+                with self._devices_lock:
+                    self.devices[device_id] = dev
+                    self._loading.pop(device_id, None)
             return dev
 
     def _restore(self, device_id: str) -> Device | None:
-        state = self.store.load(device_id) if self.store is not None else None
-        if state is None:
+        if self.store is None:
             return None
+        loaded = self.store.load(device_id)
+        if loaded is None:
+            # Never checkpointed, but updates were sent: replay them onto the pretrained student.
+            records = self.store.records(device_id)
+            if not records:
+                return None
+            dev = Device(device_id, True, self._new_session(), self.base_checksum)
+            replayed = self._replay(dev, records)
+            log.info(
+                "device state restored from its update log",
+                extra={"device": device_id, "version": dev.version, "replayed_updates": replayed},
+            )
+            return dev
+        state, records = loaded
         session = None
         if state["session"] is not None:
             session = self._new_session()
-            session.load_state_dict(state["session"])
+            sess = dict(state["session"])
+            sess["buffer"] = {
+                "times": sess["buffer"]["times"],
+                "frames": unpack_tensor(sess["buffer"]["frames"]),
+                "labels": unpack_tensor(sess["buffer"]["labels"]),
+            }
+            session.load_state_dict(sess)
         dev = Device(device_id, bool(state["adapt"]), session, int(state["checksum"]))
-        dev.chain = [Link(*link) for link in state["chain"]]
+        dev.chain = [PendingUpdate(*k) for k in state["chain"]]
         dev.acked_version = int(state["acked_version"])
         dev.last_frame_time = float(state["last_frame_time"])
-        dev.scores.extend(tuple(s) for s in state["scores"])
+        dev.scores.extend(Score(*s) for s in state["scores"])
         for key in ("frames", "batches", "updates_sent", "snapshots_sent"):
             setattr(dev, key, int(state["counters"][key]))
+        replayed = self._replay(dev, records)
         log.info(
             "device state restored",
-            extra={"device": device_id, "version": dev.version, "frames": dev.frames},
+            extra={
+                "device": device_id,
+                "version": dev.version,
+                "frames": dev.frames,
+                "replayed_updates": replayed,
+            },
         )
         return dev
 
-    def _persist(self, dev: Device) -> None:
+    def _replay(self, dev: Device, records: list[UpdateRecord]) -> int:
+        """Apply the logged updates newer than the checkpoint; stops at the first that misfits."""
+        session, n = dev.session, 0
+        for rec in records:
+            if session is None or rec.version <= dev.version:
+                continue
+            if rec.base_version != dev.version or rec.base_checksum != dev.checksum:
+                log.warning(
+                    "update log does not continue the checkpoint; replay stops",
+                    extra={"device": dev.device_id, "at": dev.version, "record": rec.version},
+                )
+                break
+            flat = session.optimizer.flat_params().clone()
+            apply_update(flat, decode_update(rec.data, flat.numel()))
+            if model_checksum(flat) != rec.checksum:
+                log.warning(
+                    "logged update does not reproduce its checksum; replay stops",
+                    extra={"device": dev.device_id, "record": rec.version},
+                )
+                break
+            session.optimizer.set_flat_params(flat)
+            session.version = rec.version
+            session.phase += 1
+            dev.checksum = rec.checksum
+            dev.last_frame_time = max(dev.last_frame_time, rec.last_frame_time)
+            dev.chain.append(
+                PendingUpdate(
+                    rec.version, rec.base_version, rec.data, rec.base_checksum, rec.checksum
+                )
+            )
+            n += 1
+        dev.chain = [k for k in dev.chain if k.version > dev.acked_version][
+            -self.config.chain_length :
+        ]
+        dev.dirty = n > 0
+        return n
+
+    def _checkpoint(self, dev: Device) -> None:
+        """Write the device's whole state (caller holds ``dev.lock``)."""
         if self.store is None:
             return
         t0 = time.perf_counter()
-        self.store.save(
+        session = None
+        if dev.session is not None:
+            session = dev.session.state_dict()
+            buf = session["buffer"]
+            session["buffer"] = {
+                "times": buf["times"],
+                "frames": pack_tensor(buf["frames"]),
+                "labels": pack_tensor(buf["labels"]),
+            }
+        with dev.chain_lock:
+            chain = [
+                (k.version, k.base_version, k.data, k.base_checksum, k.checksum) for k in dev.chain
+            ]
+            acked = dev.acked_version
+        size = self.store.save(
             dev.device_id,
             {
                 "device_id": dev.device_id,
                 "adapt": dev.adapt,
-                "session": dev.session.state_dict() if dev.session is not None else None,
+                "session": session,
                 "checksum": dev.checksum,
-                "chain": [
-                    (k.version, k.base_version, k.data, k.base_checksum, k.checksum)
-                    for k in dev.chain
-                ],
-                "acked_version": dev.acked_version,
+                "chain": chain,
+                "acked_version": acked,
                 "last_frame_time": dev.last_frame_time,
-                "scores": list(dev.scores),
+                "scores": [tuple(s) for s in dev.scores],
                 "counters": {
                     "frames": dev.frames,
                     "batches": dev.batches,
@@ -338,18 +557,36 @@ class Hub:
                 },
             },
         )
+        dev.dirty = False
+        dev.last_checkpoint = time.monotonic()
+        dev.state_bytes = size
         self.metrics.persist_seconds.observe(time.perf_counter() - t0)
+        self.metrics.state_bytes.observe(size)
 
     def _settings(self, dev: Device) -> tuple[float, float]:
-        if dev.session is not None:
+        if dev.session is not None and dev.adapt:
             return dev.session.settings()
         # A device that does not adapt is only scored, at AMS's initial rate and interval.
         return self.config.ams.r_init, self.config.ams.t_update
 
+    def _settings_message(self, settings: tuple[float, float]) -> pb.Settings:
+        return pb.Settings(
+            sampling_rate_fps=settings[0],
+            update_interval_s=settings[1],
+            max_batch_frames=self.limits.max_frames,
+            max_batch_bytes=self.limits.max_bytes,
+        )
+
     def _catch_up(self, dev: Device, have: int, have_checksum: int) -> list[pb.TrainerMessage]:
+        """Caller holds ``dev.lock``: the chain of missed updates, a snapshot, or nothing."""
         if have == dev.version and have_checksum == dev.checksum:
             return []
-        links = [k for k in dev.chain if k.version > have]
+        with dev.chain_lock:
+            links = [k for k in dev.chain if k.version > have]
+            if dev.snapshot_in_flight == dev.version:
+                # The device will be at our version once it applies the snapshot on its way.
+                self.metrics.resyncs.labels("coalesced").inc()
+                return []
         contiguous = all(a.version == b.base_version for a, b in itertools.pairwise(links))
         if (
             links
@@ -359,28 +596,49 @@ class Hub:
             and contiguous
         ):
             self.metrics.updates.labels("sparse").inc(len(links))
+            self.metrics.resyncs.labels("served").inc()
             return [pb.TrainerMessage(update=update_message(k.data, k.checksum)) for k in links]
-        model = dev.session.model if dev.session is not None else self.student
-        flat = parameter_vector(model).cpu()
-        data = encode_update(snapshot_update(flat, dev.version))
+        cache = dev.snapshot_cache
+        if cache is None or cache[0] != dev.version:
+            model = dev.session.model if dev.session is not None else self.student
+            cache = (
+                dev.version,
+                encode_update(snapshot_update(parameter_vector(model).cpu(), dev.version)),
+            )
+        with dev.chain_lock:
+            dev.snapshot_cache = cache
+            dev.snapshot_in_flight = dev.version
         dev.snapshots_sent += 1
         self.metrics.updates.labels("snapshot").inc()
+        self.metrics.resyncs.labels("served").inc()
         log.info(
             "sending a snapshot",
             extra={"device": dev.device_id, "have": have, "version": dev.version},
         )
-        return [pb.TrainerMessage(update=update_message(data, dev.checksum, snapshot=True))]
+        return [pb.TrainerMessage(update=update_message(cache[1], dev.checksum, snapshot=True))]
 
     def _update_gauges(self) -> None:
-        self.metrics.devices_known.set(len(self.devices))
-        self.metrics.devices_connected.set(
-            sum(1 for d in self.devices.values() if d.send is not None)
-        )
+        devices = list(self.devices.values())
+        self.metrics.devices_known.set(len(devices))
+        self.metrics.devices_connected.set(sum(1 for d in devices if d.send is not None))
 
     # -- the worker ---------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:
+            log.critical("the hub worker died; /healthz now fails", exc_info=True)
+            raise
+
+    def _loop(self) -> None:
         while not self._stopping.is_set():
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                item = None
+                if not self._stopping.is_set():
+                    self._housekeeping()
+                continue
             if item is None:
                 break
             items = [item]
@@ -393,54 +651,101 @@ class Hub:
                     self._stopping.set()
                     break
                 items.append(nxt)
-            self.metrics.queue.set(self._queue.qsize())
             try:
                 self._cycle(items)
-            except Exception:
+            except Exception:  # every device's batch is already answered inside the cycle
                 log.exception("worker cycle failed")
+                self.metrics.thread_failures.labels("process").inc()
             finally:
-                with self._devices_lock:
-                    for device_id, _ in items:
+                with self._queue_lock:
+                    for device_id, batch in items:
                         self._in_flight[device_id] -= 1
+                        if not self._in_flight[device_id]:
+                            del self._in_flight[device_id]
+                        self._queued -= 1
+                        self._queued_bytes -= batch.nbytes
+                    self.metrics.queue.set(self._queued)
+                    self.metrics.queued_bytes.set(self._queued_bytes)
+            self._housekeeping()
+
+    def _label(self, items: list[tuple[str, Batch]]) -> list[torch.Tensor | None]:
+        """Teacher labels per batch: one pass per frame shape; a failing pass retries per batch."""
+        t0 = time.perf_counter()
+        labels: list[torch.Tensor | None] = [None] * len(items)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, (_, b) in enumerate(items):
+            by_shape.setdefault(b.images.shape[1:], []).append(i)
+        for group in by_shape.values():
+            try:
+                out = self.teacher.label(np.concatenate([items[i][1].images for i in group]))
+            except Exception:
+                log.exception("labelling failed; labelling batch by batch")
+                self.metrics.thread_failures.labels("label").inc()
+                for i in group:
+                    try:
+                        labels[i] = self.teacher.label(items[i][1].images)
+                    except Exception:
+                        log.exception("cannot label a batch", extra={"device": items[i][0]})
+                continue
+            start = 0
+            for i in group:
+                n = len(items[i][1].images)
+                labels[i] = out[start : start + n]
+                start += n
+        self.metrics.label_seconds.observe(time.perf_counter() - t0)
+        self.metrics.frames_labelled.inc(sum(len(lab) for lab in labels if lab is not None))
+        return labels
 
     def _cycle(self, items: list[tuple[str, Batch]]) -> None:
-        t0 = time.perf_counter()
-        images = np.concatenate([b.images for _, b in items])
-        labels = self.teacher.label(images)
-        self.metrics.label_seconds.observe(time.perf_counter() - t0)
-        self.metrics.frames_labelled.inc(len(images))
-        per_device: dict[str, list[tuple[Batch, torch.Tensor]]] = {}
-        start = 0
-        for device_id, batch in items:
-            n = len(batch.images)
-            per_device.setdefault(device_id, []).append((batch, labels[start : start + n]))
-            start += n
+        labels = self._label(items)
+        per_device: dict[str, collections.deque[tuple[Batch, torch.Tensor | None]]] = {}
+        for (device_id, batch), lab in zip(items, labels, strict=True):
+            per_device.setdefault(device_id, collections.deque()).append((batch, lab))
         # Round-robin: one batch per device per turn.
-        queues = [collections.deque(v) for v in per_device.values()]
-        ids = list(per_device)
-        while any(queues):
-            for device_id, q in zip(ids, queues, strict=True):
-                if q:
-                    batch, lab = q.popleft()
-                    self._process(self.devices[device_id], batch, lab)
+        while any(per_device.values()):
+            for device_id, q in per_device.items():
+                if not q:
+                    continue
+                batch, lab = q.popleft()
+                dev = self.devices.get(device_id)
+                if dev is None:
+                    continue
+                try:
+                    if lab is None:
+                        raise RuntimeError("the teacher could not label the batch")
+                    self._process(dev, batch, lab)
+                except Exception:
+                    log.exception(
+                        "cannot process a sample batch",
+                        extra={"device": device_id, "seq": batch.seq},
+                    )
+                    self.metrics.thread_failures.labels("process").inc()
+                    self.metrics.batches.labels("failed").inc()
+                    # Acknowledged (with no frames learned) so the agent does not resend it.
+                    dev.deliver(pb.TrainerMessage(batch_ack=pb.BatchAck(seq=batch.seq, frames=0)))
 
     @torch.no_grad()
     def _score(self, dev: Device, images: np.ndarray, labels: torch.Tensor) -> tuple[float, float]:
-        x = to_tensor(images, self.device)
-        base = self.student(x).argmax(1).cpu()
-        if dev.session is not None:
-            model = dev.session.model
-            pred = model(x).argmax(1).cpu()
-        else:
-            pred = base
-        miou = sum(frame_miou(p, t, self.num_classes) for p, t in zip(pred, labels, strict=True))
-        miou_base = sum(
-            frame_miou(p, t, self.num_classes) for p, t in zip(base, labels, strict=True)
-        )
+        """Sum of per-frame mIoU of the device's model and of the pretrained student."""
+        model = dev.session.model if dev.session is not None else None
+        miou = miou_base = 0.0
+        step = max(1, self.config.score_chunk)
+        for i in range(0, len(images), step):
+            x = to_tensor(images[i : i + step], self.device)
+            truth = labels[i : i + step]
+            base = self.student(x).argmax(1).cpu()
+            pred = model(x).argmax(1).cpu() if model is not None else base
+            miou += sum(
+                frame_miou(p, t, self.num_classes) for p, t in zip(pred, truth, strict=True)
+            )
+            miou_base += sum(
+                frame_miou(p, t, self.num_classes) for p, t in zip(base, truth, strict=True)
+            )
         return float(miou), float(miou_base)
 
     def _process(self, dev: Device, batch: Batch, labels: torch.Tensor) -> None:
         with dev.lock:
+            dev.last_active = time.monotonic()
             keep = [i for i, t in enumerate(batch.times) if t > dev.last_frame_time]
             update = None
             if keep:
@@ -448,48 +753,135 @@ class Hub:
                 labels = labels[keep]
                 times = [batch.times[i] for i in keep]
                 now = times[-1]
-                miou, miou_base = self._score(dev, images, labels)
-                dev.scores.append((now, miou, miou_base, len(keep), dev.version))
+                try:
+                    miou, miou_base = self._score(dev, images, labels)
+                    dev.scores.append(Score(now, miou, miou_base, len(keep), dev.version))
+                except Exception:  # e.g. out of GPU memory: the batch is still learned
+                    log.exception("cannot score a batch", extra={"device": dev.device_id})
+                    self.metrics.thread_failures.labels("process").inc()
                 dev.frames += len(keep)
                 dev.batches += 1
                 dev.last_frame_time = max(times)
-                if dev.session is not None:
-                    dev.session.ingest(images, labels, times)
-                    dev.session.control(now)
-                    t0 = time.perf_counter()
-                    before = dev.checksum
-                    update = dev.session.train_phase(now)
-                    if update is not None:
-                        self.metrics.train_seconds.observe(time.perf_counter() - t0)
-                        dev.checksum = model_checksum(parameter_vector(dev.session.model))
-                        dev.chain.append(
-                            Link(
-                                update.version,
-                                update.base_version,
-                                encode_update(update),
-                                before,
-                                dev.checksum,
-                            )
-                        )
-                        dev.chain = dev.chain[-self.config.chain_length :]
-                self._persist(dev)
+                dev.dirty = True
+                if dev.session is not None and dev.adapt:
+                    update = self._train(dev, images, labels, times, now)
+            if time.monotonic() - dev.last_checkpoint >= self.config.checkpoint_interval:
+                self._checkpoint_quietly(dev)
             dev.deliver(pb.TrainerMessage(batch_ack=pb.BatchAck(seq=batch.seq, frames=len(keep))))
             if update is not None:
-                link = dev.chain[-1]
                 dev.updates_sent += 1
                 self.metrics.updates.labels("sparse").inc()
-                dev.deliver(pb.TrainerMessage(update=update_message(link.data, link.checksum)))
+                dev.deliver(pb.TrainerMessage(update=update_message(update.data, update.checksum)))
             settings = self._settings(dev)
-            dev.snapshot = self._snapshot(dev)
+            dev.view = self._view(dev)
             if settings != dev.settings:
                 dev.settings = settings
-                dev.deliver(
-                    pb.TrainerMessage(
-                        settings=pb.Settings(
-                            sampling_rate_fps=settings[0], update_interval_s=settings[1]
-                        )
-                    )
+                dev.deliver(pb.TrainerMessage(settings=self._settings_message(settings)))
+
+    def _train(
+        self, dev: Device, images: np.ndarray, labels: torch.Tensor, times: list[float], now: float
+    ) -> PendingUpdate | None:
+        """One AMS phase; the update to send once it is on disk, or None."""
+        session = dev.session
+        assert session is not None
+        session.ingest(images, labels, times)
+        session.control(now)
+        t0 = time.perf_counter()
+        before = dev.checksum
+        update = session.train_phase(now)
+        if update is None:
+            return None
+        self.metrics.train_seconds.observe(time.perf_counter() - t0)
+        dev.checksum = model_checksum(parameter_vector(session.model))
+        link = PendingUpdate(
+            update.version, update.base_version, encode_update(update), before, dev.checksum
+        )
+        if self.store is not None:
+            t0 = time.perf_counter()
+            try:
+                self.store.append(
+                    dev.device_id,
+                    UpdateRecord(
+                        link.version,
+                        link.base_version,
+                        link.base_checksum,
+                        link.checksum,
+                        dev.last_frame_time,
+                        link.data,
+                    ),
                 )
+            except OSError:
+                # Not on disk, so not sent: the device catches up (chain or snapshot) later.
+                log.exception(
+                    "cannot log an update; holding it back", extra={"device": dev.device_id}
+                )
+                self.metrics.thread_failures.labels("process").inc()
+                return None
+            finally:
+                self.metrics.persist_seconds.observe(time.perf_counter() - t0)
+        with dev.chain_lock:
+            dev.chain.append(link)
+            dev.chain = dev.chain[-self.config.chain_length :]
+        return link
+
+    def _checkpoint_quietly(self, dev: Device) -> None:
+        try:
+            self._checkpoint(dev)
+        except Exception:  # the update log still holds every update sent
+            log.exception("cannot checkpoint device state", extra={"device": dev.device_id})
+            self.metrics.thread_failures.labels("process").inc()
+
+    # -- housekeeping (worker thread, about once a second) ------------------------------
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now - self._last_housekeeping < 1.0:
+            return
+        self._last_housekeeping = now
+        for dev in list(self.devices.values()):
+            try:
+                self._tend(dev, now)
+            except Exception:
+                log.exception("housekeeping failed", extra={"device": dev.device_id})
+                self.metrics.thread_failures.labels("housekeeping").inc()
+        self._update_gauges()
+
+    def _tend(self, dev: Device, now: float) -> None:
+        with dev.chain_lock:
+            deferred = dev.deferred_resync
+            due = deferred is not None and now - dev.last_resync >= self.config.resync_interval
+            if due:
+                dev.deferred_resync = None
+                dev.last_resync = now
+        if deferred is not None and due:
+            with dev.lock:
+                for message in self._catch_up(dev, *deferred):
+                    dev.deliver(message)
+        connected = dev.send is not None
+        due = dev.dirty and now - dev.last_checkpoint >= self.config.checkpoint_interval
+        if due and dev.lock.acquire(blocking=False):
+            try:
+                self._checkpoint_quietly(dev)
+            finally:
+                dev.lock.release()
+        if not connected and now - dev.last_active >= self.config.idle_evict_after:
+            self._evict(dev)
+
+    def _evict(self, dev: Device) -> None:
+        """Checkpoint an idle device and drop it from memory; a reconnect restores it."""
+        if self.store is None or not dev.lock.acquire(blocking=False):
+            return
+        try:
+            if dev.dirty:
+                self._checkpoint(dev)
+            with self._devices_lock:
+                if dev.send is not None or self.in_flight(dev.device_id):
+                    return
+                dev.evicted = True
+                self.devices.pop(dev.device_id, None)
+        finally:
+            dev.lock.release()
+        self.metrics.evictions.inc()
+        log.info("idle device evicted from memory", extra={"device": dev.device_id})
 
     # -- status -------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -498,26 +890,42 @@ class Hub:
         for dev in sorted(self.devices.values(), key=lambda d: d.device_id):
             if dev.lock.acquire(blocking=False):
                 try:
-                    dev.snapshot = self._snapshot(dev)
+                    dev.view = self._view(dev)
                 finally:
                     dev.lock.release()
-            devices.append({**dev.snapshot, "connected": dev.send is not None})
-        return {"devices": devices, "queued_batches": self._queue.qsize()}
+            devices.append({**dev.view, "connected": dev.send is not None})
+        with self._queue_lock:
+            queued, queued_bytes = self._queued, self._queued_bytes
+        return {
+            "devices": devices,
+            "queued_batches": queued,
+            "queued_bytes": queued_bytes,
+            "worker_alive": self.healthy(),
+            "limits": {
+                "max_batch_frames": self.limits.max_frames,
+                "max_batch_bytes": self.limits.max_bytes,
+                "max_batch_decoded_bytes": self.limits.max_decoded_bytes,
+                "input_size": list(self.limits.input_size) if self.limits.input_size else None,
+            },
+        }
 
-    def _snapshot(self, dev: Device, history: int = 400) -> dict[str, Any]:
+    def _view(self, dev: Device, history: int = 400) -> dict[str, Any]:
         scores = list(dev.scores)
         settings = dev.settings or self._settings(dev)
-        recent_from = scores[-1][0] - 60.0 if scores else 0.0
-        recent = [s for s in scores if s[0] >= recent_from]
+        recent_from = scores[-1].time - 60.0 if scores else 0.0
+        recent = [s for s in scores if s.time >= recent_from]
         step = max(1, len(scores) // history)
-        checksums = {str(k.base_version): f"{k.base_checksum:08x}" for k in dev.chain}
-        checksums |= {str(k.version): f"{k.checksum:08x}" for k in dev.chain}
+        with dev.chain_lock:
+            chain = list(dev.chain)
+            acked = dev.acked_version
+        checksums = {str(k.base_version): f"{k.base_checksum:08x}" for k in chain}
+        checksums |= {str(k.version): f"{k.checksum:08x}" for k in chain}
         checksums[str(dev.version)] = f"{dev.checksum:08x}"
         return {
             "id": dev.device_id,
             "adapt": dev.adapt,
             "model_version": dev.version,
-            "acked_version": dev.acked_version,
+            "acked_version": acked,
             "model_checksum": f"{dev.checksum:08x}",
             "checksums": checksums,
             "frames": dev.frames,
@@ -531,13 +939,18 @@ class Hub:
             "snapshots_sent": dev.snapshots_sent,
             "uplink_bytes": dev.uplink_bytes,
             "downlink_bytes": dev.downlink_bytes,
+            "state_bytes": dev.state_bytes,
             "history": [
-                [round(s[0], 2), round(100 * s[1] / s[3], 2), round(100 * s[2] / s[3], 2)]
+                [
+                    round(s.time, 2),
+                    round(100 * s.miou / s.frames, 2),
+                    round(100 * s.miou_base / s.frames, 2),
+                ]
                 for s in scores[::step]
             ],
         }
 
 
-def _mean(scores: list[tuple[float, float, float, int, int]], k: int) -> float | None:
-    n = sum(s[3] for s in scores)
+def _mean(scores: list[Score], k: int) -> float | None:
+    n = sum(s.frames for s in scores)
     return round(100 * sum(s[k] for s in scores) / n, 2) if n else None

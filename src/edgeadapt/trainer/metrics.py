@@ -62,16 +62,51 @@ class TrainerMetrics:
             buckets=(0.1, 0.3, 1, 2, 4, 8, 16, 32),
             registry=r,
         )
+        self.resyncs = Counter(
+            "edgeadapt_trainer_resync_requests_total",
+            "Resync requests, by what was done (served, coalesced, deferred)",
+            ["result"],
+            registry=r,
+        )
+        self.thread_failures = Counter(
+            "edgeadapt_trainer_thread_failures_total",
+            "Unexpected exceptions caught in the worker, by stage (label, process, housekeeping)",
+            ["stage"],
+            registry=r,
+        )
+        self.timestamps_clamped = Counter(
+            "edgeadapt_trainer_timestamps_clamped_total",
+            "Sample batches whose capture times lay ahead of the trainer's clock and were shifted",
+            registry=r,
+        )
+        self.evictions = Counter(
+            "edgeadapt_trainer_devices_evicted_total",
+            "Idle devices written to disk and dropped from memory",
+            registry=r,
+        )
+        self.queued_bytes = Gauge(
+            "edgeadapt_trainer_queued_bytes",
+            "Decoded frame bytes of the sample batches waiting for the worker",
+            registry=r,
+        )
+        self.state_bytes = Histogram(
+            "edgeadapt_trainer_state_bytes",
+            "Size of one device's checkpoint on disk",
+            buckets=(1e5, 1e6, 4e6, 1.6e7, 6.4e7, 2.56e8),
+            registry=r,
+        )
         for counter, values in (
-            (self.batches, ("accepted", "rejected")),
+            (self.batches, ("accepted", "rejected", "failed")),
             (self.updates, ("sparse", "snapshot")),
             (self.stream_bytes, ("up", "down")),
+            (self.resyncs, ("served", "coalesced", "deferred")),
+            (self.thread_failures, ("label", "process", "housekeeping")),
         ):
             for value in values:
                 counter.labels(value)  # exported from the start, at zero
         self.persist_seconds = Histogram(
             "edgeadapt_trainer_persist_seconds",
-            "Time to write one device's state",
+            "Time to write one device's checkpoint, or to log one update before it is sent",
             buckets=(0.005, 0.02, 0.05, 0.1, 0.3, 1, 3),
             registry=r,
         )

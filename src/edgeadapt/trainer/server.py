@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -21,10 +23,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from edgeadapt._proto.stream.v1 import stream_pb2 as pb
 from edgeadapt._proto.stream.v1 import stream_pb2_grpc as pb_grpc
-from edgeadapt.stream.auth import from_metadata, verify_token
+from edgeadapt.stream.auth import from_metadata, valid_device_id, verify_token
 from edgeadapt.stream.messages import REJECTED_BATCH_KEY, SERVER_OPTIONS, wire_size
-from edgeadapt.trainer.hub import Batch, Hub, PreconditionError
-from edgeadapt.video.codec import CodecError, decode_h264
+from edgeadapt.trainer.hub import Batch, BatchLimits, CloseReason, Hub, PreconditionError
+from edgeadapt.video.codec import CodecError, decode_h264_bounded
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,12 @@ _EOF: object = getattr(grpc.aio, "EOF")  # noqa: B009 - not in the type stubs
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AdaptationService"].full_name
 REGISTER_TIMEOUT = 10.0
 DRAIN_TIMEOUT = 60.0  # after the agent half-closes, the longest wait for its last batches
-MAX_BATCH_FRAMES = 600
 MAX_FRAME_PIXELS = 4096 * 4096
+CLOCK_TOLERANCE = 1.0  # seconds a capture time may lie ahead of the trainer's clock
+OUT_QUEUE = 64  # messages waiting to be written on one stream; beyond it the stream ends
+HUB_THREADS = 8  # attach, resync (may wait for a training phase) and ack
+DECODE_THREADS = 2
+SUBMIT_RETRY = 0.05  # seconds between tries to queue a batch while the hub's queue is full
 
 
 @dataclass(frozen=True)
@@ -49,30 +55,83 @@ class BatchRejectedError(ValueError):
     pass
 
 
-def decode_batch(msg: pb.SampleBatch) -> Batch:
-    """Validate and decode an uploaded batch; :class:`BatchRejectedError` says what is wrong."""
+def decode_batch(
+    msg: pb.SampleBatch, limits: BatchLimits, now: float | None = None
+) -> tuple[Batch, bool]:
+    """Validate and decode an uploaded batch (and whether its times were clamped).
+
+    :class:`BatchRejectedError` says what is wrong with a batch that is refused.
+
+    Everything the batch declares is checked before a frame is decoded, and the stream is
+    decoded frame by frame against those declarations and the trainer's limits, so a small
+    upload that would decode to gigabytes is refused after at most one frame too many. Frames
+    come out at the model's input size. Capture times ahead of the trainer's clock (a device
+    whose clock runs fast, or lies) are shifted back so the last is ``now``: the spacing is
+    kept, and no timestamp from the future can hold back the device's later frames.
+    """
     if msg.codec != pb.CODEC_H264:
         raise BatchRejectedError(f"codec {pb.Codec.Name(msg.codec)} is not supported")
     n = len(msg.timestamps)
-    if not 0 < n <= MAX_BATCH_FRAMES:
-        raise BatchRejectedError(f"{n} timestamps; a batch holds 1 to {MAX_BATCH_FRAMES} frames")
-    if not 0 < msg.width * msg.height <= MAX_FRAME_PIXELS:
+    if not 0 < n <= limits.max_frames:
+        raise BatchRejectedError(f"{n} timestamps; a batch holds 1 to {limits.max_frames} frames")
+    if not 0 < msg.width * msg.height <= MAX_FRAME_PIXELS or msg.width % 2 or msg.height % 2:
         raise BatchRejectedError(f"frame size {msg.width}x{msg.height} is out of range")
-    ts = np.asarray(msg.timestamps)
-    if not np.isfinite(ts).all() or (np.diff(ts) < 0).any():
-        raise BatchRejectedError("timestamps must be finite and non-decreasing")
+    if len(msg.data) > limits.max_bytes:
+        raise BatchRejectedError(f"{len(msg.data)} bytes; a batch holds at most {limits.max_bytes}")
+    ts = np.asarray(msg.timestamps, dtype=np.float64)
+    if not np.isfinite(ts).all() or (np.diff(ts) < 0).any() or ts[0] < 0:
+        raise BatchRejectedError("timestamps must be finite, non-negative and non-decreasing")
     try:
-        frames = decode_h264(msg.data)
+        frames = decode_h264_bounded(
+            msg.data,
+            max_frames=n,
+            width=msg.width,
+            height=msg.height,
+            max_decoded_bytes=limits.max_decoded_bytes,
+            resize_to=limits.input_size,
+        )
     except CodecError as exc:
         raise BatchRejectedError(str(exc)) from exc
     if len(frames) != n:
         raise BatchRejectedError(f"{len(frames)} frames decoded, {n} timestamps sent")
-    if frames[0].shape != (msg.height, msg.width, 3):
-        raise BatchRejectedError(
-            f"frames decode as {frames[0].shape[1]}x{frames[0].shape[0]}, "
-            f"batch says {msg.width}x{msg.height}"
-        )
-    return Batch(seq=msg.seq, images=np.stack(frames), times=[float(t) for t in ts])
+    now = time.time() if now is None else now
+    clamped = ts[-1] > now + CLOCK_TOLERANCE
+    if clamped:
+        ts = ts - (ts[-1] - now)
+    return Batch(seq=msg.seq, images=np.stack(frames), times=[float(t) for t in ts]), clamped
+
+
+_CLOSE_CODES = {
+    CloseReason.REPLACED: grpc.StatusCode.ABORTED,
+    CloseReason.SHUTDOWN: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+class _Outbox:
+    """One stream's bounded queue of messages to write, fed from any thread.
+
+    A device that stops reading (its HTTP/2 window stays full) would otherwise make the trainer
+    hold every update and snapshot meant for it; past ``OUT_QUEUE`` messages its stream ends.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_overflow: Any) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[pb.TrainerMessage | _End] = asyncio.Queue(OUT_QUEUE)
+        self.on_overflow = on_overflow
+        self.overflowed = False
+
+    def put(self, item: pb.TrainerMessage | _End) -> None:
+        """On the event loop."""
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            self.on_overflow()
+
+    def put_threadsafe(self, item: pb.TrainerMessage | _End) -> None:
+        self.loop.call_soon_threadsafe(self.put, item)
 
 
 class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
@@ -80,6 +139,14 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
         self.hub = hub
         self.secret = token_secret
         self.metrics = hub.metrics
+        # Own pools: decoding must not wait behind calls that wait for a training phase, and
+        # neither may take the threads the event loop's default executor lends elsewhere.
+        self.hub_pool = ThreadPoolExecutor(HUB_THREADS, thread_name_prefix="hub-call")
+        self.decode_pool = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
+
+    def shutdown(self) -> None:
+        self.hub_pool.shutdown(wait=False, cancel_futures=True)
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _fail(
         self,
@@ -119,23 +186,30 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"token is for device {device_id!r}, Register names {register.device_id!r}",
             )
+        if not valid_device_id(register.device_id):
+            await self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid device id")
         device_id = register.device_id
         loop = asyncio.get_running_loop()
-        out: asyncio.Queue[pb.TrainerMessage | _End] = asyncio.Queue()
+        handler = asyncio.current_task()
+
+        def overflow() -> None:  # on the loop
+            self.metrics.stream_errors.labels(grpc.StatusCode.RESOURCE_EXHAUSTED.name).inc()
+            log.warning("device does not read its stream; ending it", extra={"device": device_id})
+            if handler is not None:
+                handler.cancel()
+
+        out = _Outbox(loop, overflow)
 
         def send(message: pb.TrainerMessage) -> None:  # from any thread
-            loop.call_soon_threadsafe(out.put_nowait, message)
+            out.put_threadsafe(message)
 
-        def close(reason: str) -> None:
-            code = (
-                grpc.StatusCode.UNAVAILABLE
-                if "shutting down" in reason
-                else grpc.StatusCode.ABORTED
-            )
-            loop.call_soon_threadsafe(out.put_nowait, _End(code, reason))
+        def close(reason: CloseReason) -> None:
+            out.put_threadsafe(_End(_CLOSE_CODES[reason], reason.value))
 
         try:
-            initial = await loop.run_in_executor(None, self.hub.attach, register, send, close)
+            initial = await loop.run_in_executor(
+                self.hub_pool, self.hub.attach, register, send, close
+            )
         except PreconditionError as exc:
             await self._fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except ValueError as exc:
@@ -144,9 +218,9 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
         reader = asyncio.create_task(self._read(context, device_id, out))
         try:
             for message in initial:
-                await self._write(context, device_id, message)
+                out.put(message)
             while True:
-                item = await out.get()
+                item = await out.queue.get()
                 if isinstance(item, _End):
                     if item.code is None:
                         return
@@ -170,7 +244,7 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
         self,
         context: grpc.aio.ServicerContext[Any, Any],
         device_id: str,
-        out: asyncio.Queue[pb.TrainerMessage | _End],
+        out: _Outbox,
     ) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -182,20 +256,22 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
                     deadline = loop.time() + DRAIN_TIMEOUT
                     while self.hub.in_flight(device_id) and loop.time() < deadline:
                         await asyncio.sleep(0.05)
-                    out.put_nowait(_End(None))
+                    out.put(_End(None))
                     return
                 self.hub.count_bytes(device_id, up=wire_size(msg))
                 kind = msg.WhichOneof("body")
                 if kind == "samples":
                     try:
-                        batch = await loop.run_in_executor(None, decode_batch, msg.samples)
+                        batch, clamped = await loop.run_in_executor(
+                            self.decode_pool, decode_batch, msg.samples, self.hub.limits
+                        )
                     except BatchRejectedError as exc:
                         self.metrics.batches.labels("rejected").inc()
                         log.warning(
                             "rejected a sample batch",
                             extra={"device": device_id, "seq": msg.samples.seq, "error": str(exc)},
                         )
-                        out.put_nowait(
+                        out.put(
                             _End(
                                 grpc.StatusCode.INVALID_ARGUMENT,
                                 f"sample batch {msg.samples.seq}: {exc}",
@@ -203,17 +279,20 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
                             )
                         )
                         return
+                    if clamped:
+                        self.metrics.timestamps_clamped.inc()
                     self.metrics.batches.labels("accepted").inc()
-                    await loop.run_in_executor(None, self.hub.submit, device_id, batch)
-                elif kind == "ack":  # waits for the device's training phase: off the loop
-                    await loop.run_in_executor(None, self.hub.ack, device_id, msg.ack)
+                    while not self.hub.try_submit(device_id, batch):  # the hub's queue is full
+                        await asyncio.sleep(SUBMIT_RETRY)
+                elif kind == "ack":
+                    self.hub.ack(device_id, msg.ack)  # only a short lock: fine on the loop
                 elif kind == "resync":
                     for m in await loop.run_in_executor(
-                        None, self.hub.resync, device_id, msg.resync
+                        self.hub_pool, self.hub.resync, device_id, msg.resync
                     ):
-                        out.put_nowait(m)
+                        out.put(m)
                 else:
-                    out.put_nowait(
+                    out.put(
                         _End(
                             grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind} on an open stream"
                         )
@@ -222,10 +301,10 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
         except asyncio.CancelledError:
             raise
         except grpc.aio.AioRpcError:
-            out.put_nowait(_End(None))
+            out.put(_End(None))
         except Exception as exc:  # a bug must end this stream, not the trainer
             log.exception("stream reader failed", extra={"device": device_id})
-            out.put_nowait(_End(grpc.StatusCode.INTERNAL, f"trainer error: {exc}"))
+            out.put(_End(grpc.StatusCode.INTERNAL, f"trainer error: {exc}"))
 
 
 class TrainerServer:
@@ -272,6 +351,7 @@ class TrainerServer:
         await loop.run_in_executor(None, self.hub.stop)
         if self.server is not None:
             await self.server.stop(grace)
+        self.servicer.shutdown()
 
 
 async def serve(

@@ -62,3 +62,51 @@ def decode_h264(data: bytes) -> list[RGBImage]:
     if not out:
         raise CodecError("H.264 stream holds no frames")
     return out
+
+
+def decode_h264_bounded(
+    data: bytes,
+    *,
+    max_frames: int,
+    width: int,
+    height: int,
+    max_decoded_bytes: int,
+    resize_to: tuple[int, int] | None = None,
+) -> list[RGBImage]:
+    """Decode an uploaded batch frame by frame, refusing it as soon as it breaks its word.
+
+    The frames must be ``width`` x ``height`` and at most ``max_frames``; the RGB bytes decoded
+    (at the stream's own size) may not exceed ``max_decoded_bytes``. A few kilobytes of H.264
+    can code thousands of large frames, so every limit is checked before the next frame is
+    converted, never after the whole stream is in memory. Each frame is converted straight to
+    ``resize_to`` (width, height) when given, so what is kept is at the model's input size.
+    """
+    if not data:
+        raise CodecError("empty batch")
+    out: list[RGBImage] = []
+    decoded = 0
+    out_w, out_h = resize_to or (width, height)
+    try:
+        with av.open(io.BytesIO(data), mode="r", format="h264") as container:
+            for frame in container.decode(video=0):
+                if len(out) >= max_frames:
+                    raise CodecError(f"stream holds more than the {max_frames} frames declared")
+                if (frame.width, frame.height) != (width, height):
+                    raise CodecError(
+                        f"frame {len(out)} is {frame.width}x{frame.height}, "
+                        f"batch says {width}x{height}"
+                    )
+                decoded += frame.width * frame.height * 3
+                if decoded > max_decoded_bytes:
+                    raise CodecError(f"batch decodes to more than {max_decoded_bytes} bytes")
+                sized = frame
+                if (out_w, out_h) != (frame.width, frame.height):
+                    sized = frame.reformat(width=out_w, height=out_h, format="rgb24")
+                out.append(np.asarray(sized.to_ndarray(format="rgb24"), dtype=np.uint8))
+    except (av.error.FFmpegError, ValueError) as exc:
+        if isinstance(exc, CodecError):
+            raise
+        raise CodecError(f"not a decodable H.264 stream: {exc}") from exc
+    if not out:
+        raise CodecError("H.264 stream holds no frames")
+    return out
