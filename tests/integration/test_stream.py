@@ -15,8 +15,12 @@ import json
 import shutil
 import signal
 import socket
+import struct
 import threading
 import time
+import urllib.error
+import urllib.request
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -31,6 +35,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from edgeadapt._proto.stream.v1 import stream_pb2 as pb
 from edgeadapt._proto.stream.v1 import stream_pb2_grpc as pb_grpc
 from edgeadapt.adapt.update import (
+    HEADER,
+    MASK_BITS,
     ModelUpdate,
     encode_update,
     model_checksum,
@@ -510,7 +516,16 @@ def test_corrupt_and_truncated_updates_are_rejected(cluster: Cluster, env: Env) 
     wrong_model = pb.ModelUpdate()
     wrong_model.CopyFrom(good_msg)
     wrong_model.model_checksum ^= 1
-    script = [pb.TrainerMessage(update=m) for m in (flipped, truncated, wrong_model)]
+    # Malformed beyond corruption: an out-of-range enum, and a zlib bomb under a valid checksum.
+    negative = pb.ModelUpdate()
+    negative.CopyFrom(good_msg)
+    negative.mask_encoding = -1  # type: ignore[assignment]
+    bomb_mask = zlib.compress(b"\0" * 64_000_000, 9)
+    header = HEADER.pack(b"EAUP", 1, MASK_BITS, 0, 1, 0, n, 0, len(bomb_mask), 0)
+    crc = zlib.crc32(bomb_mask, zlib.crc32(header))
+    bomb = update_message(header[:-4] + struct.pack("<I", crc) + bomb_mask, base)
+    bad = (flipped, truncated, wrong_model, negative, bomb)
+    script = [pb.TrainerMessage(update=m) for m in bad]
     fake = FakeTrainer(script, then=pb.TrainerMessage(update=good_msg))
     server = grpc.server(futures.ThreadPoolExecutor(4))
     pb_grpc.add_AdaptationServiceServicer_to_server(fake, server)  # type: ignore[no-untyped-call]
@@ -520,7 +535,7 @@ def test_corrupt_and_truncated_updates_are_rejected(cluster: Cluster, env: Env) 
         agent = cluster.agent("cam-1", port, secure=False)
         wait_for("the script", fake.done.wait, 60)
         s = wait_for(
-            "three rejections", lambda: (st := status(agent))["updates_rejected"] == 3 and st, 30
+            "five rejections", lambda: (st := status(agent))["updates_rejected"] == 5 and st, 30
         )
         assert s["model_version"] == 0
         assert s["updates_applied"] == 0
@@ -529,11 +544,18 @@ def test_corrupt_and_truncated_updates_are_rejected(cluster: Cluster, env: Env) 
         def received(kind: str) -> list[pb.AgentMessage]:
             return [m for m in list(fake.received) if m.WhichOneof("body") == kind]
 
-        wait_for("three acks and resyncs", lambda: len(received("resync")) == 3, 30)
+        wait_for("five acks and resyncs", lambda: len(received("resync")) == 5, 30)
         acks = [m.ack for m in received("ack")]
-        assert [a.applied for a in acks] == [False, False, False]
+        assert [a.applied for a in acks] == [False] * 5
         assert "checksum" in acks[0].reason
         assert "model checksum" in acks[2].reason
+        assert "mask encoding" in acks[3].reason
+        assert "more than" in acks[4].reason
+        # The link stayed up through all of it, and the agent says it is healthy.
+        assert s["connects"] == 1
+        assert s["connection"] == "connected"
+        assert s["thread_failures"] == 0
+        assert healthz(agent.http_port) == 200
         resyncs = [m.resync for m in received("resync")]
         assert all(r.have_version == 0 for r in resyncs)
         assert all(r.have_checksum == base for r in resyncs)
@@ -543,10 +565,18 @@ def test_corrupt_and_truncated_updates_are_rejected(cluster: Cluster, env: Env) 
             "the good update", lambda: (st := status(agent))["updates_applied"] == 1 and st
         )
         assert s["model_version"] == 1
-        assert s["updates_rejected"] == 3
+        assert s["updates_rejected"] == 5
         assert s["model_checksum"] == f"{model_checksum(new):08x}"
     finally:
         server.stop(0)
+
+
+def healthz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
 
 
 def _metrics(port: int) -> dict[str, float]:
@@ -559,3 +589,112 @@ def _metrics(port: int) -> dict[str, float]:
             key, _, value = line.rpartition(" ")
             out[key] = float(value)
     return out
+
+
+# -- offline autonomy and hostile input --------------------------------------------------------
+
+
+def test_an_agent_offline_with_a_full_queue_keeps_inferring_and_exits(
+    cluster: Cluster, env: Env
+) -> None:
+    """The offline queue overflows within seconds; the agent must neither hang nor stop."""
+    with socket.socket() as s:  # a port nobody listens on: the trainer is unreachable
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+        agent = cluster.agent(
+            "cam-offline",
+            dead,
+            extra=("--max-pending", "2", "--t-update", "1", "--duration", "14"),
+            source="synthetic:seed=1,duration=600,fps=10",
+        )
+        t0 = time.monotonic()
+        samples = []
+        while agent.popen.poll() is None and time.monotonic() - t0 < 40:
+            st = get_json(agent.http_port, timeout=3)
+            if st is not None:
+                samples.append(st)
+            time.sleep(1)
+    rc = agent.popen.wait(30)
+    elapsed = time.monotonic() - t0
+    assert rc == 0
+    assert elapsed < 14 + 10 + 8, "exits within its duration plus the drain timeout"
+    assert len(samples) >= 8, "/status answered all along"
+    late = samples[-1]
+    assert late["batches_dropped"] >= 5, late
+    assert late["batches_pending"] <= 2
+    assert late["connection"] in ("connecting", "disconnected")
+    assert late["inference_fps_5s"] >= 9.0
+    summary = json.loads((cluster.workdir / "cam-offline.summary.json").read_text())
+    assert summary["frames_inferred"] >= 130
+    assert summary["batches_sealed"] == summary["batches_dropped"] + summary["batches_pending"]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_hostile_device_cannot_grow_the_trainer_or_disturb_the_others(
+    cluster: Cluster, env: Env
+) -> None:
+    from edgeadapt.video.codec import encode_h264
+
+    trainer = cluster.trainer(cluster.workdir / "state")
+    agent = cluster.agent("cam-1", trainer.grpc_port, seed=1)
+    wait_for("cam-1 to adapt", at_version(agent, 1), 120)
+    before = status(agent)["model_version"]
+    rss0 = _rss_mb(trainer.popen.pid)
+    metadata = call_metadata("cam-evil", mint_token(env.secret, "cam-evil"))
+    big = encode_h264([np.zeros((720, 1280, 3), np.uint8)] * 40)  # a few KB
+    lies = {
+        "one frame declared, forty 720p frames sent": pb.SampleBatch(
+            seq=1, codec=pb.CODEC_H264, data=big, timestamps=[time.time()], width=1280, height=720
+        ),
+        "small frames declared, 720p sent": pb.SampleBatch(
+            seq=2,
+            codec=pb.CODEC_H264,
+            data=big,
+            timestamps=[time.time() + i for i in range(10)],
+            width=128,
+            height=64,
+        ),
+    }
+    with secure_channel(env, trainer.grpc_port) as channel:
+        stub = pb_grpc.AdaptationServiceStub(channel)  # type: ignore[no-untyped-call]
+        for what, lie in lies.items():
+            t0 = time.monotonic()
+            call = stub.Connect(
+                iter([register(env, "cam-evil"), pb.AgentMessage(samples=lie)]), metadata=metadata
+            )
+            with pytest.raises(grpc.RpcError) as exc:
+                for _ in call:
+                    pass
+            assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, what
+            assert time.monotonic() - t0 < 20, what
+
+        # A flood of resync requests from a device that never reads its stream: at most one
+        # snapshot is made, the outbound queue stays bounded, the stream is ended.
+        wrong = register(env, "cam-evil")
+        wrong.register.model_checksum ^= 1
+
+        def flood() -> Iterator[pb.AgentMessage]:
+            yield wrong
+            for _ in range(3000):
+                yield pb.AgentMessage(resync=pb.ResyncRequest(have_version=0, have_checksum=1))
+
+        call = stub.Connect(flood(), metadata=metadata)
+        time.sleep(8)  # never read
+        evil = device(trainer, "cam-evil")
+        assert evil is not None
+        assert evil["snapshots_sent"] <= 2, evil
+        call.cancel()
+    assert _rss_mb(trainer.popen.pid) - rss0 < 150
+    wait_for("cam-1 to keep adapting", at_version(agent, before + 2), 120)
+    s = status(agent)
+    assert s["connects"] == 1
+    assert s["updates_rejected"] == 0
+    m = _metrics(trainer.http_port)
+    assert m['edgeadapt_trainer_sample_batches_total{result="rejected"}'] == 2
+    assert m['edgeadapt_trainer_resync_requests_total{result="deferred"}'] > 100

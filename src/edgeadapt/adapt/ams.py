@@ -298,6 +298,13 @@ class EdgeModel:
                 self._checksum = model_checksum(parameter_vector(self.active))
             return self._checksum
 
+    def summary(self) -> tuple[int, int, int, int, str]:
+        """(version, checksum, applied, rejected, last error), all of one moment."""
+        with self._apply_lock:
+            if self._checksum is None:
+                self._checksum = model_checksum(parameter_vector(self.active))
+            return self.version, self._checksum, self.applied, self.rejected, self.last_error
+
     @torch.no_grad()
     def load_parameters(self, params: torch.Tensor, version: int) -> None:
         """Put a parameter vector (a saved model) into both copies, at ``version``."""

@@ -514,6 +514,7 @@ class Agent(LinkEvents):
         c = self.counters
         link = self.link
         loop_s = max((self.loop_ended or end) - (self.loop_started or self.started_at), 1e-6)
+        version, checksum, applied, rejected, last_error = self.edge.summary()
         return {
             "id": self.opt.device_id,
             "adapt": self.opt.adapt,
@@ -529,11 +530,11 @@ class Agent(LinkEvents):
             else 0.0,
             "late_frames": c.late,
             "source_errors": c.source_errors,
-            "model_version": self.edge.version,
-            "model_checksum": f"{self.edge.checksum():08x}",
-            "updates_applied": self.edge.applied,
-            "updates_rejected": self.edge.rejected,
-            "last_reject_reason": self.edge.last_error,
+            "model_version": version,
+            "model_checksum": f"{checksum:08x}",
+            "updates_applied": applied,
+            "updates_rejected": rejected,
+            "last_reject_reason": last_error,
             "uplink_bytes": c.uplink_bytes,
             "downlink_bytes": c.downlink_bytes,
             "uplink_kbps": round(c.uplink_bytes * 8 / elapsed / 1000, 2),
