@@ -142,3 +142,30 @@ def test_a_batch_over_the_trainers_limits_is_split(student: SegmentationModel) -
     assert all(len(data) <= one + 10 for data, _, _ in chunks)
     assert sum(len(times) for _, times, _ in chunks) == 10
     assert len(chunks) > 1
+
+
+def test_concurrent_state_saves_never_collide(student: SegmentationModel, tmp_path: Any) -> None:
+    from edgeadapt.edge_agent.agent import load_state
+
+    source = open_source("synthetic:seed=1,duration=5,fps=5")
+    edge = EdgeModel(student)
+    agent = Agent(AgentOptions("cam-1", state_dir=tmp_path), source, edge, None)
+    errors: list[BaseException] = []
+
+    def save() -> None:
+        for _ in range(10):
+            try:
+                agent.save_state()
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=save) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"], "no temporary file left"
+    loaded = load_state(tmp_path, "cam-1", edge.num_params)
+    assert loaded is not None
+    assert loaded[0] == 0

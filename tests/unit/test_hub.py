@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -336,3 +337,48 @@ def test_one_failing_save_does_not_skip_the_others_at_shutdown(
     store.save = failing  # type: ignore[method-assign]
     hub.stop()
     assert store.device_ids() == ["cam-b", "cam-c"]
+
+
+def test_acks_and_uploads_never_wait_for_a_training_phase(models: Models, tmp_path: Path) -> None:
+    hub = make_hub(models, tmp_path, start=False, max_queued_batches=1)
+    welcome = hub.attach(register(hub), _drop, lambda reason: None)
+    assert welcome[0].welcome.trainer_id == hub.trainer_id
+    dev = hub.devices["cam-1"]
+    training = threading.Event()
+    release = threading.Event()
+
+    def train() -> None:  # holds the device lock as a long training phase does
+        with dev.lock:
+            training.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=train)
+    holder.start()
+    training.wait(5)
+    try:
+        t0 = time.monotonic()
+        hub.ack("cam-1", pb.UpdateAck(version=0, applied=True))
+        assert hub.try_submit("cam-1", batch(1, 10.0))
+        assert not hub.try_submit("cam-1", batch(2, 20.0)), "a full queue says so at once"
+        assert hub.in_flight("cam-1") == 1
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        release.set()
+        holder.join()
+    hub.stop()
+
+
+def test_a_scoring_failure_does_not_stop_learning(models: Models, tmp_path: Path) -> None:
+    hub = make_hub(models, tmp_path)
+    sent: list[pb.TrainerMessage] = []
+    hub.attach(register(hub), sent.append, lambda reason: None)
+
+    def oom(*args: object) -> tuple[float, float]:
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    hub._score = oom  # type: ignore[method-assign,assignment]
+    submit(hub, "cam-1", batch(1, 100.0))
+    wait(lambda: "update" in kinds(sent))
+    assert hub.devices["cam-1"].frames == 3
+    assert hub.metrics.thread_failures.labels("process")._value.get() == 1
+    hub.stop()
