@@ -1,5 +1,6 @@
 """The integration tier's fixtures: CRDs applied to the session's control plane, the operator
-running as a process against it (cluster-wide, with the admin kubeconfig), a namespace per test."""
+running as a process against it (cluster-wide, as a ServiceAccount granted exactly the chart's
+rules, so that every test also proves those rules enough), a namespace per test."""
 
 from __future__ import annotations
 
@@ -8,9 +9,18 @@ from collections.abc import Iterator
 
 import pytest
 
+from edgeadapt.controllers.rbac import required_rules
 from edgeadapt.devcluster import LocalCluster
 from edgeadapt.devcluster.cluster import REPO, free_port
-from edgeadapt.devcluster.testing import OperatorProcess, persistent_volumes
+from edgeadapt.devcluster.testing import (
+    OperatorProcess,
+    persistent_volumes,
+    service_account_kubeconfig,
+)
+
+# The operator's identity in this tier (not the chart's edgeadapt-system, which the e2e tier
+# installs into, and whose requests the audit log records).
+OPERATOR_NAMESPACE, OPERATOR_SA = "edgeadapt-it", "edgeadapt-it-operator"
 
 
 @pytest.fixture(scope="session")
@@ -26,9 +36,16 @@ def cluster(local_cluster: LocalCluster) -> LocalCluster:
 def operator(
     cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    workdir = tmp_path_factory.mktemp("operator")
+    config = service_account_kubeconfig(
+        cluster,
+        workdir / "kubeconfig",
+        required_rules(cluster_wide=True),
+        namespace=OPERATOR_NAMESPACE,
+        name=OPERATOR_SA,
+    )
     proc = OperatorProcess(
-        cluster.kubeconfig, log, env={"EDGEADAPT_METRICS_PORT": str(free_port())}
+        config, workdir / "operator.log", env={"EDGEADAPT_METRICS_PORT": str(free_port())}
     ).start()
     try:
         yield proc

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import subprocess
 import urllib.request
 from typing import Any
 
@@ -469,3 +471,126 @@ def test_a_device_the_policy_stops_selecting_is_released(
     assert (
         wait_condition(cluster, ns, "edgedevice", "cam")["status"]["trainer"] == "picky-trainer-0"
     )
+
+
+def test_children_are_created_under_the_charts_rules_with_owner_reference_enforcement(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    """The operator runs as a ServiceAccount with exactly the chart's rules, and the API server
+    enforces OwnerReferencesPermissionEnforcement: its children still get created."""
+    ns = namespace
+    apply(cluster, ns, policy("strict"), device("cam", "strict"))
+    dev = wait_condition(cluster, ns, "edgedevice", "cam")
+    wait_condition(cluster, ns, "adaptationpolicy", "strict")
+    for resource, name in (
+        ("pod", "cam-agent"),
+        ("secret", "cam-agent-token"),
+        ("statefulset", "strict-trainer"),
+        ("configmap", "strict-trainer"),
+        ("service", "strict-trainer"),
+    ):
+        (ref,) = must_get(cluster, resource, name, ns)["metadata"]["ownerReferences"]
+        assert ref["controller"] is True
+        assert not ref.get("blockOwnerDeletion"), f"{resource}/{name}"
+
+    # What the operator no longer does is refused to its identity: the plugin is on.
+    def as_operator(obj: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [cluster.bin("kubectl"), f"--kubeconfig={operator.kubeconfig}", "create", "-n", ns,
+             "-f", "-"],
+            input=json.dumps(obj), capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+
+    ref = {
+        "apiVersion": "edgeadapt.io/v1alpha1",
+        "kind": "EdgeDevice",
+        "name": "cam",
+        "uid": dev["metadata"]["uid"],
+        "controller": True,
+    }
+    blocking = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "blocking", "ownerReferences": [ref | {"blockOwnerDeletion": True}]},
+    }
+    out = as_operator(blocking)
+    assert out.returncode != 0
+    assert "cannot set blockOwnerDeletion" in out.stderr, out.stderr
+    plain = blocking | {"metadata": {"name": "plain", "ownerReferences": [ref]}}
+    out = as_operator(plain)
+    assert out.returncode == 0, out.stderr
+    log = operator.log_path.read_text(errors="replace")
+    assert "cannot set blockOwnerDeletion" not in log
+    assert not re.search(r'forbidden: User \\?"[^"]*\\?" cannot', log), "RBAC denied a request"
+
+
+def test_a_child_the_api_server_refuses_shows_in_status_and_recovers(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    ns = namespace
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-pods"},
+        "spec": {"hard": {"pods": "0"}},
+    }
+    apply(cluster, ns, quota)
+    wait_until(
+        lambda: (must_get(cluster, "resourcequota", "no-pods", ns).get("status") or {}).get("hard"),
+        TIMEOUT,
+        "the quota's usage computed",
+    )
+    apply(cluster, ns, policy("tight"), device("cam", "tight"))
+    dev = wait_condition(
+        cluster, ns, "edgedevice", "cam", status="False", reason="ChildApplyFailed"
+    )
+    ready = cond(dev, "Ready")
+    assert ready["message"].startswith('could not create Pod "cam-agent": ')
+    assert "exceeded quota: no-pods" in ready["message"]
+    assert ready["observedGeneration"] == dev["metadata"]["generation"]
+    assert cond(dev, "Stalled")["reason"] == "ChildApplyFailed"
+    assert condition_of(dev, "Reconciling") is None
+    assert cond(dev, "TrainerBound")["status"] == "True"
+    assert dev["status"]["trainer"] == "tight-trainer-0"
+    # The Secret is not held up by the pod.
+    assert get(cluster, "secret", "cam-agent-token", ns) is not None
+    events = json.loads(cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]
+    assert any(
+        e["involvedObject"]["name"] == "cam"
+        and e["type"] == "Warning"
+        and e["reason"] == "ChildApplyFailed"
+        for e in events
+    )
+
+    # Nothing watched changes when the quota goes: the retry with backoff finds out.
+    cluster.kubectl("delete", "resourcequota", "no-pods", "-n", ns)
+    dev = wait_condition(cluster, ns, "edgedevice", "cam")
+    assert condition_of(dev, "Stalled") is None
+    assert get(cluster, "pod", "cam-agent", ns) is not None
+    assert operator.alive(), operator.log_tail()
+
+
+def test_an_object_in_the_way_of_a_child_shows_in_status_and_recovers(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    ns = namespace
+    squatter = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "taken-trainer"}}
+    apply(cluster, ns, squatter)
+    apply(cluster, ns, policy("taken"))
+    pol = wait_condition(
+        cluster, ns, "adaptationpolicy", "taken", status="False", reason="ChildApplyFailed"
+    )
+    assert cond(pol, "Ready")["message"] == (
+        'could not create ConfigMap "taken-trainer": an object of that name exists and is not '
+        'controlled by AdaptationPolicy "taken"'
+    )
+    assert cond(pol, "Stalled")["reason"] == "ChildApplyFailed"
+    # The other children are written regardless.
+    assert get(cluster, "statefulset", "taken-trainer", ns) is not None
+    assert "ownerReferences" not in must_get(cluster, "configmap", "taken-trainer", ns)["metadata"]
+
+    cluster.kubectl("delete", "configmap", "taken-trainer", "-n", ns)
+    pol = wait_condition(cluster, ns, "adaptationpolicy", "taken")
+    assert condition_of(pol, "Stalled") is None
+    config = must_get(cluster, "configmap", "taken-trainer", ns)
+    assert config["metadata"]["ownerReferences"][0]["uid"] == pol["metadata"]["uid"]

@@ -5,10 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from edgeadapt.api import keys
-from edgeadapt.api.v1alpha1 import EDGE_DEVICE
+from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE
 from edgeadapt.controllers import adaptationpolicy, edgedevice, modelzoo
 from edgeadapt.controllers.binding import Capacity, TrainerPool
-from edgeadapt.controllers.common import POD, SECRET, STATEFUL_SET, Images, Owner, spec_hash
+from edgeadapt.controllers.common import (
+    POD,
+    SECRET,
+    STATEFUL_SET,
+    ChildFailure,
+    Images,
+    Owner,
+    child_failure_status,
+    spec_hash,
+    status_differs,
+    transition_events,
+)
+from edgeadapt.controllers.rbac import required_rules
 
 NOW = "2026-01-01T00:00:00Z"
 IMAGES = Images()
@@ -72,7 +84,6 @@ def test_new_device_gets_a_secret_and_an_agent_pod_on_its_edge_node() -> None:
         "name": "cam",
         "uid": "uid-1",
         "controller": True,
-        "blockOwnerDeletion": True,
     }
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
     assert (
@@ -269,3 +280,192 @@ def test_zoo_claims_storage_and_runs_the_gating_service() -> None:
     volume = dep["template"]["spec"]["volumes"][0]
     assert volume["persistentVolumeClaim"]["claimName"] == "z-store"
     assert conditions(plan.status)["Ready"] == ("False", "StoragePending")
+
+
+def all_children() -> list[tuple[str, dict[str, Any]]]:
+    """Every child any kind's decide function builds."""
+    pool = TrainerPool(Capacity.of({}))
+    binding = edgedevice.resolve_binding(device(), policy(), pool)
+    dev_plan = edgedevice.decide(
+        device(), binding, pod=None, secret_exists=False, token="t", images=IMAGES, now=NOW
+    )
+    pol_plan = adaptationpolicy.decide(
+        policy(),
+        zoo=None,
+        trainers_wanted=1,
+        devices_bound=1,
+        devices_unbound=0,
+        statefulset=None,
+        images=IMAGES,
+        now=NOW,
+    )
+    zoo = {"metadata": {"name": "z", "namespace": "ns", "uid": "u", "generation": 1}, "spec": {}}
+    zoo_plan = modelzoo.decide(zoo, pvc=None, deployment_obs=None, images=IMAGES, now=NOW)
+    return [(a.kind.kind, a.body) for p in (dev_plan, pol_plan, zoo_plan) for a in p.apply]
+
+
+def test_children_do_not_block_owner_deletion() -> None:
+    # blockOwnerDeletion=true needs update on <owner kind>/finalizers under the
+    # OwnerReferencesPermissionEnforcement admission plugin, which the operator is not granted.
+    children = all_children()
+    assert {kind for kind, _ in children} == {
+        "Secret",
+        "Pod",
+        "ConfigMap",
+        "Service",
+        "StatefulSet",
+        "PersistentVolumeClaim",
+        "Deployment",
+    }
+    for kind, body in children:
+        (ref,) = body["metadata"]["ownerReferences"]
+        assert ref["controller"] is True, kind
+        assert "blockOwnerDeletion" not in ref, kind
+    granted = {
+        (group, resource, verb)
+        for rule in required_rules()
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert not any(resource.endswith("/finalizers") for _, resource, _ in granted)
+
+
+def healthz(probe: dict[str, Any]) -> dict[str, Any]:
+    assert probe["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    return probe
+
+
+def test_trainer_is_probed_for_liveness_after_a_generous_startup() -> None:
+    pol = policy()
+    sts = adaptationpolicy.stateful_set(
+        Owner.of(ADAPTATION_POLICY, pol), pol["spec"], 1, "h", IMAGES
+    )
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "metrics", "containerPort": keys.METRICS_PORT} in container["ports"]
+    assert keys.METRICS_PORT == 9090
+    healthz(container["readinessProbe"])
+    live = healthz(container["livenessProbe"])
+    start = healthz(container["startupProbe"])
+    # Liveness counts only once the startup probe has passed: loading the teacher and student
+    # (30-60 s) has minutes, a dead worker thread is noticed within half a minute.
+    assert start["periodSeconds"] * start["failureThreshold"] >= 180
+    assert live["periodSeconds"] * live["failureThreshold"] <= 60
+    assert live["failureThreshold"] >= 3
+    assert 0 < live["timeoutSeconds"] < live["periodSeconds"]
+
+
+def test_edge_agent_is_probed_for_liveness() -> None:
+    dev = device()
+    pod = edgedevice.agent_pod(Owner.of(EDGE_DEVICE, dev), dev["spec"], "", IMAGES)
+    container = pod["spec"]["containers"][0]
+    assert container["ports"] == [{"name": "metrics", "containerPort": keys.METRICS_PORT}]
+    live = healthz(container["livenessProbe"])
+    start = healthz(container["startupProbe"])
+    assert start["periodSeconds"] * start["failureThreshold"] >= 60
+    assert live["periodSeconds"] * live["failureThreshold"] <= 60
+    assert live["failureThreshold"] >= 3
+    assert 0 < live["timeoutSeconds"] < live["periodSeconds"]
+
+
+def failed(action: str, kind: str, name: str, error: str, refused: bool = True) -> ChildFailure:
+    return ChildFailure(action, kind, name, error, refused=refused)
+
+
+def test_a_child_that_cannot_be_created_shows_in_status() -> None:
+    pool = TrainerPool(Capacity.of({}))
+    dev = device(generation=3)
+    binding = edgedevice.resolve_binding(dev, policy(), pool)
+    plan = edgedevice.decide(
+        dev, binding, pod=None, secret_exists=True, token="t", images=IMAGES, now=NOW
+    )
+    quota = 'pods "cam-agent" is forbidden: exceeded quota: q, requested: pods=1'
+    status = child_failure_status(
+        dev.get("status"),
+        plan.status,
+        [failed("create", "Pod", "cam-agent", quota)],
+        generation=3,
+        now=NOW,
+    )
+    conds = conditions(status)
+    assert conds["Ready"] == ("False", "ChildApplyFailed")
+    assert conds["Stalled"] == ("True", "ChildApplyFailed")
+    assert "Reconciling" not in conds
+    # The kind's own conditions and fields are kept as decided.
+    assert conds["TrainerBound"] == ("True", "Succeeded")
+    assert conds["AgentReady"] == ("False", "AgentPending")
+    assert status["trainer"] == "pol-trainer-0"
+    assert status["observedGeneration"] == 3
+    assert all(c["observedGeneration"] == 3 for c in status["conditions"])
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["message"] == f'could not create Pod "cam-agent": {quota}'
+    events = transition_events(dev.get("status"), status, "EdgeDevice")
+    assert [(e.type, e.reason) for e in events] == [("Warning", "ChildApplyFailed")]
+
+    # Unchanged failure, unchanged status (no write on every retry); it keeps its timestamps.
+    dev["status"] = status
+    again = child_failure_status(
+        status,
+        edgedevice.decide(
+            dev, binding, pod=None, secret_exists=True, token="t", images=IMAGES, now="later"
+        ).status,
+        [failed("create", "Pod", "cam-agent", quota)],
+        generation=3,
+        now="later",
+    )
+    assert not status_differs(status, again)
+
+    # Once the pod can be created, the decided status replaces the failure.
+    recovered = edgedevice.decide(
+        dev, binding, pod=None, secret_exists=True, token="t", images=IMAGES, now="later"
+    )
+    assert conditions(recovered.status)["Ready"] == ("False", "AgentPending")
+    assert "Stalled" not in conditions(recovered.status)
+
+
+def test_child_failures_without_a_refusal_are_reconciling() -> None:
+    current = {
+        "observedGeneration": 1,
+        "conditions": [
+            {
+                "type": t,
+                "status": "True",
+                "reason": "Succeeded",
+                "message": "",
+                "lastTransitionTime": "t0",
+                "observedGeneration": 1,
+            }
+            for t in ("Ready", "TrainersAvailable")
+        ],
+        "trainers": 1,
+    }
+    status = child_failure_status(
+        current,
+        {},
+        [
+            failed("patch", "StatefulSet", "p-trainer", "TimeoutError: ", refused=False),
+            failed("create", "ConfigMap", "p-trainer", "forbidden"),
+        ],
+        generation=1,
+        now=NOW,
+    )
+    conds = conditions(status)
+    assert conds["Ready"] == ("False", "ChildApplyFailed")
+    assert conds["Reconciling"] == ("True", "ChildApplyFailed")
+    assert "Stalled" not in conds
+    assert conds["TrainersAvailable"] == ("True", "Succeeded")
+    kept = next(c for c in status["conditions"] if c["type"] == "TrainersAvailable")
+    assert kept["lastTransitionTime"] == "t0"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["lastTransitionTime"] == NOW
+    assert 'StatefulSet "p-trainer"' in ready["message"]
+    assert 'ConfigMap "p-trainer"' in ready["message"]
+    assert status["trainers"] == 1
+    long = child_failure_status(
+        current, {}, [failed("create", "Pod", "x", "e" * 10_000)], generation=1, now=NOW
+    )
+    assert len(conditions_messages(long)["Ready"]) == 4096
+
+
+def conditions_messages(status: dict[str, Any]) -> dict[str, str]:
+    return {c["type"]: c["message"] for c in status["conditions"]}

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Hashable
 
-from edgeadapt.operator.workqueue import WorkQueue
+import pytest
+
+from edgeadapt.operator.workqueue import ReportedError, WorkQueue
 
 
 def test_keys_are_deduplicated_serialised_and_rerun_when_added_while_active() -> None:
@@ -58,3 +61,29 @@ def test_failures_are_retried_with_backoff() -> None:
         return calls
 
     assert asyncio.run(scenario()) == 3
+
+
+def test_reported_errors_are_retried_and_logged_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> int:
+        calls = 0
+
+        async def handler(key: Hashable) -> None:
+            nonlocal calls
+            calls += 1
+            if calls < 3:
+                raise ReportedError("child refused; the status says so")
+
+        queue = WorkQueue(handler, workers=1, max_backoff=0.05)
+        queue.start()
+        queue.add("k")
+        await asyncio.sleep(0.5)
+        await queue.stop()
+        return calls
+
+    with caplog.at_level(logging.WARNING, logger="edgeadapt.operator.workqueue"):
+        assert asyncio.run(scenario()) == 3
+    failures = [r for r in caplog.records if "child refused" in r.getMessage()]
+    assert len(failures) == 2
+    assert all(r.exc_info is None and r.levelno == logging.WARNING for r in failures)

@@ -68,6 +68,9 @@ class Reason:
     """The gating Deployment has fewer available pods than wanted."""
     NOT_REFERENCED = "NotReferenced"
     """The policy names no ModelZoo, so there is nothing to resolve."""
+    CHILD_APPLY_FAILED = "ChildApplyFailed"
+    """The API server refused (or did not answer) a write of a child; the message names the
+    child and the error. Retried with backoff; the status recovers once the write succeeds."""
 
 
 def now_rfc3339(now: datetime | None = None) -> str:

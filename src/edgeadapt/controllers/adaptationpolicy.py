@@ -40,6 +40,7 @@ from edgeadapt.controllers.common import (
     Owner,
     Plan,
     child_metadata,
+    healthz_probe,
     rules,
     selector_labels,
     spec_hash,
@@ -159,11 +160,17 @@ def stateful_set(
                         {"name": "metrics", "containerPort": keys.METRICS_PORT},
                     ],
                     # The gRPC port speaks TLS, which the kubelet's gRPC probe does not; the
-                    # trainer's HTTP endpoint reports the same serving state.
+                    # trainer's HTTP endpoint reports the same serving state. Its /healthz
+                    # answers 503 when a worker thread the trainer needs has died, and the
+                    # liveness probe then has the kubelet restart it. The endpoint opens only
+                    # after the teacher and student are loaded (30-60 s, more from a cold
+                    # volume), so the startup probe allows 5 minutes before liveness counts.
                     "readinessProbe": {
                         "httpGet": {"path": "/healthz", "port": "metrics"},
                         "periodSeconds": 10,
                     },
+                    "startupProbe": healthz_probe(period=10, failures=30),
+                    "livenessProbe": healthz_probe(period=10, failures=3),
                     "resources": {
                         "requests": {"cpu": "2", "memory": "8Gi", keys.GPU_RESOURCE: str(gpus)},
                         "limits": {"memory": "16Gi", keys.GPU_RESOURCE: str(gpus)},

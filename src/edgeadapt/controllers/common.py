@@ -9,7 +9,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeadapt.api import keys
-from edgeadapt.api.conditions import Condition, Reason, set_conditions
+from edgeadapt.api.conditions import (
+    READY,
+    RECONCILING,
+    STALLED,
+    Condition,
+    Reason,
+    condition,
+    set_conditions,
+)
 from edgeadapt.api.v1alpha1 import API_VERSION, Kind
 
 Body = dict[str, Any]
@@ -58,14 +66,27 @@ class Owner:
         )
 
     def reference(self) -> Body:
+        """The children's ownerReference to this object.
+
+        It does not set ``blockOwnerDeletion``. Setting it to true needs ``update`` on the owner
+        kind's ``finalizers`` subresource (``edgedevices/finalizers`` and so on) where the
+        OwnerReferencesPermissionEnforcement admission plugin is on, and the operator is not
+        granted that (``RBAC_RULES``, the chart): it writes no finalizers. All it would buy is
+        foreground deletion of an owner waiting for its children, which nobody here relies on;
+        background deletion, the default, garbage-collects the children all the same.
+        """
         return {
             "apiVersion": API_VERSION,
             "kind": self.kind.kind,
             "name": self.name,
             "uid": self.uid,
             "controller": True,
-            "blockOwnerDeletion": True,
         }
+
+    def controls(self, child: Mapping[str, Any]) -> bool:
+        """Whether ``child`` (any object's body) names this object as its controller."""
+        refs = (child.get("metadata") or {}).get("ownerReferences") or []
+        return any(r.get("uid") == self.uid and r.get("controller") for r in refs)
 
 
 @dataclass(frozen=True)
@@ -177,8 +198,64 @@ WARNING_REASONS = frozenset(
         Reason.NOT_SELECTED,
         Reason.NO_TRAINER_CAPACITY,
         Reason.AGENT_FAILED,
+        Reason.CHILD_APPLY_FAILED,
     }
 )
+
+
+@dataclass(frozen=True)
+class ChildFailure:
+    """A write of a child that did not succeed: what was tried, on which child, and why.
+
+    ``refused``: the API server answered no (a 4xx other than throttling: forbidden by a quota,
+    an admission plugin or RBAC, invalid, a name taken by an object the owner does not control),
+    which retrying alone will not change; otherwise it gave no usable answer (5xx, timeout)."""
+
+    action: str  # create, patch or delete
+    kind: str  # the child's kind, e.g. Pod
+    name: str
+    error: str  # what the API server said
+    refused: bool = True
+
+    def describe(self) -> str:
+        return f'could not {self.action} {self.kind} "{self.name}": {self.error}'
+
+
+MAX_FAILURE_MESSAGE = 4096
+
+
+def child_failure_status(
+    current_status: Mapping[str, Any] | None,
+    decided_status: Mapping[str, Any] | None,
+    failures: Sequence[ChildFailure],
+    *,
+    generation: int,
+    now: str,
+) -> Body:
+    """The status to write when children could not be written.
+
+    It is the decided status (or the current one, when the decision changed nothing) with Ready
+    False for ``ChildApplyFailed``, the message naming every failed child and the API server's
+    error, and ``Stalled`` when every failure is a refusal (someone has to act: raise the quota,
+    remove the object in the way) or ``Reconciling`` when one may be transient. The
+    kind's own conditions and summary fields stay as decided."""
+    base = decided_status or current_status or {}
+    message = "; ".join(f.describe() for f in failures)
+    if len(message) > MAX_FAILURE_MESSAGE:
+        message = message[: MAX_FAILURE_MESSAGE - 3] + "..."
+    kstatus = STALLED if all(f.refused for f in failures) else RECONCILING
+    reason = Reason.CHILD_APPLY_FAILED
+    conds = [
+        condition(READY, "False", reason, message, generation=generation),
+        condition(kstatus, "True", reason, message, generation=generation),
+    ]
+    for c in base.get("conditions") or []:
+        if c.get("type") not in (READY, RECONCILING, STALLED):
+            kept = Condition(**c)  # type: ignore[typeddict-item]
+            kept.pop("lastTransitionTime", None)
+            conds.append(kept)
+    fields = {k: v for k, v in base.items() if k not in ("conditions", "observedGeneration")}
+    return status_with_conditions(current_status, conds, fields, generation=generation, now=now)
 
 
 def transition_events(
@@ -219,6 +296,17 @@ def pod_ready(pod: Mapping[str, Any] | None) -> bool:
         c.get("type") == "Ready" and c.get("status") == "True"
         for c in status.get("conditions") or []
     )
+
+
+def healthz_probe(*, period: int, failures: int, timeout: int = 5) -> Body:
+    """An HTTP probe of ``/healthz`` on the container's ``metrics`` port (edgeadapt.telemetry):
+    it fails after ``failures`` consecutive failed checks ``period`` seconds apart."""
+    return {
+        "httpGet": {"path": "/healthz", "port": "metrics"},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+    }
 
 
 def rules(*entries: tuple[str, str, str]) -> list[Rule]:

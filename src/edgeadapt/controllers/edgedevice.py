@@ -39,6 +39,7 @@ from edgeadapt.controllers.common import (
     Owner,
     Plan,
     child_metadata,
+    healthz_probe,
     pod_ready,
     rules,
     status_differs,
@@ -208,6 +209,11 @@ def agent_pod(owner: Owner, spec: Mapping[str, Any], endpoint: str, images: Imag
                 "command": ["python", "-m", "edgeadapt.edge_agent"],
                 "env": env,
                 "ports": [{"name": "metrics", "containerPort": keys.METRICS_PORT}],
+                # /healthz answers 503 once a thread the agent needs has died; the kubelet then
+                # restarts it. The endpoint opens after the student is loaded, which an edge
+                # board may take a while over: the startup probe allows 2 minutes.
+                "startupProbe": healthz_probe(period=5, failures=24),
+                "livenessProbe": healthz_probe(period=10, failures=3),
                 "resources": {
                     "requests": {"cpu": "100m", "memory": "256Mi"},
                     "limits": {"memory": "1Gi"},

@@ -8,11 +8,11 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edgeadapt.devcluster.cluster import REPO, LocalCluster
+from edgeadapt.devcluster.cluster import REPO, LocalCluster, kubeconfig
 from edgeadapt.procs import terminate
 
 T = TypeVar("T")
@@ -107,6 +107,52 @@ class OperatorProcess:
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+
+def service_account_kubeconfig(
+    cluster: LocalCluster,
+    path: Path,
+    rules: Sequence[Mapping[str, Any]],
+    *,
+    namespace: str,
+    name: str,
+    duration: str = "4h",
+) -> Path:
+    """A ServiceAccount bound cluster-wide to exactly ``rules`` (a ClusterRole of its name), and
+    at ``path`` a kubeconfig that authenticates as it with a token."""
+    cluster.apply(
+        [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": name, "namespace": namespace},
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": name},
+                "rules": list(rules),
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": name},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": name,
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+            },
+        ]
+    )
+    token = cluster.kubectl(
+        "create", "token", name, "-n", namespace, f"--duration={duration}"
+    ).stdout.strip()
+    ca = (cluster.workdir / "pki" / "ca.crt").read_bytes()
+    path.write_text(json.dumps(kubeconfig(cluster.server, ca, name, token=token)))
+    return path
 
 
 def persistent_volumes(count: int, prefix: str = "local-pv") -> list[dict[str, Any]]:

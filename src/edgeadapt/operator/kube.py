@@ -31,6 +31,22 @@ class ApiError(Exception):
         self.body = body
 
     @property
+    def message(self) -> str:
+        """The API server's own words: the ``message`` of its Status body, else the body."""
+        try:
+            decoded = json.loads(self.body)
+        except ValueError:
+            decoded = None
+        if isinstance(decoded, dict) and decoded.get("message"):
+            return str(decoded["message"])
+        return f"HTTP {self.status}: {self.body[:500]}"
+
+    @property
+    def refused(self) -> bool:
+        """A definite no (4xx other than throttling), which asking again will not change."""
+        return 400 <= self.status < 500 and self.status not in (408, 429)
+
+    @property
     def namespace_terminating(self) -> bool:
         """Refused because the namespace is being deleted (nothing to do there any more)."""
         return self.status == 403 and "NamespaceTerminating" in self.body
@@ -115,6 +131,11 @@ class Kube:
                 return False
             raise
         return status != 409
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        """The object at ``path``, or None if there is none."""
+        status, body = await self.request("GET", path, ok=(404,))
+        return None if status == 404 else body
 
     async def merge_patch(self, path: str, body: Mapping[str, Any]) -> bool:
         """Merge-patch the object at ``path``; False if it is gone."""

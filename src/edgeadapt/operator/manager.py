@@ -30,15 +30,20 @@ from edgeadapt.controllers.common import (
     PVC,
     SECRET,
     STATEFUL_SET,
+    Apply,
     Body,
+    ChildFailure,
     ChildKind,
     Images,
     Owner,
     Plan,
+    child_failure_status,
+    status_differs,
+    transition_events,
 )
 from edgeadapt.operator import metrics
-from edgeadapt.operator.kube import Kube
-from edgeadapt.operator.workqueue import WorkQueue
+from edgeadapt.operator.kube import ApiError, Kube
+from edgeadapt.operator.workqueue import ReportedError, WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -336,29 +341,80 @@ class Manager:
     # ----------------------------------------------------------------- act
 
     async def _act(self, kind: Kind, obj: Body, plan: Plan) -> None:
+        """Write the plan: deletes, then the children together, then the status and events.
+
+        A child that cannot be written does not stop the rest: the status is written all the
+        same, showing Ready=False with ``ChildApplyFailed`` naming the child and the API
+        server's error (``child_failure_status``), and then ``ChildApplyError`` makes the work
+        queue retry the object with backoff. Once the writes succeed, the decided status
+        replaces the failure."""
         owner = Owner.of(kind, obj)
         ns = owner.namespace
+        failures: list[ChildFailure] = []
         for d in plan.delete:
-            await self.kube.delete(d.kind.path(ns, d.name))
+            try:
+                await self.kube.delete(d.kind.path(ns, d.name))
+            except Exception as e:
+                failures.append(_failure("delete", d.kind, d.name, e))
         writes = []
         for a in plan.apply:  # children are independent of each other: write them together
             observed = self.children.get((a.kind.plural, ns, a.name))
             if observed is None:
-                writes.append(self.kube.create(a.kind.path(ns), a.body))
+                writes.append(self._create(owner, a))
             elif a.mode == "patch" and _drifted(observed, a.body):
-                writes.append(
-                    self.kube.merge_patch(a.kind.path(ns, a.name), _patch_of(a.kind, a.body))
-                )
-        await asyncio.gather(*writes)
-        if plan.status:
+                writes.append(self._patch(owner, a))
+        failures += [f for f in await asyncio.gather(*writes) if f is not None]
+        status, events = plan.status, plan.events
+        if failures:
+            current = obj.get("status") or {}
+            status = child_failure_status(
+                current, plan.status, failures, generation=owner.generation, now=now_rfc3339()
+            )
+            if not status_differs(current, status):
+                status = {}
+            events = transition_events(current, status, kind.kind) if status else []
+        if status:
             patched = await self.kube.merge_patch(
-                kind.path(ns, owner.name, status=True), {"status": plan.status}
+                kind.path(ns, owner.name, status=True), {"status": status}
             )
             if patched:
                 # Our own write comes back as a watch event; until then, decide against it.
-                obj["status"] = {**(obj.get("status") or {}), **plan.status}
-        for ev in plan.events:
+                obj["status"] = {**(obj.get("status") or {}), **status}
+        for ev in events:
             await self._post_event(kind, owner, ev.type, ev.reason, ev.message)
+        if failures:
+            raise ChildApplyError(owner, failures)
+
+    async def _create(self, owner: Owner, a: Apply) -> ChildFailure | None:
+        """Create a child. An existing object of that name is fine if it is ours (the cache has
+        not seen it yet); one the owner does not control is in the way, and that is a failure."""
+        path = a.kind.path(owner.namespace)
+        try:
+            if await self.kube.create(path, a.body):
+                return None
+            existing = await self.kube.get(a.kind.path(owner.namespace, a.name))
+        except Exception as e:
+            return _failure("create", a.kind, a.name, e)
+        if existing is None or owner.controls(existing):
+            return None  # gone again, or ours
+        terminating = bool((existing.get("metadata") or {}).get("deletionTimestamp"))
+        return ChildFailure(
+            "create",
+            a.kind.kind,
+            a.name,
+            f"an object of that name exists and is not controlled by {owner.kind.kind} "
+            f'"{owner.name}"' + (" (it is being deleted)" if terminating else ""),
+            refused=not terminating,
+        )
+
+    async def _patch(self, owner: Owner, a: Apply) -> ChildFailure | None:
+        try:
+            await self.kube.merge_patch(
+                a.kind.path(owner.namespace, a.name), _patch_of(a.kind, a.body)
+            )
+        except Exception as e:
+            return _failure("patch", a.kind, a.name, e)
+        return None
 
     async def _post_event(
         self, kind: Kind, owner: Owner, etype: str, reason: str, message: str
@@ -389,6 +445,23 @@ class Manager:
             await self.kube.create(f"/api/v1/namespaces/{owner.namespace}/events", event)
         except Exception:  # an event is a courtesy; never fail a reconcile over one
             log.warning("could not post event %s for %s/%s", reason, owner.namespace, owner.name)
+
+
+class ChildApplyError(ReportedError):
+    """Children of an object could not be written; its status says so already."""
+
+    def __init__(self, owner: Owner, failures: list[ChildFailure]) -> None:
+        super().__init__(
+            f"{owner.kind.kind} {owner.namespace}/{owner.name}: "
+            + "; ".join(f.describe() for f in failures)
+        )
+        self.failures = failures
+
+
+def _failure(action: str, kind: ChildKind, name: str, error: Exception) -> ChildFailure:
+    if isinstance(error, ApiError):
+        return ChildFailure(action, kind.kind, name, error.message, refused=error.refused)
+    return ChildFailure(action, kind.kind, name, f"{type(error).__name__}: {error}", refused=False)
 
 
 def _drifted(observed: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:

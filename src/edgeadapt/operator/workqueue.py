@@ -11,6 +11,11 @@ from collections.abc import Awaitable, Callable, Hashable
 log = logging.getLogger(__name__)
 
 
+class ReportedError(Exception):
+    """Raised by a handler that has reported its failure itself (say, in the object's status):
+    the key is retried with the usual backoff, and the log gets one line, not a traceback."""
+
+
 class WorkQueue:
     def __init__(
         self,
@@ -67,13 +72,22 @@ class WorkQueue:
                 self._failures.pop(key, None)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as e:
                 n = self._failures.get(key, 0) + 1
                 self._failures[key] = n
                 retry = min(0.5 * 2 ** (n - 1), self._max_backoff)
-                log.exception(
-                    "reconciling %s failed (attempt %d); retrying in %.1fs", key, n, retry
-                )
+                if isinstance(e, ReportedError):
+                    log.warning(
+                        "reconciling %s failed (attempt %d): %s; retrying in %.1fs",
+                        key,
+                        n,
+                        e,
+                        retry,
+                    )
+                else:
+                    log.exception(
+                        "reconciling %s failed (attempt %d); retrying in %.1fs", key, n, retry
+                    )
             finally:
                 self._active.discard(key)
                 self.processed += 1
