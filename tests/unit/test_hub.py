@@ -165,6 +165,14 @@ def device_register(hub: Hub, device_id: str, adapt: bool = True) -> pb.Register
     return r
 
 
+def attach_all(hub: Hub, *names: str) -> dict[str, list[pb.TrainerMessage]]:
+    """Attach devices; what the hub sends each is collected under its name."""
+    sent: dict[str, list[pb.TrainerMessage]] = {name: [] for name in names}
+    for name, out in sent.items():
+        hub.attach(device_register(hub, name), out.append, lambda reason: None)
+    return sent
+
+
 def test_adapt_false_on_reconnect_is_honoured(models: Models, tmp_path: Path) -> None:
     hub = make_hub(models, tmp_path)
     sent: list[pb.TrainerMessage] = []
@@ -187,9 +195,7 @@ def test_mixed_resolutions_share_a_cycle_and_a_device_may_change_its_own(
     models: Models, tmp_path: Path
 ) -> None:
     hub = make_hub(models, tmp_path, start=False)
-    sent: dict[str, list[pb.TrainerMessage]] = {"cam-a": [], "cam-b": []}
-    for name, out in sent.items():
-        hub.attach(device_register(hub, name), out.append, lambda reason: None)
+    sent = attach_all(hub, "cam-a", "cam-b")
     rng = np.random.default_rng(0)
     small = Batch(1, rng.integers(0, 255, (2, 48, 64, 3), dtype=np.uint8), [10.0, 11.0])
     submit(hub, "cam-a", batch(1, 10.0))  # 64x128
@@ -209,9 +215,7 @@ def test_one_devices_failure_never_drops_another_devices_batch(
     models: Models, tmp_path: Path
 ) -> None:
     hub = make_hub(models, tmp_path, start=False)
-    sent: dict[str, list[pb.TrainerMessage]] = {"cam-a": [], "cam-b": []}
-    for name, out in sent.items():
-        hub.attach(device_register(hub, name), out.append, lambda reason: None)
+    sent = attach_all(hub, "cam-a", "cam-b")
     bad = hub.devices["cam-a"].session
     assert bad is not None
 

@@ -19,9 +19,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import os
 import queue
-import tempfile
 import threading
 import time
 from collections import deque
@@ -38,6 +36,7 @@ from prometheus_client import Enum as EnumMetric
 from edgeadapt._proto.stream.v1 import stream_pb2 as pb
 from edgeadapt.adapt.ams import EdgeModel
 from edgeadapt.adapt.update import parameter_vector
+from edgeadapt.durable import write_atomically
 from edgeadapt.edge_agent.link import EncodedBatch, Link, LinkConfig, LinkEvents, LinkState
 from edgeadapt.stream.messages import MAX_BATCH_BYTES
 from edgeadapt.video.codec import encode_h264
@@ -489,20 +488,8 @@ class Agent(LinkEvents):
                 "version": self.edge.version,
                 "params": parameter_vector(self.edge.active).cpu().clone(),
             }
-        # One temporary file per writer (the periodic and the final save may overlap), flushed
-        # to disk before it replaces the old state, and the rename made durable too.
-        fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".tmp", dir=self.opt.state_dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        fsync_dir(self.opt.state_dir)
+        # The periodic and the final save may overlap: each writes a temporary file of its own.
+        write_atomically(path, lambda f: torch.save(state, f))
         self._saved_version = int(state["version"])  # type: ignore[call-overload]
         log.info(
             "model state saved", extra={"device": self.opt.device_id, "version": state["version"]}
@@ -552,15 +539,6 @@ class Agent(LinkEvents):
             "connects": link.connects if link is not None else 0,
             "last_link_error": link.last_error if link is not None else "",
         }
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_state(path: Path, device_id: str, num_params: int) -> tuple[int, torch.Tensor] | None:

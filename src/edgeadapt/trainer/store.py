@@ -23,7 +23,6 @@ import contextlib
 import logging
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgeadapt.durable import fsync_dir, write_atomically
 from edgeadapt.stream.auth import valid_device_id
 
 log = logging.getLogger(__name__)
@@ -86,14 +86,6 @@ def unpack_tensor(packed: dict[str, Any] | None) -> torch.Tensor | None:
     return torch.from_numpy(a.reshape(packed["shape"]).copy())
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class DeviceStore:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
@@ -120,20 +112,10 @@ class DeviceStore:
     def save(self, device_id: str, state: dict[str, Any]) -> int:
         """Write a checkpoint atomically and empty the update log; returns its size in bytes."""
         folder = self._ensure_folder(device_id)
-        fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save({"format": STATE_FORMAT, **state}, f)
-                f.flush()
-                os.fsync(f.fileno())
-                size = f.tell()
-            os.replace(tmp, folder / "state.pt")
-        except BaseException:
-            # A full disk (ENOSPC) must not leave temporary files behind to fill it further.
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        fsync_dir(folder)
+        # A full disk (ENOSPC) leaves no temporary file behind to fill it further.
+        size = write_atomically(
+            folder / "state.pt", lambda f: torch.save({"format": STATE_FORMAT, **state}, f)
+        )
         # Records up to this checkpoint's version are in it; a kill between the rename and the
         # truncation only leaves records the replay skips.
         with contextlib.suppress(FileNotFoundError):
