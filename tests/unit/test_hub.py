@@ -33,7 +33,7 @@ def make_hub(models: Models, store: Path, start: bool = True, **overrides: Any) 
     teacher, student = models
     options: dict[str, Any] = {"resync_interval": 0.0, **overrides}
     cfg = HubConfig(ams=AMSConfig(iterations=2, batch_size=2, t_update=2.0), **options)
-    hub = Hub(teacher, student, cfg, DeviceStore(store), torch.device("cpu"))
+    hub = Hub(teacher, student, cfg, DeviceStore(store), torch.device("cpu"), trainer_id="tr-0")
     if start:
         hub.start()
     return hub
@@ -346,7 +346,7 @@ def test_one_failing_save_does_not_skip_the_others_at_shutdown(
 def test_acks_and_uploads_never_wait_for_a_training_phase(models: Models, tmp_path: Path) -> None:
     hub = make_hub(models, tmp_path, start=False, max_queued_batches=1)
     welcome = hub.attach(register(hub), _drop, lambda reason: None)
-    assert welcome[0].welcome.trainer_id == hub.trainer_id
+    assert welcome[0].welcome.trainer_id == "tr-0"
     dev = hub.devices["cam-1"]
     training = threading.Event()
     release = threading.Event()
