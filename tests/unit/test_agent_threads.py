@@ -169,3 +169,34 @@ def test_concurrent_state_saves_never_collide(student: SegmentationModel, tmp_pa
     loaded = load_state(tmp_path, "cam-1", edge.num_params)
     assert loaded is not None
     assert loaded[0] == 0
+
+
+def test_a_batch_is_counted_acknowledged_once(student: SegmentationModel) -> None:
+    results: list[str] = []
+
+    class Events(LinkEvents):
+        def batch(self, result: str) -> None:
+            results.append(result)
+
+    link = Link(config(student, max_pending=2), EdgeModel(student), Events())
+    for seq in (1, 2, 3):  # 1 is dropped by the full queue
+        link.enqueue(batch(seq))
+    out: queue.Queue[object] = queue.Queue()
+    for seq in (2, 2, 1, 3):  # a resent batch answered twice; the dropped one answered late
+        link._handle(out, pb.TrainerMessage(batch_ack=pb.BatchAck(seq=seq, frames=1)))
+    assert results == ["dropped", "acked", "acked"]
+    assert link.pending_count() == 0
+
+
+def test_the_reported_rate_falls_when_inference_stops(student: SegmentationModel) -> None:
+    source = open_source("synthetic:seed=1,duration=2,fps=10")
+    agent = Agent(AgentOptions("cam-1"), source, EdgeModel(student), None)
+    summary = agent.run()
+    assert summary["frames_inferred"] >= 19
+    assert agent.fps_5s() > 3.0  # 20 frames over the 2 s that just ended
+    # As if the loop had started a minute ago and its last frames were inferred 30 s ago.
+    agent._loop_started_pc = time.perf_counter() - 60
+    with agent._lock:
+        agent.counters.window.clear()
+        agent.counters.window.extend([time.perf_counter() - 30] * 5)
+    assert agent.fps_5s() == 0.0

@@ -292,11 +292,16 @@ class Link(threading.Thread):
         elif kind == "settings":
             self.events.settings(message.settings)
         elif kind == "batch_ack":
+            # Counted once, when the batch leaves the queue: a batch resent after a reconnect
+            # may be acknowledged twice, and one the full queue dropped may still be answered.
             with self._pending_lock:
+                before = len(self.pending)
                 self.pending = collections.deque(
                     b for b in self.pending if b.seq != message.batch_ack.seq
                 )
-            self.events.batch("acked")
+                acked = len(self.pending) < before
+            if acked:
+                self.events.batch("acked")
 
     def _apply(self, out: queue.Queue[object], update: pb.ModelUpdate) -> None:
         try:
