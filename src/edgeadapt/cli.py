@@ -24,6 +24,14 @@ COMMANDS: dict[tuple[str | None, str], tuple[str, str]] = {
         "edgeadapt.bench.stream",
         "devices one trainer process serves in real time, over gRPC",
     ),
+    ("bench", "chaos"): (
+        "edgeadapt.bench.chaos",
+        "trainer kills, network faults and a hostile client against real agents",
+    ),
+    ("bench", "state"): (
+        "edgeadapt.bench.state",
+        "one device's trainer state on disk and in memory, from a high-resolution camera",
+    ),
     ("bench", "operator"): (
         "edgeadapt.bench.operator",
         "operator scale: N EdgeDevices to Ready against a local control plane",

@@ -1,7 +1,8 @@
 """Child processes of a supervisor (the demo, the tests): start, wait until ready, query, stop.
 
 A child writes a ready file (``--ready-file``, JSON with the ports it bound) once it serves; the
-supervisor reads its ``/status`` over HTTP and stops it with SIGTERM, then SIGKILL.
+supervisor reads its ``/status`` over HTTP and stops it with SIGTERM, then SIGKILL (or kills it
+outright, as a crash would, and reads its peak memory from ``/proc``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -95,6 +97,37 @@ def terminate(popen: subprocess.Popen[Any], timeout: float = 20.0) -> float:
 
 def stop(proc: Proc, timeout: float = 20.0) -> float:
     return terminate(proc.popen, timeout)
+
+
+def kill(proc: Proc, timeout: float = 10.0) -> None:
+    """SIGKILL, as a crash or an OOM kill would end it, and reap it."""
+    if proc.popen.poll() is None:
+        proc.popen.kill()
+    proc.popen.wait(timeout)
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The process's peak resident set so far (VmHWM, else VmRSS), in MB; None once it is gone.
+
+    The kernel keeps the high-water mark, so sampling it now and then misses no short spike, as
+    long as it is read before the process is killed.
+    """
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    for key in ("VmHWM", "VmRSS"):
+        if key in fields:  # "  123456 kB"
+            return int(fields[key].split()[0]) / 1024
+    return None  # a zombie has no memory left
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now, for a process that must keep its port across restarts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def start_trainer(
