@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Callable
@@ -29,11 +30,13 @@ def models() -> Models:
     return build_teacher(7).eval(), build_student(7, width_mult=0.5).eval()
 
 
-def make_hub(models: Models, store: Path, start: bool = True, **overrides: Any) -> Hub:
-    teacher, student = models
+def make_hub(
+    models: Models, store: Path, start: bool = True, device: str = "cpu", **overrides: Any
+) -> Hub:
+    teacher, student = (copy.deepcopy(m) for m in models)
     options: dict[str, Any] = {"resync_interval": 0.0, **overrides}
     cfg = HubConfig(ams=AMSConfig(iterations=2, batch_size=2, t_update=2.0), **options)
-    hub = Hub(teacher, student, cfg, DeviceStore(store), torch.device("cpu"), trainer_id="tr-0")
+    hub = Hub(teacher, student, cfg, DeviceStore(store), torch.device(device), trainer_id="tr-0")
     if start:
         hub.start()
     return hub
@@ -386,3 +389,38 @@ def test_a_scoring_failure_does_not_stop_learning(models: Models, tmp_path: Path
     assert hub.devices["cam-1"].frames == 3
     assert hub.metrics.thread_failures.labels("process")._value.get() == 1
     hub.stop()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_an_edge_on_cpu_follows_and_a_restart_replays_the_log(
+    models: Models, tmp_path: Path
+) -> None:
+    """The trainer's CUDA path: updates made on the GPU patch a CPU edge model bit for bit,
+    the update log replays onto a checkpoint on the GPU, and a checkpoint written from GPU
+    tensors loads back."""
+    hub = make_hub(models, tmp_path, device="cuda", checkpoint_interval=3600.0)
+    sent: list[pb.TrainerMessage] = []
+    hub.attach(register(hub), sent.append, lambda reason: None)
+    for seq in (1, 2, 3):
+        submit(hub, "cam-1", batch(seq, 100.0 + 10 * seq))
+    wait(lambda: kinds(sent).count("update") == 3)
+    edge = EdgeModel(models[1])
+    for m in sent:
+        if m.HasField("update"):
+            assert edge.apply(update_bytes(m.update), expected_checksum=m.update.model_checksum)
+    checksum = hub.devices["cam-1"].checksum
+    assert edge.checksum() == checksum
+    hub2 = make_hub(models, tmp_path, device="cuda")  # the first one "killed": no checkpoint
+    welcome = hub2.attach(register(hub2, 3, checksum), _drop, lambda reason: None)
+    assert kinds(welcome) == ["welcome"]
+    dev = hub2.devices["cam-1"]
+    assert dev.session is not None
+    assert next(dev.session.model.parameters()).is_cuda
+    assert model_checksum(parameter_vector(dev.session.model)) == checksum
+    hub2.stop()
+    hub.stop()
+    hub3 = make_hub(models, tmp_path, device="cuda")
+    assert kinds(hub3.attach(register(hub3, 3, checksum), _drop, lambda r: None)) == ["welcome"]
+    assert hub3.devices["cam-1"].session is not None
+    hub3.stop()
