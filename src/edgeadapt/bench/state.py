@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             batch, _ = decode_batch(msg, hub.limits)
             decode_s.append(time.perf_counter() - t0)
             labels = hub.teacher.label(batch.images)
-            hub._process(dev, batch, labels)
+            hub._process(dev, [(batch, labels)])
         records = store.records("cam-1")
         log_bytes = store.log_path("cam-1").stat().st_size
         appends = next(iter(hub.metrics.persist_seconds.collect())).samples

@@ -6,10 +6,12 @@ size; one worker thread does all model work in cycles:
 
 1. take every sample batch that is waiting, from every device;
 2. label their frames with the teacher, batched across devices, one pass per frame shape;
-3. visit the devices round-robin, one batch each per turn: score the device's current model on
+3. visit each device once, with all of its waiting batches: score the device's current model on
    the new frames against the teacher labels (test, then train), add the frames to its horizon
    buffer, tick ASR/ATR, run one AMS training phase, log the update to disk, then send the batch
-   acknowledgement, the update and the new settings.
+   acknowledgements, the update and the new settings. A device whose batches queued up while the
+   worker was busy gets one phase for all of them, so a loaded trainer sends each device fewer,
+   larger steps instead of falling ever further behind.
 
 One device's failure (a bad batch, a scoring error, a full disk) is caught, counted and answered
 on that device alone; the other devices' batches of the same cycle are processed as usual.
@@ -698,30 +700,26 @@ class Hub:
 
     def _cycle(self, items: list[tuple[str, Batch]]) -> None:
         labels = self._label(items)
-        per_device: dict[str, collections.deque[tuple[Batch, torch.Tensor | None]]] = {}
+        per_device: dict[str, list[tuple[Batch, torch.Tensor | None]]] = {}
         for (device_id, batch), lab in zip(items, labels, strict=True):
-            per_device.setdefault(device_id, collections.deque()).append((batch, lab))
-        # Round-robin: one batch per device per turn.
-        while any(per_device.values()):
-            for device_id, q in per_device.items():
-                if not q:
-                    continue
-                batch, lab = q.popleft()
-                dev = self.devices.get(device_id)
-                if dev is None:
-                    continue
-                try:
-                    if lab is None:
-                        raise RuntimeError("the teacher could not label the batch")
-                    self._process(dev, batch, lab)
-                except Exception:
-                    log.exception(
-                        "cannot process a sample batch",
-                        extra={"device": device_id, "seq": batch.seq},
-                    )
-                    self.metrics.thread_failures.labels("process").inc()
-                    self.metrics.batches.labels("failed").inc()
-                    # Acknowledged (with no frames learned) so the agent does not resend it.
+            per_device.setdefault(device_id, []).append((batch, lab))
+        # Each device once per cycle, with every batch it has waiting: one training phase on
+        # the horizon they extend, however many batches arrived while the worker was busy.
+        for device_id, work in per_device.items():
+            dev = self.devices.get(device_id)
+            if dev is None:
+                continue
+            try:
+                self._process(dev, work)
+            except Exception:
+                log.exception(
+                    "cannot process sample batches",
+                    extra={"device": device_id, "seqs": [b.seq for b, _ in work]},
+                )
+                self.metrics.thread_failures.labels("process").inc()
+                self.metrics.batches.labels("failed").inc(len(work))
+                # Acknowledged (with no frames learned) so the agent does not resend them.
+                for batch, _ in work:
                     dev.deliver(pb.TrainerMessage(batch_ack=pb.BatchAck(seq=batch.seq, frames=0)))
 
     @torch.no_grad()
@@ -743,19 +741,29 @@ class Hub:
             )
         return float(miou), float(miou_base)
 
-    def _process(self, dev: Device, batch: Batch, labels: torch.Tensor) -> None:
+    def _process(self, dev: Device, work: list[tuple[Batch, torch.Tensor | None]]) -> None:
+        """Score and learn a device's waiting batches, then acknowledge them and send the update."""
         with dev.lock:
             dev.last_active = time.monotonic()
-            keep = [i for i, t in enumerate(batch.times) if t > dev.last_frame_time]
-            update = None
-            if keep:
-                images = batch.images[keep]
-                labels = labels[keep]
-                times = [batch.times[i] for i in keep]
-                now = times[-1]
+            acks: list[tuple[int, int]] = []
+            learned: list[tuple[np.ndarray, torch.Tensor, list[float]]] = []
+            for batch, labels in work:
+                if labels is None:  # the teacher could not label it: answered, not learned
+                    self.metrics.batches.labels("failed").inc()
+                    acks.append((batch.seq, 0))
+                    continue
+                keep = [i for i, t in enumerate(batch.times) if t > dev.last_frame_time]
+                acks.append((batch.seq, len(keep)))
+                if not keep:  # resent after a reconnect: already learned
+                    continue
+                images, kept, times = (
+                    batch.images[keep],
+                    labels[keep],
+                    [batch.times[i] for i in keep],
+                )
                 try:
-                    miou, miou_base = self._score(dev, images, labels)
-                    dev.scores.append(Score(now, miou, miou_base, len(keep), dev.version))
+                    miou, miou_base = self._score(dev, images, kept)
+                    dev.scores.append(Score(times[-1], miou, miou_base, len(keep), dev.version))
                 except Exception:  # e.g. out of GPU memory: the batch is still learned
                     log.exception("cannot score a batch", extra={"device": dev.device_id})
                     self.metrics.thread_failures.labels("process").inc()
@@ -763,11 +771,14 @@ class Hub:
                 dev.batches += 1
                 dev.last_frame_time = max(times)
                 dev.dirty = True
-                if dev.session is not None and dev.adapt:
-                    update = self._train(dev, images, labels, times, now)
+                learned.append((images, kept, times))
+            update = None
+            if learned and dev.session is not None and dev.adapt:
+                update = self._train(dev, learned)
             if time.monotonic() - dev.last_checkpoint >= self.config.checkpoint_interval:
                 self._checkpoint_quietly(dev)
-            dev.deliver(pb.TrainerMessage(batch_ack=pb.BatchAck(seq=batch.seq, frames=len(keep))))
+            for seq, frames in acks:
+                dev.deliver(pb.TrainerMessage(batch_ack=pb.BatchAck(seq=seq, frames=frames)))
             if update is not None:
                 dev.updates_sent += 1
                 self.metrics.updates.labels("sparse").inc()
@@ -779,12 +790,14 @@ class Hub:
                 dev.deliver(pb.TrainerMessage(settings=self._settings_message(settings)))
 
     def _train(
-        self, dev: Device, images: np.ndarray, labels: torch.Tensor, times: list[float], now: float
+        self, dev: Device, learned: list[tuple[np.ndarray, torch.Tensor, list[float]]]
     ) -> PendingUpdate | None:
-        """One AMS phase; the update to send once it is on disk, or None."""
+        """Add the frames to the horizon and run one AMS phase; the update once it is on disk."""
         session = dev.session
         assert session is not None
-        session.ingest(images, labels, times)
+        for images, labels, times in learned:
+            session.ingest(images, labels, times)
+        now = max(t for _, _, times in learned for t in times)
         session.control(now)
         t0 = time.perf_counter()
         before = dev.checksum
