@@ -105,9 +105,8 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any] | No
         LocalCluster,
         NodePool,
         free_port,
-        kubeconfig,
     )
-    from edgeadapt.devcluster.testing import OperatorProcess
+    from edgeadapt.devcluster.testing import OperatorProcess, service_account_kubeconfig
     from edgeadapt.operator.kube import Kube
 
     n = args.devices
@@ -131,10 +130,13 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any] | No
         )
         cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
         cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-        token = _operator_identity(cluster, required_rules())
-        ca = (cluster.workdir / "pki" / "ca.crt").read_bytes()
-        config = workdir / "operator.kubeconfig"
-        config.write_text(json.dumps(kubeconfig(cluster.server, ca, OPERATOR_SA, token=token)))
+        config = service_account_kubeconfig(
+            cluster,
+            workdir / "operator.kubeconfig",
+            required_rules(),
+            namespace=SYSTEM_NAMESPACE,
+            name=OPERATOR_SA,
+        )
         port = free_port()
         operator = OperatorProcess(
             config, workdir / "operator.log", args=[f"--liveness=http://127.0.0.1:{port}/healthz"]
@@ -209,40 +211,6 @@ def _ready(item: dict[str, Any]) -> bool:
         c.get("type") == "Ready" and c.get("status") == "True"
         for c in status.get("conditions") or []
     )
-
-
-def _operator_identity(cluster: Any, rules: list[dict[str, list[str]]]) -> str:
-    """A ServiceAccount bound to exactly the rules the chart grants; returns a token for it."""
-    objects = [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}},
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": OPERATOR_SA, "namespace": SYSTEM_NAMESPACE},
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": {"name": OPERATOR_SA},
-            "rules": rules,
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": OPERATOR_SA},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": OPERATOR_SA,
-            },
-            "subjects": [
-                {"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": SYSTEM_NAMESPACE}
-            ],
-        },
-    ]
-    cluster.apply(objects)
-    out = cluster.kubectl("create", "token", OPERATOR_SA, "-n", SYSTEM_NAMESPACE, "--duration=4h")
-    return str(out.stdout.strip())
 
 
 def _wait_healthy(port: int, operator: Any, timeout: float) -> None:
