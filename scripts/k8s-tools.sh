@@ -5,7 +5,8 @@
 # the machine's Go toolchain, at low CPU priority. The folder is
 # ${EDGEADAPT_BIN_CACHE:-~/.cache/edgeadapt/bin}/<hash of the go.mod/go.sum files and Go version>,
 # so a version change builds afresh and an unchanged one is reused. Missing programs are rebuilt.
-# Usage: scripts/k8s-tools.sh [program ...]   (default: all of them)
+# Usage: scripts/k8s-tools.sh [program ...]   (default: the control plane's; the real node adds
+#        kubelet kube-proxy coredns pause)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,7 +25,10 @@ mkdir -p "$bin"
 # program -> module folder under tools/k8s
 module_of() {
     case "$1" in
-        kube-apiserver | kube-controller-manager | kube-scheduler | kubectl) echo kubernetes ;;
+        kube-apiserver | kube-controller-manager | kube-scheduler | kubectl | kubelet | kube-proxy)
+            echo kubernetes ;;
+        coredns) echo coredns ;;
+        pause) echo pause ;;
         kwok) echo kwok ;;
         helm) echo helm ;;
         etcd) echo etcd ;;
@@ -59,8 +63,19 @@ ldflags_of() {
     printf -- '-s -w'
 }
 
+# The pod sandbox's pause program, from the C source in the pinned k8s.io/kubernetes module
+# (what registry.k8s.io/pause is built from), linked statically for a FROM-scratch image.
+build_pause() {
+    local v src
+    v=$(pinned kubernetes k8s.io/kubernetes)
+    src=$(cd "$tools/kubernetes" && "$GO" mod download -json "k8s.io/kubernetes@$v" | awk -F'"' '$2 == "Dir" { print $4 }')
+    gcc -Os -Wall -Werror -static -DVERSION="$v-edgeadapt" -o "$bin/.pause.tmp" "$src/build/pause/linux/pause.c" >&2
+    mv -f "$bin/.pause.tmp" "$bin/pause"
+}
+
 build_module() {
     local mod=$1 tmp
+    if [ "$mod" = pause ]; then build_pause; return; fi
     tmp=$(mktemp -d "$bin/.build-$mod.XXXXXX")
     echo "k8s-tools: building $mod into $bin (this takes minutes the first time)" >&2
     local start=$SECONDS
@@ -73,6 +88,7 @@ build_module() {
 
 programs=("$@")
 [ ${#programs[@]} -gt 0 ] || programs=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+# The real node's programs: scripts/k8s-tools.sh kubelet kube-proxy coredns pause
 
 # One build at a time per folder: a second caller waits and then finds the programs.
 exec 9>"$bin/.lock"
