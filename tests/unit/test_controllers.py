@@ -208,6 +208,16 @@ def test_policy_runs_gpu_trainers_sized_by_the_bound_devices() -> None:
     assert plan.status["capacity"] == 2 * 4 * 4
 
 
+def test_trainer_resources_come_from_the_policy_over_the_defaults() -> None:
+    default = adaptationpolicy.trainer_resources({}, 1)
+    assert default["requests"] == {"cpu": "2", "memory": "8Gi", keys.GPU_RESOURCE: "1"}
+    assert default["limits"] == {"memory": "16Gi", keys.GPU_RESOURCE: "1"}
+    spec = {"trainers": {"resources": {"requests": {"cpu": "500m"}, "limits": {"cpu": 1}}}}
+    given = adaptationpolicy.trainer_resources(spec, 2)
+    assert given["requests"] == {"cpu": "500m", "memory": "8Gi", keys.GPU_RESOURCE: "2"}
+    assert given["limits"] == {"cpu": "1", "memory": "16Gi", keys.GPU_RESOURCE: "2"}
+
+
 def test_policy_is_ready_when_its_trainers_are() -> None:
     pol = policy()
     first = adaptationpolicy.decide(

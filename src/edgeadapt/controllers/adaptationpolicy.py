@@ -122,6 +122,23 @@ def service(owner: Owner) -> Body:
     }
 
 
+# A trainer's CPU and memory unless spec.trainers.resources says otherwise: a GPU server's share.
+DEFAULT_REQUESTS = {"cpu": "2", "memory": "8Gi"}
+DEFAULT_LIMITS = {"memory": "16Gi"}
+
+
+def trainer_resources(spec: Mapping[str, Any], gpus: int) -> dict[str, dict[str, str]]:
+    """The trainer container's resources: spec.trainers.resources over the defaults, and the
+    policy's GPUs as both request and limit."""
+    given = ((spec.get("trainers") or {}).get("resources")) or {}
+    requests = DEFAULT_REQUESTS | {k: str(v) for k, v in (given.get("requests") or {}).items()}
+    limits = DEFAULT_LIMITS | {k: str(v) for k, v in (given.get("limits") or {}).items()}
+    return {
+        "requests": requests | {keys.GPU_RESOURCE: str(gpus)},
+        "limits": limits | {keys.GPU_RESOURCE: str(gpus)},
+    }
+
+
 def stateful_set(
     owner: Owner, spec: Mapping[str, Any], replicas: int, config_hash: str, images: Images
 ) -> Body:
@@ -171,10 +188,7 @@ def stateful_set(
                     },
                     "startupProbe": healthz_probe(period=10, failures=30),
                     "livenessProbe": healthz_probe(period=10, failures=3),
-                    "resources": {
-                        "requests": {"cpu": "2", "memory": "8Gi", keys.GPU_RESOURCE: str(gpus)},
-                        "limits": {"memory": "16Gi", keys.GPU_RESOURCE: str(gpus)},
-                    },
+                    "resources": trainer_resources(spec, gpus),
                     "securityContext": {
                         "allowPrivilegeEscalation": False,
                         "capabilities": {"drop": ["ALL"]},

@@ -93,9 +93,10 @@ class Owner:
 class Images:
     """Container images and pull policy of the workloads, from the operator's settings."""
 
-    trainer: str = "ghcr.io/edgeadapt/trainer:0.1.0"
-    gating: str = "ghcr.io/edgeadapt/gating:0.1.0"
-    edge_agent: str = "ghcr.io/edgeadapt/edge-agent:0.1.0"
+    # One runtime image carries every torch process; each workload names its command.
+    trainer: str = "ghcr.io/edgeadapt/runtime:0.1.0"
+    gating: str = "ghcr.io/edgeadapt/runtime:0.1.0"
+    edge_agent: str = "ghcr.io/edgeadapt/runtime:0.1.0"
     pull_policy: str = "IfNotPresent"
     cluster_domain: str = "cluster.local"
 
