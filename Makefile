@@ -23,12 +23,14 @@ bench-full:
 	venv=$$($(BOOT)); mkdir -p $(OUT); \
 	$$venv/bin/python -m edgeadapt bench ams --out $(OUT)/ams-full.json
 
-## Everything CI checks: lint, types, the whole test suite.
+## Everything CI checks: lint, types, the whole test suite (the real-node tier included: the
+## node's Debian packages are installed when missing, the images built when their content changed).
 test:
 	venv=$$($(BOOT)); \
 	$$venv/bin/ruff check src tests scripts; \
 	$$venv/bin/ruff format --check src tests scripts; \
 	$$venv/bin/mypy; \
+	scripts/node-host.sh; \
 	$$venv/bin/python -m pytest
 
 ## Generated files match their sources: protos -> src/edgeadapt/_proto, crds/ -> the chart.
@@ -56,7 +58,7 @@ clean:
 	rm -rf $(OUT) .mypy_cache .pytest_cache .ruff_cache
 
 # ---------------------------------------------------------------- operator and local control plane
-.PHONY: k8s-tools cluster-up cluster-down chart-crds bench-operator e2e
+.PHONY: k8s-tools cluster-up cluster-down chart-crds bench-operator e2e images node-up node
 CLUSTER_DIR ?= .cluster
 DEVICES ?= 1000
 
@@ -67,6 +69,20 @@ k8s-tools:
 ## Start the local control plane (detached); prints the KUBECONFIG export.
 cluster-up:
 	venv=$$($(BOOT)); $$venv/bin/python -m edgeadapt.devcluster up --dir $(CLUSTER_DIR)
+
+## The control plane with a real node (kubelet, containerd, kube-proxy, CoreDNS) running the
+## project's images: the chart installs and its pods' containers run.
+node-up:
+	venv=$$($(BOOT)); scripts/node-host.sh; \
+	$$venv/bin/python -m edgeadapt.devcluster up --dir $(CLUSTER_DIR) --real-node
+
+## Build the images (images/*/Dockerfile, buildah, from a local Debian base); cached by content.
+images:
+	venv=$$($(BOOT)); scripts/node-host.sh; $$venv/bin/python -m edgeadapt.devcluster images
+
+## The real-node tier alone.
+node:
+	venv=$$($(BOOT)); scripts/node-host.sh; $$venv/bin/python -m pytest tests/node
 
 ## Stop it.
 cluster-down:

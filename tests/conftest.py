@@ -11,11 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from edgeadapt.devcluster import LocalCluster
-from edgeadapt.devcluster.cluster import build_tools
+from edgeadapt.devcluster import LocalCluster, images
+from edgeadapt.devcluster.cluster import NODE_PROGRAMS, PROGRAMS, build_tools
+from edgeadapt.devcluster.node import RealNodeSpec
 
-CONTROL_PLANE_MARKERS = ("integration", "e2e")
+CONTROL_PLANE_MARKERS = ("integration", "e2e", "node")
 _bin_dir: list[Path] = []
+# The real-node tier: the examples pin one EdgeDevice to the node edge-0 and place the other on a
+# Jetson edge node; the real node is both, and advertises a GPU for the trainer.
+REAL_NODE = RealNodeSpec(name="edge-0", gpus=1, edge=True)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -24,9 +28,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         for item in session.items
         for m in CONTROL_PLANE_MARKERS
     )
+    real_node = any(item.get_closest_marker("node") is not None for item in session.items)
     if needs and not session.config.option.collectonly:
         started = time.monotonic()
-        _bin_dir.append(build_tools())
+        _bin_dir.append(build_tools(PROGRAMS + (NODE_PROGRAMS if real_node else ())))
+        if real_node:  # outside any test's time limit too: the first build takes minutes
+            images.build()
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(
@@ -41,6 +48,23 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
     )
     try:
         cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A control plane whose one node is a real kubelet (containerd, runc, CNI, kube-proxy,
+    CoreDNS) running the project's images, built first if their content changed. Module-scoped:
+    its pods stop with the module, before other tiers run."""
+    cluster = LocalCluster(
+        tmp_path_factory.mktemp("real-node"),
+        bin_dir=_bin_dir[0] if _bin_dir else None,
+        real_node=REAL_NODE,
+    )
+    try:
+        cluster.start(nodes=[])
         yield cluster
     finally:
         cluster.stop()

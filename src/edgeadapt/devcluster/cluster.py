@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeadapt.devcluster.node import RealNode, RealNodeSpec, stop_containers
+from edgeadapt.devcluster.node import clean_up as node_clean_up
+from edgeadapt.devcluster.node import node_ip as machine_ip
+
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[3]
@@ -31,10 +35,19 @@ PROGRAMS = (
     "kubectl",
     "helm",
 )
+# The real node's programs (scripts/k8s-tools.sh builds them on demand).
+NODE_PROGRAMS = ("kubelet", "kube-proxy", "coredns", "pause")
 EDGE_ROLE = "node-role.kubernetes.io/edge"
 GPU = "nvidia.com/gpu"
 # Users whose requests the audit log records (the operator's service account namespace).
 AUDITED_GROUP = "system:serviceaccounts:edgeadapt-system"
+
+
+class KubectlError(subprocess.CalledProcessError):
+    """A failed kubectl command; its message carries what kubectl printed on stderr."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\n{(self.stderr or '').strip()[-3000:]}"
 
 
 def build_tools(programs: Sequence[str] = PROGRAMS) -> Path:
@@ -120,6 +133,12 @@ class LocalCluster:
     bin_dir: Path | None = None
     api_port: int = 0
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # A real kubelet node (containerd, CNI, kube-proxy, CoreDNS) joins when this is set.
+    real_node: RealNodeSpec | None = None
+    node: RealNode | None = None
+    node_ip: str | None = None
+    # Build the project's images and import them into the real node.
+    node_images: bool = True
 
     @property
     def kubeconfig(self) -> Path:
@@ -143,8 +162,9 @@ class LocalCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
         if self.bin_dir is None:
-            self.bin_dir = build_tools()
+            self.bin_dir = build_tools(PROGRAMS + (NODE_PROGRAMS if self.real_node else ()))
         self.api_port = self.api_port or free_port()
+        self.node_ip = machine_ip() if self.real_node else None
         pki = self._pki()
         etcd_port, peer_port = free_port(), free_port()
         self._spawn(
@@ -170,10 +190,12 @@ class LocalCluster:
             [
                 self.bin("kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                *self._reachable_from_pods(),
                 f"--secure-port={self.api_port}",
-                "--endpoint-reconciler-type=none",
+                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+                "--kubelet-preferred-address-types=InternalIP",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--client-ca-file={pki / 'ca.crt'}",
@@ -260,9 +282,28 @@ class LocalCluster:
         self._write_state()
         self.wait_for(self._default_service_account_exists, timeout, "the default ServiceAccount")
         self.add_nodes(default_nodes() if nodes is None else nodes, timeout=timeout)
+        if self.real_node is not None:
+            assert self.node_ip is not None
+            self.node = RealNode(self, self.real_node, self.node_ip)
+            self.node.start(images=self.node_images)
+            self._write_state()
+
+    def _reachable_from_pods(self) -> list[str]:
+        """Without a real node the API server listens on loopback only. With one, pods reach it
+        at the node's address through the ``kubernetes`` Service, whose endpoint it keeps."""
+        if self.node_ip is None:
+            return [
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",
+            ]
+        return ["--bind-address=0.0.0.0", f"--advertise-address={self.node_ip}"]
 
     def stop(self) -> None:
-        """Stop every process (SIGTERM, then SIGKILL after a grace period)."""
+        """Stop every process (SIGTERM, then SIGKILL after a grace period); a real node's
+        containers, network and mounts are removed."""
+        if self.node is not None or "kubelet" in self.processes:
+            self._stop_node()
         for name in reversed(list(self.processes)):
             proc = self.processes[name]
             if proc.poll() is None:
@@ -275,9 +316,26 @@ class LocalCluster:
                 proc.kill()
                 proc.wait()
         self.processes.clear()
+        if self.node is not None:
+            node_clean_up(self.node.state())
         state = self.workdir / "cluster.json"
         if state.exists():
             state.unlink()
+
+    def _stop_node(self) -> None:
+        """The kubelet first (so that it restarts nothing), then the containers while containerd
+        still runs."""
+        for name in ("provisioner", "coredns", "kube-proxy", "kubelet"):
+            proc = self.processes.pop(name, None)
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        if self.node is not None:
+            stop_containers(self.node.socket)
 
     @classmethod
     def stop_detached(cls, workdir: Path) -> bool:
@@ -285,7 +343,14 @@ class LocalCluster:
         state = workdir / "cluster.json"
         if not state.exists():
             return False
-        pids: dict[str, int] = json.loads(state.read_text())["pids"]
+        recorded = json.loads(state.read_text())
+        pids: dict[str, int] = recorded["pids"]
+        node = recorded.get("real_node")
+        if node is not None:
+            for name in ("provisioner", "coredns", "kube-proxy", "kubelet"):
+                if name in pids:
+                    _stop_pid(pids.pop(name))
+            stop_containers(Path(node["socket"]))
         for pid in reversed(list(pids.values())):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -295,6 +360,8 @@ class LocalCluster:
                 time.sleep(0.1)
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+        if node is not None:
+            node_clean_up(node)
         state.unlink()
         return True
 
@@ -303,14 +370,17 @@ class LocalCluster:
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        out = subprocess.run(
             [self.bin("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
             input=input,
             text=True,
             capture_output=True,
-            check=check,
             timeout=timeout,
+            check=False,
         )
+        if check and out.returncode != 0:
+            raise KubectlError(out.returncode, out.args, out.stdout, out.stderr)
+        return out
 
     def apply(
         self, manifests: Sequence[Mapping[str, Any]] | str, *, server_side: bool = False
@@ -345,9 +415,9 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ internals
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> None:
         logf = open(self.workdir / "logs" / f"{name}.log", "ab")  # noqa: SIM115  (the child owns it)
-        env = os.environ | {"GOMAXPROCS": "2"}
+        env = os.environ | {"GOMAXPROCS": "2"} | dict(env or {})
         self.processes[name] = subprocess.Popen(
             argv, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
@@ -388,6 +458,7 @@ class LocalCluster:
                     "kubeconfig": str(self.kubeconfig),
                     "bin_dir": str(self.bin_dir),
                     "pids": {n: p.pid for n, p in self.processes.items()},
+                    "real_node": self.node.state() if self.node is not None else None,
                 },
                 indent=2,
             )
@@ -413,10 +484,12 @@ class LocalCluster:
             _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
                      "-keyout", pki / "ca.key", "-out", pki / "ca.crt",
                      "-subj", "/CN=edgeadapt-local-ca")  # fmt: skip
+            node_san = f"IP:{self.node_ip}," if self.node_ip else ""
             _cert(pki, "apiserver", "/CN=kube-apiserver",
-                  "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,"
-                  "DNS:kubernetes.default,DNS:kubernetes.default.svc,"
+                  f"subjectAltName=IP:127.0.0.1,{node_san}IP:10.96.0.1,DNS:localhost,"
+                  "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,"
                   "DNS:kubernetes.default.svc.cluster.local")  # fmt: skip
+            _cert(pki, "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet")
             _cert(pki, "admin", "/O=system:masters/CN=edgeadapt-admin")
             _cert(pki, "controller-manager", "/CN=system:kube-controller-manager")
             _cert(pki, "scheduler", "/CN=system:kube-scheduler")
@@ -502,6 +575,17 @@ def _cert(pki: Path, name: str, subject: str, ext: str | None = None) -> None:
         extfile.write_text(ext + "\n")
         args += ["-extfile", extfile]
     _openssl(*args)
+
+
+def _stop_pid(pid: int, grace: float = 15) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
