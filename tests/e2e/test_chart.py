@@ -75,6 +75,7 @@ def test_operator_deployment_is_hardened_and_probed(helm: str) -> None:
     container = pod["containers"][0]
     assert container["command"] == ["python", "-m", "edgeadapt.operator"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     sc = container["securityContext"]

@@ -72,8 +72,8 @@ class Image:
         return f"{LOCAL}/{self.name}:{self.key}"
 
 
-def image_names() -> list[str]:
-    return sorted(p.parent.name for p in (REPO / "images").glob("*/Dockerfile"))
+def image_names(root: Path = REPO) -> list[str]:
+    return sorted(p.parent.name for p in (root / "images").glob("*/Dockerfile"))
 
 
 # ---------------------------------------------------------------------- what goes into an image
@@ -186,9 +186,9 @@ def base_ref() -> str:
     return f"{LOCAL}/base:{BASE_SUITE}-{base_key()}"
 
 
-def planned(name: str) -> Image:
-    """The image ``name`` as the current checkout would build it."""
-    return Image(name, content_key(name, base_ref().rsplit(":", 1)[1]))
+def planned(name: str, root: Path = REPO) -> Image:
+    """The image ``name`` as the checkout at ``root`` would build it."""
+    return Image(name, content_key(name, base_ref().rsplit(":", 1)[1], root))
 
 
 def base_image(log_dir: Path) -> str:
@@ -226,22 +226,26 @@ def base_image(log_dir: Path) -> str:
     return ref
 
 
-def build(names: Iterable[str] | None = None, *, log_dir: Path | None = None) -> list[Image]:
-    """Build (or find built) the images; returns them with their content keys."""
+def build(
+    names: Iterable[str] | None = None, *, log_dir: Path | None = None, root: Path = REPO
+) -> list[Image]:
+    """Build (or find built) the images of the checkout at ``root``; returns them with their
+    content keys. A failed build raises :class:`BuildError` naming the image and its log."""
     log_dir = log_dir or CACHE / "images" / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     (CACHE / "images").mkdir(parents=True, exist_ok=True)
     base = base_image(log_dir)
     built = []
-    for name in names or image_names():
-        image = planned(name)
+    for name in names or image_names(root):
+        image = planned(name, root)
         if not _buildah_has(image.key_ref):
             log.info("building image %s (%s)", image.ref, image.key)
             started = time.monotonic()
             _run(
                 ["buildah", "bud", "--layers", "--force-rm", "--network=host",
                  "--build-arg", f"BASE={base}", *_pip_ca(),
-                 "-f", image.dockerfile, "-t", image.key_ref, "-t", image.ref, REPO],
+                 "-f", root / "images" / name / "Dockerfile", "-t", image.key_ref,
+                 "-t", image.ref, root],
                 f"building image {name}", log_dir / f"{name}.log",
             )  # fmt: skip
             _record(name, image.key, time.monotonic() - started, image.key_ref)

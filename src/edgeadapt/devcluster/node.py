@@ -260,7 +260,7 @@ class RealNode:
         owner = IMAGE_STORE / "owner.json"
         if owner.exists():
             other = json.loads(owner.read_text())
-            if _pid_alive(int(other.get("pid", 0))) and other.get("dir") != str(cdir):
+            if _is_containerd(int(other.get("pid", 0))) and other.get("dir") != str(cdir):
                 raise NodeError(
                     f"starting containerd: its image store {IMAGE_STORE} is in use by the "
                     f"cluster in {other.get('dir')} (pid {other.get('pid')}); stop that one first"
@@ -672,14 +672,15 @@ def _free_port() -> int:
     return free_port()
 
 
-def _pid_alive(pid: int) -> bool:
+def _is_containerd(pid: int) -> bool:
+    """Whether ``pid`` is a running containerd (not a process that reused the number)."""
     if pid <= 0:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except OSError:
         return False
-    return True
+    return os.path.basename(argv0) == b"containerd"
 
 
 def in_pod_cidr(address: str) -> bool:
