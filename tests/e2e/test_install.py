@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,21 +20,10 @@ pytestmark = pytest.mark.e2e
 RELEASE, SYSTEM_NS, DEMO_NS = "edgeadapt", "edgeadapt-system", "edgeadapt-demo"
 
 
-def helm(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [cluster.bin("helm"), f"--kubeconfig={cluster.kubeconfig}", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-
-
 @pytest.fixture(scope="module")
 def installed(local_cluster: LocalCluster) -> Iterator[LocalCluster]:
     cluster = local_cluster
-    helm(
-        cluster,
+    cluster.helm(
         "install",
         RELEASE,
         str(REPO / "charts" / "edgeadapt"),
@@ -48,7 +36,7 @@ def installed(local_cluster: LocalCluster) -> Iterator[LocalCluster]:
     )
     yield cluster
     cluster.kubectl("delete", "namespace", DEMO_NS, "--wait=false", check=False)
-    helm(cluster, "uninstall", RELEASE, "-n", SYSTEM_NS, "--wait", "--timeout=2m")
+    cluster.helm("uninstall", RELEASE, "-n", SYSTEM_NS, "--wait", "--timeout=2m")
 
 
 @pytest.fixture(scope="module")

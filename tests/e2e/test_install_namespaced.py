@@ -6,7 +6,6 @@ locally with the chart's ServiceAccount token; the API server's audit log (which
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -20,23 +19,13 @@ RELEASE, NAMESPACE = "edgeadapt-ns", "edgeadapt-system"
 USER = f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
 
 
-def helm(cluster: LocalCluster, *args: str) -> None:
-    subprocess.run(
-        [cluster.bin("helm"), f"--kubeconfig={cluster.kubeconfig}", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-
-
 @pytest.fixture(scope="module")
 def namespaced_operator(
     local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     cluster = local_cluster
-    helm(
-        cluster, "install", RELEASE, str(REPO / "charts" / "edgeadapt"), "-n", NAMESPACE,
+    cluster.helm(
+        "install", RELEASE, str(REPO / "charts" / "edgeadapt"), "-n", NAMESPACE,
         "--create-namespace", "--take-ownership", "--wait", "--timeout=3m",
         "--set=operator.clusterWide=false", "--set=rbac.aggregatedRoles=false",
     )  # fmt: skip
@@ -50,7 +39,7 @@ def namespaced_operator(
     proc.stop()
     for kind in ("edgedevice", "adaptationpolicy", "modelzoo"):
         cluster.kubectl("delete", kind, "--all", "-n", NAMESPACE, "--wait=false", check=False)
-    helm(cluster, "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout=2m")
+    cluster.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout=2m")
 
 
 def test_namespaced_operator_brings_the_examples_to_ready(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -232,24 +231,16 @@ def test_pods_mount_volumes_pass_probes_and_reach_services_by_name(
     assert exec_.stdout == "ok"
 
 
-def helm(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [cluster.bin("helm"), f"--kubeconfig={cluster.kubeconfig}", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-
-
 @pytest.fixture(scope="module")
 def chart(real_cluster: LocalCluster) -> LocalCluster:
     """The chart installed with the operator image: the operator runs as a pod of the node."""
     cluster = real_cluster
     cluster.kubectl("apply", "-f", str(REPO / "crds"))
     started_at = time.monotonic()
-    helm(cluster, "install", RELEASE, str(REPO / "charts" / "edgeadapt"), "-n", SYSTEM_NS,
-         "--create-namespace", "--take-ownership", "--set", "image.pullPolicy=Never")  # fmt: skip
+    cluster.helm(
+        "install", RELEASE, str(REPO / "charts" / "edgeadapt"), "-n", SYSTEM_NS,
+        "--create-namespace", "--take-ownership", "--set", "image.pullPolicy=Never",
+    )  # fmt: skip
 
     def operator_ready() -> bool:
         found = pods(cluster, SYSTEM_NS, "app.kubernetes.io/component=operator")

@@ -44,7 +44,7 @@ AUDITED_GROUP = "system:serviceaccounts:edgeadapt-system"
 
 
 class KubectlError(subprocess.CalledProcessError):
-    """A failed kubectl command; its message carries what kubectl printed on stderr."""
+    """A failed kubectl or helm command; its message carries what it printed on stderr."""
 
     def __str__(self) -> str:
         return f"{super().__str__()}\n{(self.stderr or '').strip()[-3000:]}"
@@ -370,8 +370,24 @@ class LocalCluster:
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
+        return self._tool("kubectl", args, input=input, check=check, timeout=timeout)
+
+    def helm(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return self._tool("helm", args, timeout=timeout)
+
+    def _tool(
+        self,
+        program: str,
+        args: Sequence[str],
+        *,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl or helm against this cluster; with ``check`` a failure raises
+        :class:`KubectlError`, whose message carries the program's stderr."""
         out = subprocess.run(
-            [self.bin("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            [self.bin(program), f"--kubeconfig={self.kubeconfig}", *args],
             input=input,
             text=True,
             capture_output=True,
