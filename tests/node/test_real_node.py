@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -349,6 +350,26 @@ def test_every_pod_the_operator_renders_becomes_ready(
         name = pod["metadata"]["name"]
         logs = chart.kubectl("logs", "-n", DEMO_NS, name, "--tail=20", check=False)
         assert ready(pod), f"{name} is not Ready; its last output:\n{logs.stdout}{logs.stderr}"
+
+
+def test_the_operator_stays_live_under_its_probes(chart: LocalCluster) -> None:
+    """After the liveness probe's initial delay and a period, with the examples' pods churning on
+    the node: no restart, no failed probe."""
+    cluster = chart
+    (pod,) = pods(cluster, SYSTEM_NS, "app.kubernetes.io/component=operator")
+    probe = pod["spec"]["containers"][0]["livenessProbe"]
+    settle = probe.get("initialDelaySeconds", 0) + probe.get("periodSeconds", 10) + 5
+    started_at = pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+    age = time.time() - datetime.fromisoformat(started_at.replace("Z", "+00:00")).timestamp()
+    if age < settle:
+        time.sleep(settle - age)
+    (pod,) = pods(cluster, SYSTEM_NS, "app.kubernetes.io/component=operator")
+    assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+    assert ready(pod)
+    name = pod["metadata"]["name"]
+    events = get_json(cluster, "events", "-n", SYSTEM_NS,
+                      f"--field-selector=involvedObject.name={name},reason=Unhealthy")  # fmt: skip
+    assert events["items"] == [], [e.get("message") for e in events["items"]]
 
 
 def test_images_imported_once_are_not_imported_again(real_cluster: LocalCluster) -> None:

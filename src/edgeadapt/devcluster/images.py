@@ -336,6 +336,32 @@ def reports(images: Iterable[Image]) -> Iterator[dict[str, Any]]:
 # ---------------------------------------------------------------------- into containerd
 
 
+def _prune_containerd(ctr: str, socket: Path, current: list[Image]) -> None:
+    """Drop older builds of the project's images from containerd: their key tags, and the
+    ``sha256:`` references the CRI keeps per image that no remaining name points to. containerd
+    then frees their layers, except those the current builds share."""
+    base = [ctr, "-a", str(socket), "-n", "k8s.io", "images"]
+    keep = {image.key_ref for image in current}
+    names = {image.name for image in current}
+    rows = subprocess.run([*base, "ls"], capture_output=True, text=True, check=False).stdout
+    refs = [line.split() for line in rows.splitlines()[1:] if len(line.split()) >= 3]
+    stale = [
+        ref
+        for ref, *_ in refs
+        if ref.startswith(f"{LOCAL}/")
+        and ref.split("/")[-1].split(":")[0] in names
+        and ref not in keep
+    ]
+    named = {
+        digest for ref, _, digest, *_ in refs if not ref.startswith("sha256:") and ref not in stale
+    }
+    stale += [
+        ref for ref, _, digest, *_ in refs if ref.startswith("sha256:") and digest not in named
+    ]
+    if stale:
+        subprocess.run([*base, "rm", *stale], capture_output=True, check=False)
+
+
 def containerd_has(ctr: Path | str, socket: Path, ref: str) -> bool:
     out = subprocess.run(
         [str(ctr), "-a", str(socket), "-n", "k8s.io", "images", "ls", "-q"],
@@ -363,15 +389,5 @@ def import_into_containerd(images: Iterable[Image], socket: Path, log_path: Path
         if image.name != "pause":
             _run([ctr, "-a", socket, "-n", "k8s.io", "images", "tag", "--force", image.key_ref,
                   image.ref], f"tagging image {image.name}", log_path)  # fmt: skip
-        # Older builds of this image: containerd frees their layers unless the new one shares them.
-        listed = subprocess.run(
-            [ctr, "-a", str(socket), "-n", "k8s.io", "images", "ls", "-q"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
-        stale = [r for r in listed if r.startswith(f"{LOCAL}/{image.name}:") and r != image.key_ref]
-        if stale:
-            subprocess.run([ctr, "-a", str(socket), "-n", "k8s.io", "images", "rm", *stale],
-                           capture_output=True, check=False)  # fmt: skip
+    _prune_containerd(ctr, socket, list(images))
     return time.monotonic() - started
