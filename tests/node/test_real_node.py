@@ -354,7 +354,7 @@ def test_every_pod_the_operator_renders_becomes_ready(
 
 def test_the_operator_stays_live_under_its_probes(chart: LocalCluster) -> None:
     """After the liveness probe's initial delay and a period, with the examples' pods churning on
-    the node: no restart, no failed probe."""
+    the node: no restart, no failed liveness probe."""
     cluster = chart
     (pod,) = pods(cluster, SYSTEM_NS, "app.kubernetes.io/component=operator")
     probe = pod["spec"]["containers"][0]["livenessProbe"]
@@ -369,7 +369,10 @@ def test_the_operator_stays_live_under_its_probes(chart: LocalCluster) -> None:
     name = pod["metadata"]["name"]
     events = get_json(cluster, "events", "-n", SYSTEM_NS,
                       f"--field-selector=involvedObject.name={name},reason=Unhealthy")  # fmt: skip
-    assert events["items"] == [], [e.get("message") for e in events["items"]]
+    # A readiness probe may fail while kopf starts (that is what keeps the pod unready then);
+    # a failed liveness probe is a fault.
+    liveness = [e["message"] for e in events["items"] if "Liveness" in e.get("message", "")]
+    assert liveness == []
 
 
 def test_images_imported_once_are_not_imported_again(real_cluster: LocalCluster) -> None:
