@@ -23,7 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgeadapt.procs import Proc, get_json, start, start_trainer, stop, wait_ready
+from edgeadapt.procs import (
+    Proc,
+    dev_credentials,
+    get_json,
+    start,
+    start_trainer,
+    stop,
+    wait_ready,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,18 +151,13 @@ def targets(report: dict[str, Any], trainer_devices: dict[str, dict[str, Any]]) 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from edgeadapt.models.cache import ensure_checkpoint
-    from edgeadapt.stream.auth import mint_token, new_secret
-    from edgeadapt.stream.tls import write_dev_pki
 
     t_start = time.monotonic()
     teacher = ensure_checkpoint("teacher", args.profile)
     student = ensure_checkpoint("student", args.profile)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="edgeadapt-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    pki = write_dev_pki(workdir / "pki")
-    secret = new_secret().hex().encode()
-    (workdir / "token-secret").write_bytes(secret)
-    (workdir / "token-secret").chmod(0o600)
+    creds = dev_credentials(workdir)
     state_dir = workdir / "trainer-state"
     if state_dir.exists():
         shutil.rmtree(state_dir)
@@ -164,9 +167,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         state_dir=state_dir,
         teacher=teacher,
         student=student,
-        tls_cert=pki.server_cert,
-        tls_key=pki.server_key,
-        token_secret_file=workdir / "token-secret",
+        credentials=creds,
         extra=("--threads", str(args.trainer_threads)),
     )
     procs: dict[str, Proc] = {}
@@ -182,7 +183,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         specs[BASELINE_ID] = specs["cam-1"]
         for name, spec in specs.items():
             token = workdir / f"{name}.token"
-            token.write_text(mint_token(secret, name))
+            token.write_text(creds.token(name))
             extra = ["--no-adapt"] if name == BASELINE_ID else []
             procs[name] = start(
                 name,
@@ -191,7 +192,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
                     "--device-id", name,
                     "--source", spec,
                     "--trainer", f"127.0.0.1:{trainer.grpc_port}",
-                    "--ca-file", str(pki.ca),
+                    "--ca-file", str(creds.pki.ca),
                     "--token-file", str(token),
                     "--student", str(student),
                     "--duration", str(args.duration),

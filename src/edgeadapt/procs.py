@@ -18,7 +18,10 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgeadapt.stream.tls import PKI
 
 
 @dataclass
@@ -130,15 +133,43 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """A development PKI and device-token secret on disk: what a trainer serves with, what its
+    agents trust and present."""
+
+    pki: PKI
+    secret_file: Path
+    secret: bytes
+
+    def token(self, device_id: str) -> str:
+        from edgeadapt.stream.auth import mint_token
+
+        return mint_token(self.secret, device_id)
+
+
+def dev_credentials(folder: Path) -> Credentials:
+    """A fresh CA with server and client certificates (``folder/pki``) and a token secret
+    (``folder/token-secret``, mode 0600)."""
+    from edgeadapt.stream.auth import new_secret
+    from edgeadapt.stream.tls import write_dev_pki
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pki = write_dev_pki(folder / "pki")
+    secret = new_secret().hex().encode()
+    secret_file = folder / "token-secret"
+    secret_file.write_bytes(secret)
+    secret_file.chmod(0o600)
+    return Credentials(pki, secret_file, secret)
+
+
 def start_trainer(
     workdir: Path,
     *,
     state_dir: Path,
     teacher: Path,
     student: Path,
-    tls_cert: Path,
-    tls_key: Path,
-    token_secret_file: Path,
+    credentials: Credentials,
     listen: str = "127.0.0.1:0",
     extra: Sequence[str] = (),
     name: str = "trainer",
@@ -153,9 +184,9 @@ def start_trainer(
             "--state-dir", str(state_dir),
             "--teacher", str(teacher),
             "--student", str(student),
-            "--tls-cert", str(tls_cert),
-            "--tls-key", str(tls_key),
-            "--token-secret-file", str(token_secret_file),
+            "--tls-cert", str(credentials.pki.server_cert),
+            "--tls-key", str(credentials.pki.server_key),
+            "--token-secret-file", str(credentials.secret_file),
             *extra,
         ],
         workdir,

@@ -11,12 +11,13 @@ import pytest
 
 from edgeadapt.controllers.rbac import required_rules
 from edgeadapt.devcluster import LocalCluster
-from edgeadapt.devcluster.cluster import REPO, free_port
+from edgeadapt.devcluster.cluster import REPO
 from edgeadapt.devcluster.testing import (
     OperatorProcess,
     persistent_volumes,
     service_account_kubeconfig,
 )
+from edgeadapt.procs import free_port
 
 # The operator's identity in this tier (not the chart's edgeadapt-system, which the e2e tier
 # installs into, and whose requests the audit log records).

@@ -44,10 +44,19 @@ from edgeadapt.adapt.update import (
 )
 from edgeadapt.models.cache import ensure_checkpoint
 from edgeadapt.models.zoo import load_checkpoint_model
-from edgeadapt.procs import Proc, get_json, start, start_trainer, stop, wait_ready
-from edgeadapt.stream.auth import call_metadata, mint_token, new_secret
+from edgeadapt.procs import (
+    Credentials,
+    Proc,
+    dev_credentials,
+    get_json,
+    start,
+    start_trainer,
+    stop,
+    wait_ready,
+)
+from edgeadapt.stream.auth import call_metadata, mint_token
 from edgeadapt.stream.messages import REJECTED_BATCH_KEY, register_message, update_message
-from edgeadapt.stream.tls import PKI, channel_credentials, write_dev_pki
+from edgeadapt.stream.tls import PKI, channel_credentials
 from edgeadapt.video.render import write_video
 
 pytestmark = pytest.mark.processes
@@ -57,23 +66,25 @@ VIDEO = "synthetic:seed={seed},duration=600,fps=15"
 
 @dataclass
 class Env:
-    pki: PKI
-    secret_file: Path
-    secret: bytes
+    credentials: Credentials
     teacher: Path
     student: Path
     root: Path
+
+    @property
+    def pki(self) -> PKI:
+        return self.credentials.pki
+
+    @property
+    def secret(self) -> bytes:
+        return self.credentials.secret
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
     root = tmp_path_factory.mktemp("stream")
-    secret = new_secret().hex().encode()
-    (root / "secret").write_bytes(secret)
     return Env(
-        pki=write_dev_pki(root / "pki"),
-        secret_file=root / "secret",
-        secret=secret,
+        credentials=dev_credentials(root),
         teacher=ensure_checkpoint("teacher", "tiny"),
         student=ensure_checkpoint("student", "tiny"),
         root=root,
@@ -112,9 +123,7 @@ class Cluster:
             state_dir=state,
             teacher=e.teacher,
             student=e.student,
-            tls_cert=e.pki.server_cert,
-            tls_key=e.pki.server_key,
-            token_secret_file=e.secret_file,
+            credentials=e.credentials,
             listen=f"127.0.0.1:{port}",
             extra=("--t-update", "2", "--iterations", "4", "--log-format", "json", *extra),
             name=name,

@@ -55,6 +55,7 @@ import grpc
 from edgeadapt.bench.proxy import ChaosProxy
 from edgeadapt.procs import (
     Proc,
+    dev_credentials,
     free_port,
     get_json,
     kill,
@@ -433,16 +434,11 @@ def run_pass(
 ) -> dict[str, Any]:
     """One run: trainer, proxy, agents (and the hostile client); returns its figures."""
     from edgeadapt.models.zoo import load_checkpoint_model
-    from edgeadapt.stream.auth import mint_token, new_secret
     from edgeadapt.stream.messages import register_message
-    from edgeadapt.stream.tls import channel_credentials, write_dev_pki
+    from edgeadapt.stream.tls import channel_credentials
 
     workdir.mkdir(parents=True, exist_ok=True)
-    pki = write_dev_pki(workdir / "pki")
-    secret = new_secret().hex().encode()
-    secret_file = workdir / "token-secret"
-    secret_file.write_bytes(secret)
-    secret_file.chmod(0o600)
+    creds = dev_credentials(workdir)
     state_dir = workdir / "trainer-state"
     shutil.rmtree(state_dir, ignore_errors=True)
     grpc_port = free_port()
@@ -453,9 +449,7 @@ def run_pass(
             state_dir=state_dir,
             teacher=teacher,
             student=student,
-            tls_cert=pki.server_cert,
-            tls_key=pki.server_key,
-            token_secret_file=secret_file,
+            credentials=creds,
             listen=f"127.0.0.1:{grpc_port}",
             extra=("--threads", str(args.trainer_threads), "--log-format", "json"),
             name="trainer" if n == 0 else f"trainer-{n + 1}",
@@ -472,22 +466,22 @@ def run_pass(
         proxy_port = proxy.start()
         env = {
             "proxy_port": proxy_port,
-            "ca": pki.ca,
+            "ca": creds.pki.ca,
             "token_dir": workdir,
             "student": student,
             "workdir": workdir,
         }
         for i in range(args.devices):
             name = f"cam-{i + 1}"
-            (workdir / f"{name}.token").write_text(mint_token(secret, name))
+            (workdir / f"{name}.token").write_text(creds.token(name))
             agents[name] = start(
                 name, "edgeadapt.edge_agent", _agent_args(args, name, i, env), workdir
             )
         if hostile:
             client = HostileClient(
                 f"127.0.0.1:{grpc_port}",
-                channel_credentials(pki.ca),
-                mint_token(secret, HOSTILE_ID),
+                channel_credentials(creds.pki.ca),
+                creds.token(HOSTILE_ID),
                 register_message(HOSTILE_ID, load_checkpoint_model(student)),
                 seed=args.seed,
                 mean_interval=args.hostile_every,

@@ -100,14 +100,10 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any] | No
 
     from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE
     from edgeadapt.controllers.rbac import required_rules
-    from edgeadapt.devcluster.cluster import (
-        REPO,
-        LocalCluster,
-        NodePool,
-        free_port,
-    )
+    from edgeadapt.devcluster.cluster import REPO, LocalCluster, NodePool
     from edgeadapt.devcluster.testing import OperatorProcess, service_account_kubeconfig
     from edgeadapt.operator.kube import Kube
+    from edgeadapt.procs import free_port
 
     n = args.devices
     trainers = math.ceil(n / (DEVICES_PER_GPU * GPUS_PER_TRAINER))

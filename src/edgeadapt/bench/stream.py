@@ -34,7 +34,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from edgeadapt.procs import get_json, start_trainer, stop, wait_ready
+from edgeadapt.procs import dev_credentials, get_json, start_trainer, stop, wait_ready
 
 log = logging.getLogger(__name__)
 
@@ -174,28 +174,23 @@ def run_one(n: int, args: argparse.Namespace, teacher: Path, student: Path) -> d
     import urllib.request
 
     from edgeadapt.models.zoo import load_checkpoint_model
-    from edgeadapt.stream.auth import mint_token, new_secret
     from edgeadapt.stream.messages import register_message
-    from edgeadapt.stream.tls import channel_credentials, write_dev_pki
+    from edgeadapt.stream.tls import channel_credentials
 
     workdir = Path(tempfile.mkdtemp(prefix=f"edgeadapt-bench-stream-{n}-"))
-    pki = write_dev_pki(workdir / "pki")
-    secret = new_secret().hex().encode()
-    (workdir / "secret").write_bytes(secret)
+    creds = dev_credentials(workdir)
     trainer = start_trainer(
         workdir,
         state_dir=workdir / "state",
         teacher=teacher,
         student=student,
-        tls_cert=pki.server_cert,
-        tls_key=pki.server_key,
-        token_secret_file=workdir / "secret",
+        credentials=creds,
         extra=("--threads", str(args.trainer_threads), "--log-format", "json"),
     )
     try:
         wait_ready(trainer, 120)
         model = load_checkpoint_model(student)
-        credentials = channel_credentials(pki.ca)
+        credentials = channel_credentials(creds.pki.ca)
         t0 = time.time() + 1.0
         stop_at = t0 + args.duration
         agents = []
@@ -207,7 +202,7 @@ def run_one(n: int, args: argparse.Namespace, teacher: Path, student: Path) -> d
                     device_id,
                     f"127.0.0.1:{trainer.grpc_port}",
                     credentials,
-                    mint_token(secret, device_id),
+                    creds.token(device_id),
                     register,
                     f"synthetic:seed={i + 1},duration={args.duration + 60:g}",
                     t0 + i * T_UPDATE / n,

@@ -9,7 +9,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeadapt.devcluster.node import RealNode, RealNodeSpec, stop_containers
+from edgeadapt.devcluster.node import NODE_PROCESSES, RealNode, RealNodeSpec, stop_containers
 from edgeadapt.devcluster.node import clean_up as node_clean_up
 from edgeadapt.devcluster.node import node_ip as machine_ip
+from edgeadapt.procs import free_port
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +59,6 @@ def build_tools(programs: Sequence[str] = PROGRAMS) -> Path:
         text=True,
     )
     return Path(out.stdout.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -325,7 +319,7 @@ class LocalCluster:
     def _stop_node(self) -> None:
         """The kubelet first (so that it restarts nothing), then the containers while containerd
         still runs."""
-        for name in ("provisioner", "coredns", "kube-proxy", "kubelet"):
+        for name in NODE_PROCESSES:
             proc = self.processes.pop(name, None)
             if proc is not None and proc.poll() is None:
                 proc.terminate()
@@ -347,7 +341,7 @@ class LocalCluster:
         pids: dict[str, int] = recorded["pids"]
         node = recorded.get("real_node")
         if node is not None:
-            for name in ("provisioner", "coredns", "kube-proxy", "kubelet"):
+            for name in NODE_PROCESSES:
                 if name in pids:
                     _stop_pid(pids.pop(name))
             stop_containers(Path(node["socket"]))

@@ -93,15 +93,11 @@ def ignored(rel: str, patterns: Sequence[str]) -> bool:
     parts = rel.split("/")
     prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
     for pattern in patterns:
-        for prefix in prefixes:
-            if fnmatch.fnmatchcase(prefix, pattern):
+        if pattern.startswith("**/"):  # a name anywhere in the path
+            if any(fnmatch.fnmatchcase(part, pattern[3:]) for part in parts):
                 return True
-            if pattern.startswith("**/") and fnmatch.fnmatchcase(parts[-1], pattern[3:]):
-                return True
-            if pattern.startswith("**/") and any(
-                fnmatch.fnmatchcase(p, pattern[3:]) for p in parts
-            ):
-                return True
+        elif any(fnmatch.fnmatchcase(prefix, pattern) for prefix in prefixes):
+            return True
     return False
 
 

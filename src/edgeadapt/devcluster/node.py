@@ -21,7 +21,6 @@ Every step waits with a deadline and fails with :class:`NodeError`, naming the s
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeadapt.devcluster import images as images_mod
 from edgeadapt.devcluster.images import CACHE, Image
+from edgeadapt.procs import free_port
 
 if TYPE_CHECKING:
     from edgeadapt.devcluster.cluster import LocalCluster
@@ -54,6 +54,8 @@ PROVISIONER = "edgeadapt.io/local-path"
 EDGE_ROLE = "node-role.kubernetes.io/edge"
 GPU = "nvidia.com/gpu"
 IMAGE_STORE = CACHE / "containerd"
+# The node's own processes, in the order they stop (the kubelet last, before its containers).
+NODE_PROCESSES = ("provisioner", "coredns", "kube-proxy", "kubelet")
 
 
 class NodeError(RuntimeError):
@@ -131,9 +133,9 @@ class RealNode:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._pki()
         self._network()
-        self._containerd(timeout)
         log_dir = self.cluster.workdir / "logs"
         pause = images_mod.pause_image(Path(self.cluster.bin("pause")), log_dir)
+        self._containerd(pause, timeout)
         built = images_mod.build(log_dir=log_dir) if images else []
         self.images = [pause, *built]
         t = time.monotonic()
@@ -253,7 +255,7 @@ class RealNode:
         if _iptables("-C", "FORWARD", "-j", FIREWALL_CHAIN, check=False) != 0:
             _iptables("-I", "FORWARD", "1", "-j", FIREWALL_CHAIN)
 
-    def _containerd(self, timeout: float) -> None:
+    def _containerd(self, pause: Image, timeout: float) -> None:
         cdir = self.dir / "containerd"
         cdir.mkdir(parents=True, exist_ok=True)
         IMAGE_STORE.mkdir(parents=True, exist_ok=True)
@@ -265,9 +267,6 @@ class RealNode:
                     f"starting containerd: its image store {IMAGE_STORE} is in use by the "
                     f"cluster in {other.get('dir')} (pid {other.get('pid')}); stop that one first"
                 )
-        pause = images_mod.pause_image(
-            Path(self.cluster.bin("pause")), self.cluster.workdir / "logs"
-        )
         cri = 'plugins."io.containerd.grpc.v1.cri"'
         config = f"""version = 2
 root = "{IMAGE_STORE}"
@@ -497,7 +496,7 @@ state = "{cdir / "state"}"
     def _kube_proxy(self, timeout: float) -> None:
         pdir = self.dir / "proxy"
         pdir.mkdir(parents=True, exist_ok=True)
-        health = _free_port()
+        health = free_port()
         config = {
             "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
             "kind": "KubeProxyConfiguration",
@@ -507,7 +506,7 @@ state = "{cdir / "state"}"
             "bindAddress": self.ip,
             "clusterCIDR": POD_CIDR,
             "healthzBindAddress": f"127.0.0.1:{health}",
-            "metricsBindAddress": f"127.0.0.1:{_free_port()}",
+            "metricsBindAddress": f"127.0.0.1:{free_port()}",
             # Leave the machine's conntrack table size alone.
             "conntrack": {"maxPerCore": 0, "min": 0},
             "iptables": {"localhostNodePorts": False, "masqueradeAll": False},
@@ -526,7 +525,7 @@ state = "{cdir / "state"}"
     def _coredns(self, timeout: float) -> None:
         ddir = self.dir / "dns"
         ddir.mkdir(parents=True, exist_ok=True)
-        ready, health = _free_port(), _free_port()
+        ready, health = free_port(), free_port()
         corefile = f""".:53 {{
     bind {self.ip}
     errors
@@ -666,12 +665,6 @@ def _iptables(*args: str, check: bool = True) -> int:
     return out.returncode
 
 
-def _free_port() -> int:
-    from edgeadapt.devcluster.cluster import free_port
-
-    return free_port()
-
-
 def _is_containerd(pid: int) -> bool:
     """Whether ``pid`` is a running containerd (not a process that reused the number)."""
     if pid <= 0:
@@ -681,7 +674,3 @@ def _is_containerd(pid: int) -> bool:
     except OSError:
         return False
     return os.path.basename(argv0) == b"containerd"
-
-
-def in_pod_cidr(address: str) -> bool:
-    return ipaddress.ip_address(address) in ipaddress.ip_network(POD_CIDR)
