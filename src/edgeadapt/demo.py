@@ -23,11 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgeadapt.api.launch import AgentLaunch
 from edgeadapt.procs import (
     Proc,
     dev_credentials,
     get_json,
-    start,
+    start_agent,
     start_trainer,
     stop,
     wait_ready,
@@ -184,31 +185,28 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         for name, spec in specs.items():
             token = workdir / f"{name}.token"
             token.write_text(creds.token(name))
-            extra = ["--no-adapt"] if name == BASELINE_ID else []
-            procs[name] = start(
-                name,
-                "edgeadapt.edge_agent",
-                [
-                    "--device-id", name,
-                    "--source", spec,
-                    "--trainer", f"127.0.0.1:{trainer.grpc_port}",
-                    "--ca-file", str(creds.pki.ca),
-                    "--token-file", str(token),
-                    "--student", str(student),
-                    "--duration", str(args.duration),
-                    "--http-listen", "127.0.0.1:0",
-                    "--state-dir", str(workdir / f"{name}-state"),
-                    "--summary-out", str(workdir / f"{name}.summary.json"),
-                    *extra,
-                ],
+            procs[name] = start_agent(
+                AgentLaunch(
+                    device_id=name,
+                    source=spec,
+                    trainer=f"127.0.0.1:{trainer.grpc_port}",
+                    ca_file=str(creds.pki.ca),
+                    token_file=str(token),
+                    student_file=str(student),
+                    adapt=name != BASELINE_ID,
+                    duration=args.duration,
+                    http_listen="127.0.0.1:0",
+                    state_dir=str(workdir / f"{name}-state"),
+                    summary_out=str(workdir / f"{name}.summary.json"),
+                ),
                 workdir,
-            )  # fmt: skip
+            )
         for p in procs.values():
             wait_ready(p, 120)
         progress = Progress(every=args.progress_every)
         t_run = time.monotonic()
         while any(p.popen.poll() is None for p in procs.values()):
-            tstat = get_json(trainer.http_port) or {"devices": []}
+            tstat = get_json(trainer.http_port, token=trainer.status_token) or {"devices": []}
             by_id = {d["id"]: d for d in tstat["devices"]}
             rows = [
                 row(get_json(p.http_port) if p.popen.poll() is None else None, by_id.get(n), n)
@@ -219,7 +217,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         failed = {n: p.popen.returncode for n, p in procs.items() if p.popen.returncode != 0}
         if failed:
             raise RuntimeError(f"agents failed: {failed}; logs in {workdir}")
-        tstat = get_json(trainer.http_port, timeout=10) or {"devices": []}
+        tstat = get_json(trainer.http_port, timeout=10, token=trainer.status_token) or {
+            "devices": []
+        }
         trainer_seconds = stop(trainer)
     finally:
         for p in [*procs.values(), trainer]:

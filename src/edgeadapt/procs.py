@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeadapt.api.launch import AgentLaunch, TrainerLaunch
+
 if TYPE_CHECKING:
     from edgeadapt.stream.tls import PKI
 
@@ -32,6 +34,7 @@ class Proc:
     log_file: Path
     http_port: int = 0
     grpc_port: int = 0
+    status_token: str | None = None  # the bearer token its /status asks for
 
 
 def _python() -> list[str]:
@@ -76,9 +79,14 @@ def wait_ready(proc: Proc, timeout: float) -> None:
     raise TimeoutError(f"{proc.name} not ready after {timeout:.0f} s (log: {proc.log_file})")
 
 
-def get_json(port: int, path: str = "/status", timeout: float = 2.0) -> dict[str, Any] | None:
+def get_json(
+    port: int, path: str = "/status", timeout: float = 2.0, token: str | None = None
+) -> dict[str, Any] | None:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
             data: dict[str, Any] = json.loads(r.read())
             return data
     except (OSError, ValueError):
@@ -147,6 +155,12 @@ class Credentials:
 
         return mint_token(self.secret, device_id)
 
+    @property
+    def status_token(self) -> str:
+        from edgeadapt.stream.auth import status_token
+
+        return status_token(self.secret)
+
 
 def dev_credentials(folder: Path) -> Credentials:
     """A fresh CA with server and client certificates (``folder/pki``) and a token secret
@@ -175,19 +189,21 @@ def start_trainer(
     name: str = "trainer",
 ) -> Proc:
     """A trainer on loopback with TLS and tokens, its HTTP endpoint on a free port."""
-    return start(
-        name,
-        "edgeadapt.trainer",
-        [
-            "--listen", listen,
-            "--http-listen", "127.0.0.1:0",
-            "--state-dir", str(state_dir),
-            "--teacher", str(teacher),
-            "--student", str(student),
-            "--tls-cert", str(credentials.pki.server_cert),
-            "--tls-key", str(credentials.pki.server_key),
-            "--token-secret-file", str(credentials.secret_file),
-            *extra,
-        ],
-        workdir,
-    )  # fmt: skip
+    launch = TrainerLaunch(
+        state_dir=str(state_dir),
+        teacher_file=str(teacher),
+        student_file=str(student),
+        listen=listen,
+        http_listen="127.0.0.1:0",
+        tls_cert=str(credentials.pki.server_cert),
+        tls_key=str(credentials.pki.server_key),
+        token_key_file=str(credentials.secret_file),
+    )
+    proc = start(name, launch.MODULE, [*launch.args(), *extra], workdir)
+    proc.status_token = credentials.status_token
+    return proc
+
+
+def start_agent(launch: AgentLaunch, workdir: Path, name: str | None = None) -> Proc:
+    """An edge agent as ``launch`` describes it (its ready file is added here)."""
+    return start(name or launch.device_id, launch.MODULE, launch.args(), workdir)

@@ -1,14 +1,18 @@
 """What every long-running edgeadapt process exposes: logs, Prometheus metrics, health, status.
 
-``serve_http`` starts a small threaded HTTP server with ``/metrics`` (Prometheus text format
-from the process's registry), ``/healthz`` (200 or 503) and ``/status`` (the process's own JSON
-summary, which the demo and the tests read). ``setup_logging`` configures the root logger for
-text or JSON lines; with JSON, fields passed through ``extra=`` become keys of the line.
+``HTTPEndpoint`` is a small threaded HTTP server with ``/metrics`` (Prometheus text format from
+the process's registry), ``/healthz`` (200 while the process works, 503 once it needs a restart),
+``/readyz`` (200 once it serves) and ``/status`` (the process's own JSON summary, which the
+operator, the demo and the tests read; with a status token it answers only requests that present
+it as a bearer token, since it names devices and their figures). ``setup_logging`` configures
+the root logger for text or JSON lines; with JSON, fields passed through ``extra=`` become keys
+of the line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import logging
 import os
@@ -76,7 +80,8 @@ def parse_hostport(value: str, default_host: str = "0.0.0.0") -> tuple[str, int]
 
 
 class HTTPEndpoint:
-    """``/metrics``, ``/healthz`` and ``/status`` on one port, served from a daemon thread."""
+    """``/metrics``, ``/healthz``, ``/readyz`` and ``/status`` on one port, served from a daemon
+    thread. ``ready`` defaults to ``healthy``."""
 
     def __init__(
         self,
@@ -84,6 +89,9 @@ class HTTPEndpoint:
         registry: CollectorRegistry,
         status: Callable[[], dict[str, Any]],
         healthy: Callable[[], bool] = lambda: True,
+        *,
+        ready: Callable[[], bool] | None = None,
+        status_token: str | None = None,
     ) -> None:
         endpoint = self
 
@@ -95,7 +103,13 @@ class HTTPEndpoint:
                 elif path == "/healthz":
                     ok = endpoint.healthy()
                     self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"unhealthy\n")
+                elif path == "/readyz":
+                    ok = endpoint.ready()
+                    self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"not ready\n")
                 elif path == "/status":
+                    if not endpoint.authorized(self.headers.get("Authorization", "")):
+                        self._send(401, "text/plain", b"a bearer token is required\n")
+                        return
                     body = json.dumps(endpoint.status(), default=str).encode()
                     self._send(200, "application/json", body)
                 else:
@@ -113,6 +127,8 @@ class HTTPEndpoint:
                 pass
 
         self.registry, self.status, self.healthy = registry, status, healthy
+        self.ready = ready or healthy
+        self.status_token = status_token
         host, port = parse_hostport(listen)
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
@@ -121,6 +137,11 @@ class HTTPEndpoint:
             target=self.server.serve_forever, name="http-endpoint", daemon=True
         )
         self._thread.start()
+
+    def authorized(self, header: str) -> bool:
+        if self.status_token is None:
+            return True
+        return hmac.compare_digest(header.encode(), f"Bearer {self.status_token}".encode())
 
     def close(self) -> None:
         self.server.shutdown()

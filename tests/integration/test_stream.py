@@ -42,6 +42,7 @@ from edgeadapt.adapt.update import (
     model_checksum,
     parameter_vector,
 )
+from edgeadapt.api.launch import AgentLaunch, ModelRef, TrainerLaunch, WeightsSource
 from edgeadapt.models.cache import ensure_checkpoint
 from edgeadapt.models.zoo import load_checkpoint_model
 from edgeadapt.procs import (
@@ -50,6 +51,7 @@ from edgeadapt.procs import (
     dev_credentials,
     get_json,
     start,
+    start_agent,
     start_trainer,
     stop,
     wait_ready,
@@ -188,7 +190,7 @@ def cluster(env: Env, tmp_path: Path) -> Iterator[Cluster]:
 
 
 def status(p: Proc) -> dict[str, Any]:
-    s = get_json(p.http_port, timeout=10)
+    s = get_json(p.http_port, timeout=10, token=p.status_token)
     assert s is not None, f"{p.name} /status unreachable; log {p.log_file}"
     return s
 
@@ -198,7 +200,7 @@ def at_version(agent: Proc, version: int) -> Callable[[], bool]:
 
 
 def device(trainer: Proc, device_id: str) -> dict[str, Any] | None:
-    s = get_json(trainer.http_port, timeout=10) or {"devices": []}
+    s = get_json(trainer.http_port, timeout=10, token=trainer.status_token) or {"devices": []}
     return next((d for d in s["devices"] if d["id"] == device_id), None)
 
 
@@ -331,6 +333,90 @@ def test_wrong_token_is_refused(cluster: Cluster, env: Env) -> None:
     assert device(trainer, "cam-bad") is None
     metrics = _metrics(trainer.http_port)
     assert metrics["edgeadapt_trainer_auth_failures_total"] >= 2
+    # The trainer says which device it refused (the operator reads this), and /status itself
+    # answers only its bearer token.
+    assert status(trainer)["refused"]["cam-bad"]["reason"] == "Unauthenticated"
+    assert get_json(trainer.http_port, timeout=10) is None
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(f"http://127.0.0.1:{trainer.http_port}/status", timeout=10)
+    assert denied.value.code == 401
+    # The right token written to the file (as the kubelet updates a re-minted Secret): the
+    # agent reads it on its next connect and adapts, and the refusal is cleared.
+    (cluster.workdir / "cam-bad.token").write_text(mint_token(env.secret, "cam-bad"))
+    wait_for("the agent to adapt with its new token", at_version(agent, 1), 120)
+    assert "cam-bad" not in status(trainer)["refused"]
+
+
+def test_an_agent_without_model_files_starts_from_the_trainer(cluster: Cluster, env: Env) -> None:
+    """The trainer provisions its models from sources into its models folder; the agent has no
+    --student, fetches the starting model once, keeps it, and adapts from there."""
+    state = cluster.workdir / "state"
+    launch = TrainerLaunch(
+        state_dir=str(state / "devices"),
+        teacher=ModelRef("lraspp_mobilenet_v3_large", WeightsSource("file", str(env.teacher))),
+        student=ModelRef("lraspp_mobilenet_v3_large", WeightsSource("file", str(env.student))),
+        models_dir=str(state / "models"),
+        listen="127.0.0.1:0",
+        http_listen="127.0.0.1:0",
+        tls_cert=str(env.pki.server_cert),
+        tls_key=str(env.pki.server_key),
+        token_key_file=str(env.credentials.secret_file),
+    )
+    trainer = start("trainer", launch.MODULE, [*launch.args(), "--t-update", "2"], cluster.workdir)
+    trainer.status_token = env.credentials.status_token
+    cluster.procs.append(trainer)
+    wait_ready(trainer, 120)
+    token_file = cluster.workdir / "cam-1.token"
+    token_file.write_text(mint_token(env.secret, "cam-1"))
+    agent_state = cluster.workdir / "cam-1-state"
+    agent = start_agent(
+        AgentLaunch(
+            device_id="cam-1",
+            source=VIDEO.format(seed=3),
+            trainer=f"127.0.0.1:{trainer.grpc_port}",
+            ca_file=str(env.pki.ca),
+            token_file=str(token_file),
+            state_dir=str(agent_state),
+            http_listen="127.0.0.1:0",
+            backoff_max=1,
+        ),
+        cluster.workdir,
+    )
+    cluster.procs.append(agent)
+    wait_ready(agent, 120)
+    fetched = agent_state / "starting-model.pth"
+    assert fetched.read_bytes() == env.student.read_bytes()
+    wait_for("the agent to adapt", at_version(agent, 2), 180)
+    # The trainer knows what the agent runs: a version it produced (equal checksums), at most
+    # the update in flight behind (a new one is made every 2 s).
+    d = wait_for(
+        "the trainer to see the agent in step",
+        lambda: (x := device(trainer, "cam-1")) and x["agent_in_step"] and x,
+        60,
+    )
+    assert d["agent_model_version"] >= d["model_version"] - 1
+    assert d["checksums"][str(d["agent_model_version"])] == d["agent_model_checksum"]
+    assert d["last_update_time"] > 0
+    # A restart fetches nothing: the kept file is used as it is.
+    stop(agent)
+    mtime = fetched.stat().st_mtime_ns
+    again = start_agent(
+        AgentLaunch(
+            device_id="cam-1",
+            source=VIDEO.format(seed=3),
+            trainer=f"127.0.0.1:{trainer.grpc_port}",
+            ca_file=str(env.pki.ca),
+            token_file=str(token_file),
+            state_dir=str(agent_state),
+            http_listen="127.0.0.1:0",
+        ),
+        cluster.workdir,
+        name="cam-1-again",
+    )
+    cluster.procs.append(again)
+    wait_ready(again, 120)
+    assert status(again)["model_version"] >= 2
+    assert fetched.stat().st_mtime_ns == mtime
 
 
 def test_garbage_upload_fails_only_that_stream(cluster: Cluster, env: Env) -> None:

@@ -52,6 +52,7 @@ from typing import Any
 
 import grpc
 
+from edgeadapt.api.launch import AgentLaunch
 from edgeadapt.bench.proxy import ChaosProxy
 from edgeadapt.procs import (
     Proc,
@@ -60,7 +61,7 @@ from edgeadapt.procs import (
     get_json,
     kill,
     peak_rss_mb,
-    start,
+    start_agent,
     start_trainer,
     stop,
     wait_ready,
@@ -408,25 +409,25 @@ class _AgentTrack:
     )
 
 
-def _agent_args(args: argparse.Namespace, name: str, i: int, env: dict[str, Any]) -> list[str]:
+def _agent_launch(args: argparse.Namespace, name: str, i: int, env: dict[str, Any]) -> AgentLaunch:
     w, h = SIZE
     video = f"synthetic:seed={args.seed + i},duration={args.duration + 60:g},fps={args.fps:g}"
-    return [
-        "--device-id", name,
-        "--source", f"{video},size={w}x{h}",
-        "--trainer", f"127.0.0.1:{env['proxy_port']}",
-        "--ca-file", str(env["ca"]),
-        "--token-file", str(env["token_dir"] / f"{name}.token"),
-        "--student", str(env["student"]),
-        "--duration", f"{args.duration:g}",
-        "--http-listen", "127.0.0.1:0",
-        "--state-dir", str(env["workdir"] / f"{name}-state"),
-        "--summary-out", str(env["workdir"] / f"{name}.summary.json"),
-        "--backoff-max", f"{args.backoff_max:g}",
-        "--drain-timeout", f"{args.drain_timeout:g}",
-        "--max-pending", str(args.max_pending),
-        "--log-format", "json",
-    ]  # fmt: skip
+    return AgentLaunch(
+        device_id=name,
+        source=f"{video},size={w}x{h}",
+        trainer=f"127.0.0.1:{env['proxy_port']}",
+        ca_file=str(env["ca"]),
+        token_file=str(env["token_dir"] / f"{name}.token"),
+        student_file=str(env["student"]),
+        duration=args.duration,
+        http_listen="127.0.0.1:0",
+        state_dir=str(env["workdir"] / f"{name}-state"),
+        summary_out=str(env["workdir"] / f"{name}.summary.json"),
+        backoff_max=args.backoff_max,
+        drain_timeout=args.drain_timeout,
+        max_pending=args.max_pending,
+        log_format="json",
+    )
 
 
 def run_pass(
@@ -474,9 +475,7 @@ def run_pass(
         for i in range(args.devices):
             name = f"cam-{i + 1}"
             (workdir / f"{name}.token").write_text(creds.token(name))
-            agents[name] = start(
-                name, "edgeadapt.edge_agent", _agent_args(args, name, i, env), workdir
-            )
+            agents[name] = start_agent(_agent_launch(args, name, i, env), workdir)
         if hostile:
             client = HostileClient(
                 f"127.0.0.1:{grpc_port}",
@@ -541,7 +540,9 @@ def run_pass(
         keeper.join(5)
         trainer = keeper.current
         trainer_status = (
-            get_json(trainer.http_port, timeout=10) if trainer.popen.poll() is None else None
+            get_json(trainer.http_port, timeout=10, token=trainer.status_token)
+            if trainer.popen.poll() is None
+            else None
         )
         meter.observe(trainer.popen.pid, ALL_TRAINERS, trainer.name)
         for name, p in agents.items():

@@ -215,7 +215,9 @@ def run_one(n: int, args: argparse.Namespace, teacher: Path, student: Path) -> d
         time.sleep(max(0.0, stop_at - time.time()) + args.settle)
         cpu = _cpu_seconds(trainer.popen.pid) - cpu0
         wall = time.monotonic() - wall0
-        status = get_json(trainer.http_port, timeout=10) or {"devices": []}
+        status = get_json(trainer.http_port, timeout=10, token=trainer.status_token) or {
+            "devices": []
+        }
         url = f"http://127.0.0.1:{trainer.http_port}/metrics"
         metrics = urllib.request.urlopen(url, timeout=10).read().decode()
         errors = [f"{a.device_id}: {a.error}" for a in agents if a.error]  # before the stop

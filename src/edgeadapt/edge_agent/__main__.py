@@ -8,7 +8,10 @@
 ``--no-adapt`` registers the device for scoring only (the trainer never updates it). A network
 source that fails is reopened with backoff (a live rtsp/rtmp/udp/srt/tcp stream also when it
 ends); inference resumes on the next frame it delivers.
-Without a trainer (``--trainer ''``) the agent only infers.
+Without a trainer (``--trainer ''``) the agent only infers. Without ``--student`` the agent
+fetches the starting model from its trainer once and keeps it in ``--state-dir``, so an edge pod
+needs no model files. The token file is read again on every connect, so a re-minted token is
+used without a restart.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ import logging
 import os
 import signal
 import sys
+import tempfile
+import threading
 from pathlib import Path
+from typing import Any
 
 from edgeadapt.telemetry import HTTPEndpoint, setup_logging, write_ready_file
 
@@ -56,8 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-file", type=Path, help="client key for mutual TLS")
     p.add_argument("--token-file", type=Path, help="this device's token (or env EDGEADAPT_TOKEN)")
     p.add_argument("--insecure", action="store_true", help="plaintext gRPC (loopback tests)")
-    p.add_argument("--student", type=Path, help="the pretrained student checkpoint")
-    p.add_argument("--profile", default="bench", help="cached model profile without --student")
+    p.add_argument(
+        "--student",
+        type=Path,
+        help="the starting student checkpoint (default: fetched from the trainer)",
+    )
+    p.add_argument(
+        "--profile", default="bench", help="cached model profile without --student or trainer"
+    )
     p.add_argument("--no-adapt", dest="adapt", action="store_false", help="score only")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--no-pace", dest="pace", action="store_false", help="do not pace to fps")
@@ -89,17 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_format, args.verbose, args.device_id)
 
     import torch
+    from prometheus_client import CollectorRegistry
 
-    from edgeadapt.adapt.ams import EdgeModel
-    from edgeadapt.edge_agent.agent import Agent, AgentOptions, load_state, restore_edge
+    from edgeadapt._proto.stream.v1 import stream_pb2 as pb
+    from edgeadapt.edge_agent.bootstrap import starting_model
     from edgeadapt.edge_agent.link import LinkConfig
     from edgeadapt.models.cache import ensure_checkpoint
-    from edgeadapt.models.zoo import load_checkpoint_model
     from edgeadapt.stream.auth import valid_device_id
-    from edgeadapt.stream.messages import register_message
     from edgeadapt.stream.tls import channel_credentials
-    from edgeadapt.video.av_source import NETWORK_SCHEMES
-    from edgeadapt.video.source import VideoSource, open_source
 
     if not valid_device_id(args.device_id):
         log.error("--device-id must be a DNS-1123 name, got %r", args.device_id)
@@ -113,7 +122,67 @@ def main(argv: list[str] | None = None) -> int:
         log.error("--ca-file and a token are needed to reach a trainer (or --insecure)")
         return 2
     torch.set_num_threads(1)
-    student = load_checkpoint_model(args.student or ensure_checkpoint("student", args.profile))
+    token = env_token
+    if args.token_file is not None:
+        token = args.token_file.read_text().strip() if args.token_file.exists() else ""
+    credentials = None
+    if args.trainer and not args.insecure:
+        credentials = channel_credentials(args.ca_file, args.cert_file, args.key_file)
+
+    def link_config(register: pb.Register) -> LinkConfig:
+        return LinkConfig(
+            target=args.trainer,
+            device_id=args.device_id,
+            token=token,
+            credentials=credentials,
+            register=register,
+            max_pending=args.max_pending,
+            backoff_max=args.backoff_max,
+            server_name=args.server_name,
+            token_file=args.token_file,
+        )
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    # The endpoint opens first, so a supervisor sees a live process while the starting model is
+    # fetched; it serves the agent's own figures once the agent runs.
+    http = HTTPEndpoint(
+        args.http_listen,
+        CollectorRegistry(),
+        lambda: {"device": args.device_id, "phase": "fetching the starting model"},
+        ready=lambda: False,
+    )
+    try:
+        if args.student is not None:
+            student_path: Path | None = args.student
+        elif args.trainer:
+            folder = args.state_dir or Path(tempfile.mkdtemp(prefix="edgeadapt-agent-"))
+            student_path = starting_model(link_config(pb.Register()), folder, stop)
+        else:
+            student_path = ensure_checkpoint("student", args.profile)
+        if student_path is None:
+            return 0  # stopped while waiting
+        return _run(args, student_path, link_config, stop, http)
+    finally:
+        http.close()
+
+
+def _run(
+    args: argparse.Namespace,
+    student_path: Path,
+    link_config: Any,
+    stop: threading.Event,
+    http: HTTPEndpoint,
+) -> int:
+    from edgeadapt.adapt.ams import EdgeModel
+    from edgeadapt.edge_agent.agent import Agent, AgentOptions, load_state, restore_edge
+    from edgeadapt.models.zoo import load_checkpoint_model
+    from edgeadapt.stream.messages import register_message
+    from edgeadapt.video.av_source import NETWORK_SCHEMES
+    from edgeadapt.video.source import VideoSource, open_source
+
+    student = load_checkpoint_model(student_path)
     edge = EdgeModel(student)
     if args.state_dir is not None:
         saved = load_state(args.state_dir, args.device_id, edge.num_params)
@@ -131,22 +200,8 @@ def main(argv: list[str] | None = None) -> int:
 
     link = None
     if args.trainer:
-        token = args.token_file.read_text().strip() if args.token_file else env_token
-        credentials = None
-        if not args.insecure:
-            credentials = channel_credentials(args.ca_file, args.cert_file, args.key_file)
         # The link fills in the version and checksum the agent runs when it connects.
-        register = register_message(args.device_id, student, adapt=args.adapt)
-        link = LinkConfig(
-            target=args.trainer,
-            device_id=args.device_id,
-            token=token,
-            credentials=credentials,
-            register=register,
-            max_pending=args.max_pending,
-            backoff_max=args.backoff_max,
-            server_name=args.server_name,
-        )
+        link = link_config(register_message(args.device_id, student, adapt=args.adapt))
     agent = Agent(
         AgentOptions(
             device_id=args.device_id,
@@ -163,15 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         link,
         reopen=reopen if network else None,
     )
-    http = HTTPEndpoint(
-        args.http_listen,
-        agent.metrics.registry,
-        agent.status,
-        agent.healthy,
-    )
+    http.registry, http.status, http.healthy = agent.metrics.registry, agent.status, agent.healthy
+    http.ready = agent.healthy
     write_ready_file(args.ready_file, http_port=http.port)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.request_stop())
+    if stop.is_set():
+        agent.request_stop()
     log.info(
         "agent running",
         extra={
@@ -185,7 +238,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = agent.run()
     finally:
-        http.close()
         source.close()
     if args.summary_out is not None:
         args.summary_out.write_text(json.dumps(summary, indent=2) + "\n")

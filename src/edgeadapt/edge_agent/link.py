@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -62,6 +63,25 @@ class LinkConfig:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     server_name: str | None = None  # TLS name override
+    token_file: Path | None = None  # read again on every connect (a re-minted token is used)
+
+    def current_token(self) -> str:
+        if self.token_file is None:
+            return self.token
+        try:
+            return self.token_file.read_text().strip()
+        except OSError:
+            return self.token
+
+
+def open_channel(cfg: LinkConfig) -> grpc.Channel:
+    """A channel to the trainer with the stream's options (TLS unless ``credentials`` is None)."""
+    options = list(CHANNEL_OPTIONS)
+    if cfg.server_name:
+        options.append(("grpc.ssl_target_name_override", cfg.server_name))
+    if cfg.credentials is None:
+        return grpc.insecure_channel(cfg.target, options=options)
+    return grpc.secure_channel(cfg.target, cfg.credentials, options=options)
 
 
 class LinkEvents:
@@ -194,14 +214,6 @@ class Link(threading.Thread):
             self.backoff = min(self.backoff * 2, self.cfg.backoff_max)
         self._set_state(LinkState.STOPPED)
 
-    def _channel(self) -> grpc.Channel:
-        options = list(CHANNEL_OPTIONS)
-        if self.cfg.server_name:
-            options.append(("grpc.ssl_target_name_override", self.cfg.server_name))
-        if self.cfg.credentials is None:
-            return grpc.insecure_channel(self.cfg.target, options=options)
-        return grpc.secure_channel(self.cfg.target, self.cfg.credentials, options=options)
-
     def _session(self) -> bool:
         """One stream, from connect to its end; True if the trainer refused the device."""
         if self.state != LinkState.REFUSED:  # stays "refused" until a stream is accepted
@@ -214,10 +226,11 @@ class Link(threading.Thread):
         register.model_checksum = self.edge.checksum()
         out.put(pb.AgentMessage(register=register))
         self._out = out
-        with self._channel() as channel:
+        with open_channel(self.cfg) as channel:
             stub = pb_grpc.AdaptationServiceStub(channel)  # type: ignore[no-untyped-call]
             call = stub.Connect(
-                self._requests(out), metadata=call_metadata(self.cfg.device_id, self.cfg.token)
+                self._requests(out),
+                metadata=call_metadata(self.cfg.device_id, self.cfg.current_token()),
             )
             self._call = call
             try:

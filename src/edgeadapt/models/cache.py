@@ -80,10 +80,13 @@ def checkpoint_key(args: argparse.Namespace) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def ensure_checkpoint(role: str, profile: str = "bench", **overrides: Any) -> Path:
-    """Path of the cached checkpoint for ``role`` under ``profile``; trains it when missing."""
+def ensure_checkpoint(
+    role: str, profile: str = "bench", *, directory: Path | None = None, **overrides: Any
+) -> Path:
+    """Path of the cached checkpoint for ``role`` under ``profile`` in ``directory`` (default:
+    the cache outside the checkout); trains it when missing."""
     args = training_args(role, profile, **overrides)
-    directory = cache_dir()
+    directory = directory or cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
     name = f"{role}-{profile}-{checkpoint_key(args)}.pth"
     path = directory / name

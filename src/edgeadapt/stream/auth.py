@@ -45,6 +45,14 @@ def mint_token(secret: bytes, device_id: str) -> str:
     return TOKEN_PREFIX + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
+def status_token(secret: bytes) -> str:
+    """The bearer token for the trainer's ``/status``, which the operator derives from the same
+    secret. The MAC covers a string no device id can be (it holds a NUL), so it is never a
+    device's token."""
+    mac = hmac.new(secret, b"\x00status", hashlib.sha256).digest()
+    return "ea1s." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
 def verify_token(secret: bytes, device_id: str, token: str) -> bool:
     if not valid_device_id(device_id):
         return False

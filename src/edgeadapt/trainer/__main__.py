@@ -4,9 +4,15 @@
         --tls-cert server.crt --tls-key server.key [--client-ca ca.crt] \\
         [--listen 0.0.0.0:50051] [--http-listen 0.0.0.0:9090]
 
-Models: ``--teacher``/``--student`` name checkpoints (a ModelZoo's files in a cluster); without
-them the cached models of ``--profile`` are used (trained first if missing). Serving without TLS
-or without tokens needs ``--insecure``.
+Models: ``--teacher-model``/``--student-model`` name each by architecture and weights source
+(``ARCH=synthetic:PROFILE``, ``ARCH=torchvision:ENUM.NAME``, ``ARCH=https://...#sha256=HEX`` or
+``ARCH=file:/path``), fetched, verified or trained once into ``--models-dir``; ``--teacher`` and
+``--student`` name checkpoint files directly; without either, the cached models of
+``--profile`` are used (trained first if missing). The HTTP endpoint opens first: ``/healthz``
+answers while models are provisioned, ``/readyz`` once the trainer serves. The student the
+devices start from is served to agents that have none (``GetStartingModel``). Serving without
+TLS or without tokens needs ``--insecure``; with a token secret, ``/status`` asks for the bearer
+token derived from it (``edgeadapt.stream.auth.status_token``).
 
 ``--config`` reads the JSON the operator renders from an AdaptationPolicy (its ``ams`` and
 ``sampling`` parameters become this trainer's defaults; flags given explicitly still win).
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -25,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeadapt.adapt.ams import AMSConfig
+from edgeadapt.api.launch import STUDENT_ARCHS, TEACHER_ARCHS, ModelRef
 from edgeadapt.telemetry import HTTPEndpoint, setup_logging, write_ready_file
 
 log = logging.getLogger("edgeadapt.trainer")
@@ -42,6 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path(os.environ.get("EDGEADAPT_STATE_DIR", "/var/lib/edgeadapt/state")),
         help="per-device state (a PVC in a cluster; env EDGEADAPT_STATE_DIR)",
+    )
+    p.add_argument(
+        "--teacher-model",
+        type=lambda v: ModelRef.parse(v, TEACHER_ARCHS),
+        help="ARCH=WEIGHTS: the teacher by architecture and weights source",
+    )
+    p.add_argument(
+        "--student-model",
+        type=lambda v: ModelRef.parse(v, STUDENT_ARCHS),
+        help="ARCH=WEIGHTS: the student the devices start from",
+    )
+    p.add_argument(
+        "--models-dir", type=Path, help="where provisioned models are kept (a volume in a cluster)"
     )
     p.add_argument("--teacher", type=Path, help="teacher checkpoint")
     p.add_argument("--student", type=Path, help="student checkpoint the devices start from")
@@ -137,6 +158,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+TERMINATION_LOG = Path("/dev/termination-log")
+
+
+def _terminate_with(message: str) -> None:
+    """Leave ``message`` where Kubernetes shows it as the container's termination reason."""
+    log.error("%s", message)
+    with contextlib.suppress(OSError):  # not in a pod
+        TERMINATION_LOG.write_text(message[-4096:])
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
@@ -151,16 +182,66 @@ def main(argv: list[str] | None = None) -> int:
     if (args.tls_cert is None or args.token_secret_file is None) and not args.insecure:
         log.error("refusing to serve without TLS and device tokens; pass --insecure to allow it")
         return 2
+    if (args.teacher_model or args.student_model) and args.models_dir is None:
+        log.error("--teacher-model and --student-model need --models-dir")
+        return 2
 
+    from edgeadapt.stream.auth import load_secret, status_token
+    from edgeadapt.trainer.metrics import TrainerMetrics
+
+    secret = load_secret(args.token_secret_file) if args.token_secret_file else None
+    trainer_id = os.environ.get("EDGEADAPT_TRAINER_NAME") or socket.gethostname()
+    metrics = TrainerMetrics()
+    # The endpoint opens before the models load (training synthetic ones takes minutes): the
+    # kubelet sees a live process, and /status says what it is doing.
+    parts: dict[str, Any] = {"phase": "provisioning"}
+
+    def status() -> dict[str, Any]:
+        hub, server = parts.get("hub"), parts.get("server")
+        if hub is None or server is None:
+            return {"trainer": trainer_id, "phase": parts["phase"], "devices": []}
+        return {
+            "trainer": trainer_id,
+            "phase": parts["phase"],
+            "device": parts["device"],
+            **hub.status(),
+            "refused": server.servicer.refusals(),
+        }
+
+    def healthy() -> bool:
+        hub = parts.get("hub")
+        return parts["phase"] != "failed" and (hub is None or hub.healthy())
+
+    http = HTTPEndpoint(
+        args.http_listen,
+        metrics.registry,
+        status,
+        healthy,
+        ready=lambda: parts["phase"] == "serving" and healthy(),
+        status_token=status_token(secret) if secret else None,
+    )
+    try:
+        return _serve(args, parts, metrics, secret, trainer_id, http)
+    finally:
+        http.close()
+
+
+def _serve(
+    args: argparse.Namespace,
+    parts: dict[str, Any],
+    metrics: Any,
+    secret: bytes | None,
+    trainer_id: str,
+    http: HTTPEndpoint,
+) -> int:
     import torch
 
     from edgeadapt.models.cache import ensure_checkpoint
+    from edgeadapt.models.provision import ProvisionError, provision
     from edgeadapt.models.train import pick_device
     from edgeadapt.models.zoo import checkpoint_input_size, load_checkpoint_model
-    from edgeadapt.stream.auth import load_secret
     from edgeadapt.stream.tls import server_credentials
     from edgeadapt.trainer.hub import Hub, HubConfig
-    from edgeadapt.trainer.metrics import TrainerMetrics
     from edgeadapt.trainer.server import TrainerServer, serve
     from edgeadapt.trainer.store import DeviceStore
 
@@ -168,9 +249,30 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     if device.type == "cpu":
         log.info("no CUDA device; training on CPU with %d thread(s)", args.threads)
-    teacher = load_checkpoint_model(args.teacher or ensure_checkpoint("teacher", args.profile))
-    student_path = args.student or ensure_checkpoint("student", args.profile)
-    student = load_checkpoint_model(student_path)
+    try:
+        teacher_path = (
+            provision(args.teacher_model, "teacher", args.models_dir)
+            if args.teacher_model
+            else args.teacher or ensure_checkpoint("teacher", args.profile)
+        )
+        student_path = (
+            provision(args.student_model, "student", args.models_dir)
+            if args.student_model
+            else args.student or ensure_checkpoint("student", args.profile)
+        )
+        teacher = load_checkpoint_model(teacher_path)
+        student = load_checkpoint_model(student_path)
+    except (ProvisionError, OSError, ValueError) as exc:
+        parts["phase"] = "failed"
+        _terminate_with(f"cannot provision the models: {exc}")
+        return 3
+    if teacher.config.get("num_classes") != student.config.get("num_classes"):
+        parts["phase"] = "failed"
+        _terminate_with(
+            f"the teacher predicts {teacher.config.get('num_classes')} classes and the student "
+            f"{student.config.get('num_classes')}: they must label the same classes"
+        )
+        return 3
     if args.input_size:
         w, _, h = args.input_size.lower().partition("x")
         input_size: tuple[int, int] | None = (int(w), int(h))
@@ -188,8 +290,6 @@ def main(argv: list[str] | None = None) -> int:
         phi_target=args.phi_target,
         atr=args.adaptive_interval == "Enabled",
     )
-    trainer_id = os.environ.get("EDGEADAPT_TRAINER_NAME") or socket.gethostname()
-    metrics = TrainerMetrics()
     config = HubConfig(
         ams=ams,
         input_size=input_size,
@@ -210,24 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     credentials = (
         server_credentials(args.tls_cert, args.tls_key, args.client_ca) if args.tls_cert else None
     )
-    secret = load_secret(args.token_secret_file) if args.token_secret_file else None
-    server = TrainerServer(hub, args.listen, credentials, secret)
-    ready = {"healthy": False}
-    http = HTTPEndpoint(
-        args.http_listen,
-        metrics.registry,
-        lambda: {"trainer": trainer_id, "device": str(device), **hub.status()},
-        lambda: ready["healthy"] and hub.healthy(),
-    )
+    server = TrainerServer(hub, args.listen, credentials, secret, starting_model=student_path)
+    parts.update(hub=hub, server=server, device=str(device))
 
     def started(port: int) -> None:
-        ready["healthy"] = True
+        parts["phase"] = "serving"
         write_ready_file(args.ready_file, grpc_port=port, http_port=http.port)
 
-    try:
-        asyncio.run(serve(server, started))
-    finally:
-        http.close()
+    asyncio.run(serve(server, started))
     return 0
 
 

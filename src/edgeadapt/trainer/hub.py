@@ -133,6 +133,11 @@ class Device:
     chain_lock: threading.Lock = field(default_factory=threading.Lock)  # chain, acks; never long
     chain: list[PendingUpdate] = field(default_factory=list)
     acked_version: int = 0
+    # What the agent runs, as it last told us (Register, or an applied update's ack), and when
+    # it last applied an update (wall clock).
+    agent_version: int | None = None
+    agent_checksum: int | None = None
+    last_applied: float | None = None
     last_frame_time: float = 0.0
     scores: collections.deque[Score] = field(default_factory=lambda: collections.deque(maxlen=4096))
     frames: int = 0
@@ -295,6 +300,7 @@ class Hub:
         # A device that registers with adapt=false is scored only, whatever it did before; its
         # session (if any) is kept for the day it adapts again.
         dev.adapt = register.adapt
+        dev.agent_version, dev.agent_checksum = register.model_version, register.model_checksum
         if dev.adapt and dev.session is None:
             dev.session = self._new_session()
         with dev.conn_lock:
@@ -367,6 +373,9 @@ class Hub:
             return
         with dev.chain_lock:
             if ack.applied:
+                known = {k.version: k.checksum for k in dev.chain} | {dev.version: dev.checksum}
+                dev.agent_version, dev.agent_checksum = ack.version, known.get(ack.version)
+                dev.last_applied = time.time()
                 dev.acked_version = max(dev.acked_version, ack.version)
                 dev.chain = [k for k in dev.chain if k.version > dev.acked_version]
             if dev.snapshot_in_flight is not None and (
@@ -940,6 +949,17 @@ class Hub:
             "model_version": dev.version,
             "acked_version": acked,
             "model_checksum": f"{dev.checksum:08x}",
+            "agent_model_version": dev.agent_version,
+            "agent_model_checksum": None
+            if dev.agent_checksum is None
+            else f"{dev.agent_checksum:08x}",
+            # The agent runs a version we produced (equal checksums) at most the update in
+            # flight behind: what the operator shows as ModelDeployed.
+            "agent_in_step": dev.agent_version is not None
+            and dev.agent_checksum is not None
+            and dev.version - dev.agent_version <= 1
+            and checksums.get(str(dev.agent_version)) == f"{dev.agent_checksum:08x}",
+            "last_update_time": dev.last_applied,
             "checksums": checksums,
             "frames": dev.frames,
             "batches": dev.batches,

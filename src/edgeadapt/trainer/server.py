@@ -10,11 +10,14 @@ hub's worker thread hands messages back through the event loop.
 from __future__ import annotations
 
 import asyncio
+import collections
+import hashlib
 import logging
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
@@ -40,6 +43,8 @@ OUT_QUEUE = 64  # messages waiting to be written on one stream; beyond it the st
 HUB_THREADS = 8  # attach, resync (may wait for a training phase) and ack
 DECODE_THREADS = 2
 SUBMIT_RETRY = 0.05  # seconds between tries to queue a batch while the hub's queue is full
+MODEL_CHUNK = 256 * 1024  # bytes per ModelChunk of the starting model
+REFUSALS_KEPT = 1024  # device ids whose last refused call /status remembers
 
 
 @dataclass(frozen=True)
@@ -135,9 +140,16 @@ class _Outbox:
 
 
 class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
-    def __init__(self, hub: Hub, token_secret: bytes | None) -> None:
+    def __init__(
+        self, hub: Hub, token_secret: bytes | None, starting_model: Path | None = None
+    ) -> None:
         self.hub = hub
         self.secret = token_secret
+        self.starting_model = starting_model
+        self._starting: tuple[bytes, str] | None = None
+        # device id -> (reason, wall time) of its last refused call, newest last; bounded, since
+        # the ids come from callers that could not authenticate.
+        self.refused: collections.OrderedDict[str, tuple[str, float]] = collections.OrderedDict()
         self.metrics = hub.metrics
         # Own pools: decoding must not wait behind calls that wait for a training phase, and
         # neither may take the threads the event loop's default executor lends elsewhere.
@@ -159,18 +171,64 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
         await context.abort(code, details, trailing_metadata=trailing)
         raise AssertionError("abort returned")  # pragma: no cover - abort always raises
 
+    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        """The caller's device id; a call without the device's valid token is aborted."""
+        device_id, token = from_metadata(context.invocation_metadata())
+        if self.secret is not None and not verify_token(self.secret, device_id, token):
+            self.metrics.auth_failures.inc()
+            log.warning("refused a call: bad token", extra={"device": device_id})
+            if valid_device_id(device_id):
+                self.refused[device_id] = ("Unauthenticated", time.time())
+                self.refused.move_to_end(device_id)
+                while len(self.refused) > REFUSALS_KEPT:
+                    self.refused.popitem(last=False)
+            await self._fail(
+                context, grpc.StatusCode.UNAUTHENTICATED, "missing or invalid device token"
+            )
+        self.refused.pop(device_id, None)
+        return device_id
+
+    def refusals(self) -> dict[str, dict[str, Any]]:
+        """Devices whose last call was refused: reason and time, for ``/status``."""
+        return {d: {"reason": r, "time": t} for d, (r, t) in list(self.refused.items())}
+
+    async def GetStartingModel(  # noqa: N802 - the generated servicer's name
+        self,
+        request: pb.StartingModelRequest,
+        context: grpc.aio.ServicerContext[pb.StartingModelRequest, pb.ModelChunk],
+    ) -> None:
+        device_id = await self._authenticate(context)
+        if self.secret is not None and request.device_id != device_id:
+            await self._fail(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"token is for device {device_id!r}, the request names {request.device_id!r}",
+            )
+        if self.starting_model is None:
+            await self._fail(context, grpc.StatusCode.UNAVAILABLE, "no starting model to serve")
+        if self._starting is None:
+            data = await asyncio.get_running_loop().run_in_executor(
+                self.hub_pool, self.starting_model.read_bytes
+            )
+            self._starting = (data, hashlib.sha256(data).hexdigest())
+        data, digest = self._starting
+        for offset in range(0, len(data), MODEL_CHUNK):
+            chunk = pb.ModelChunk(
+                offset=offset,
+                data=data[offset : offset + MODEL_CHUNK],
+                total_size=len(data),
+                sha256=digest,
+            )
+            await context.write(chunk)
+            self.hub.metrics.stream_bytes.labels("down").inc(chunk.ByteSize())
+        log.info("sent the starting model", extra={"device": device_id, "bytes": len(data)})
+
     async def Connect(  # noqa: N802 - the generated servicer's name
         self,
         request_iterator: Any,
         context: grpc.aio.ServicerContext[pb.AgentMessage, pb.TrainerMessage],
     ) -> None:
-        device_id, token = from_metadata(context.invocation_metadata())
-        if self.secret is not None and not verify_token(self.secret, device_id, token):
-            self.metrics.auth_failures.inc()
-            log.warning("refused a stream: bad token", extra={"device": device_id})
-            await self._fail(
-                context, grpc.StatusCode.UNAUTHENTICATED, "missing or invalid device token"
-            )
+        device_id = await self._authenticate(context)
         try:
             first = await asyncio.wait_for(context.read(), REGISTER_TIMEOUT)
         except TimeoutError:
@@ -316,11 +374,12 @@ class TrainerServer:
         listen: str,
         credentials: grpc.ServerCredentials | None,
         token_secret: bytes | None,
+        starting_model: Path | None = None,
     ) -> None:
         self.hub = hub
         self.listen = listen
         self.credentials = credentials
-        self.servicer = AdaptationServicer(hub, token_secret)
+        self.servicer = AdaptationServicer(hub, token_secret, starting_model)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: Any = None
         self.port = 0

@@ -180,3 +180,21 @@ class ModelUpdate(_message.Message):
     model_checksum: int
     snapshot: bool
     def __init__(self, version: _Optional[int] = ..., base_version: _Optional[int] = ..., num_params: _Optional[int] = ..., mask_encoding: _Optional[_Union[MaskEncoding, str]] = ..., value_type: _Optional[_Union[ValueType, str]] = ..., mask: _Optional[bytes] = ..., values: _Optional[bytes] = ..., checksum: _Optional[int] = ..., model_checksum: _Optional[int] = ..., snapshot: _Optional[bool] = ...) -> None: ...
+
+class StartingModelRequest(_message.Message):
+    __slots__ = ("device_id",)
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    def __init__(self, device_id: _Optional[str] = ...) -> None: ...
+
+class ModelChunk(_message.Message):
+    __slots__ = ("offset", "data", "total_size", "sha256")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    total_size: int
+    sha256: str
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...

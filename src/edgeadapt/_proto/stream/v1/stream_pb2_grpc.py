@@ -39,6 +39,11 @@ class AdaptationServiceStub:
                 request_serializer=edgeadapt_dot_stream_dot_v1_dot_stream__pb2.AgentMessage.SerializeToString,
                 response_deserializer=edgeadapt_dot_stream_dot_v1_dot_stream__pb2.TrainerMessage.FromString,
                 _registered_method=True)
+        self.GetStartingModel = channel.unary_stream(
+                '/edgeadapt.stream.v1.AdaptationService/GetStartingModel',
+                request_serializer=edgeadapt_dot_stream_dot_v1_dot_stream__pb2.StartingModelRequest.SerializeToString,
+                response_deserializer=edgeadapt_dot_stream_dot_v1_dot_stream__pb2.ModelChunk.FromString,
+                _registered_method=True)
 
 
 class AdaptationServiceServicer:
@@ -55,6 +60,16 @@ class AdaptationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStartingModel(self, request, context):
+        """The student checkpoint every device of this trainer starts from, in chunks. An agent with no
+        model files fetches it once (same token metadata as Connect) and keeps it on its volume; the
+        stream then brings it to the trainer's current version. UNAVAILABLE while the trainer is
+        still provisioning its models.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdaptationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +77,11 @@ def add_AdaptationServiceServicer_to_server(servicer, server):
                     servicer.Connect,
                     request_deserializer=edgeadapt_dot_stream_dot_v1_dot_stream__pb2.AgentMessage.FromString,
                     response_serializer=edgeadapt_dot_stream_dot_v1_dot_stream__pb2.TrainerMessage.SerializeToString,
+            ),
+            'GetStartingModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetStartingModel,
+                    request_deserializer=edgeadapt_dot_stream_dot_v1_dot_stream__pb2.StartingModelRequest.FromString,
+                    response_serializer=edgeadapt_dot_stream_dot_v1_dot_stream__pb2.ModelChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,6 +111,33 @@ class AdaptationService:
             '/edgeadapt.stream.v1.AdaptationService/Connect',
             edgeadapt_dot_stream_dot_v1_dot_stream__pb2.AgentMessage.SerializeToString,
             edgeadapt_dot_stream_dot_v1_dot_stream__pb2.TrainerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStartingModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/edgeadapt.stream.v1.AdaptationService/GetStartingModel',
+            edgeadapt_dot_stream_dot_v1_dot_stream__pb2.StartingModelRequest.SerializeToString,
+            edgeadapt_dot_stream_dot_v1_dot_stream__pb2.ModelChunk.FromString,
             options,
             channel_credentials,
             insecure,
