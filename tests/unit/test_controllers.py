@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from edgeadapt.api import keys
 from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE
-from edgeadapt.controllers import adaptationpolicy, edgedevice, modelzoo
+from edgeadapt.controllers import adaptationpolicy, edgedevice, modelzoo, security
 from edgeadapt.controllers.binding import Capacity, TrainerPool
 from edgeadapt.controllers.common import (
     POD,
@@ -15,15 +16,88 @@ from edgeadapt.controllers.common import (
     ChildFailure,
     Images,
     Owner,
+    Plan,
     child_failure_status,
     spec_hash,
     status_differs,
     transition_events,
 )
+from edgeadapt.controllers.observe import PolicyFigures, TrainerObservation
 from edgeadapt.controllers.rbac import required_rules
+from edgeadapt.pki import issue, new_ca
+from edgeadapt.stream.auth import mint_token
 
 NOW = "2026-01-01T00:00:00Z"
 IMAGES = Images()
+KEY = b"0123456789abcdef" * 4
+CA = new_ca("test-ca")
+
+
+def decide_device(
+    dev: dict[str, Any],
+    binding: edgedevice.Binding,
+    *,
+    pod: dict[str, Any] | None,
+    secret_exists: bool,
+    images: Images = IMAGES,
+    now: str,
+    observation: TrainerObservation | None = None,
+    key: bytes | None = KEY,
+    claim: bool = True,
+) -> Plan:
+    """edgedevice.decide with the device's token minted and the CA published, unless told."""
+    owner = Owner.of(EDGE_DEVICE, dev)
+    token = security.device_token_secret(owner, KEY) if secret_exists else None
+    return edgedevice.decide(
+        dev,
+        binding,
+        pod=pod,
+        token_secret=token,
+        claim_exists=claim,
+        policy_key=key,
+        ca_published=True,
+        observation=observation,
+        images=images,
+        now=now,
+        now_ts=1e9,
+    )
+
+
+def decide_policy(pol: dict[str, Any], **kw: Any) -> Plan:
+    """adaptationpolicy.decide with its key, the CA and no trainer pods, unless told."""
+    defaults: dict[str, Any] = {
+        "token_key": KEY,
+        "new_key": b"n" * 64,
+        "ca": CA,
+        "tls": issue(CA, "t", ("pol-trainer.ns.svc",)),
+        "trainer_pods": [],
+        "figures": PolicyFigures(),
+    }
+    return adaptationpolicy.decide(pol, **(defaults | kw))
+
+
+def serving(*devices: dict[str, Any]) -> TrainerObservation:
+    """A trainer that serves ``devices`` (its /status views)."""
+    return TrainerObservation(1e9, True, phase="serving", devices={d["id"]: d for d in devices})
+
+
+def view(name: str = "cam", **fields: Any) -> dict[str, Any]:
+    """The trainer's view of a connected device in step with it."""
+    return {
+        "id": name,
+        "adapt": True,
+        "connected": True,
+        "model_version": 5,
+        "agent_model_version": 5,
+        "model_checksum": "0000abcd",
+        "agent_model_checksum": "0000abcd",
+        "agent_in_step": True,
+        "miou_teacher_last_60s": 81.5,
+        "uplink_kbps": 120.0,
+        "downlink_kbps": 150.0,
+        "sampling_rate_fps": 0.5,
+        "last_update_time": 1e9 - 5,
+    } | fields
 
 
 def device(name: str = "cam", generation: int = 1, **spec: Any) -> dict[str, Any]:
@@ -68,9 +142,7 @@ def conditions(plan_status: dict[str, Any]) -> dict[str, tuple[str, str]]:
 def test_new_device_gets_a_secret_and_an_agent_pod_on_its_edge_node() -> None:
     pool = TrainerPool(Capacity.of({}))
     binding = edgedevice.resolve_binding(device(), policy(), pool)
-    plan = edgedevice.decide(
-        device(), binding, pod=None, secret_exists=False, token="t0k", images=IMAGES, now=NOW
-    )
+    plan = decide_device(device(), binding, pod=None, secret_exists=False, images=IMAGES, now=NOW)
     kinds = [(a.kind, a.name, a.mode) for a in plan.apply]
     assert kinds == [(SECRET, "cam-agent-token", "create"), (POD, "cam-agent", "replace")]
     pod = plan.apply[1].body
@@ -85,10 +157,21 @@ def test_new_device_gets_a_secret_and_an_agent_pod_on_its_edge_node() -> None:
         "uid": "uid-1",
         "controller": True,
     }
-    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
-    assert (
-        env["EDGEADAPT_TRAINER_ENDPOINT"] == "pol-trainer-0.pol-trainer.ns.svc.cluster.local:50051"
+    container = pod["spec"]["containers"][0]
+    args = container["args"]
+    assert args[args.index("--trainer") + 1] == (
+        "pol-trainer-0.pol-trainer.ns.svc.cluster.local:50051"
     )
+    # The token comes from the device's Secret, the CA bundle from the policy's ConfigMap, the
+    # model is kept on the device's claim: no model files in the pod.
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["token"]["secret"]["secretName"] == "cam-agent-token"
+    assert volumes["ca"]["configMap"]["name"] == "pol-trainer-ca"
+    assert volumes["state"]["persistentVolumeClaim"]["claimName"] == "cam-agent-state"
+    assert "--student" not in args
+    # The token is the HMAC of the device's name under the policy's key.
+    token = base64.b64decode(plan.apply[0].body["data"]["token"]).decode()
+    assert token == mint_token(KEY, "cam")
     assert conditions(plan.status)["Ready"] == ("False", "AgentPending")
     assert conditions(plan.status)["Reconciling"] == ("True", "Progressing")
     assert plan.status["trainer"] == "pol-trainer-0"
@@ -97,7 +180,7 @@ def test_new_device_gets_a_secret_and_an_agent_pod_on_its_edge_node() -> None:
 
 def test_selector_placement_adds_the_edge_role() -> None:
     dev = device(node={"selector": {"zone": "b"}})
-    pod = edgedevice.agent_pod(Owner.of(EDGE_DEVICE, dev), dev["spec"], "", IMAGES)
+    pod = edgedevice.agent_pod(Owner.of(EDGE_DEVICE, dev), dev["spec"], "", "pol", IMAGES)
     assert "nodeName" not in pod["spec"]
     assert pod["spec"]["nodeSelector"] == {keys.EDGE_NODE_ROLE: "", "zone": "b"}
 
@@ -106,21 +189,28 @@ def test_ready_device_writes_nothing_when_nothing_changed() -> None:
     pool = TrainerPool(Capacity.of({}))
     dev = device()
     binding = edgedevice.resolve_binding(dev, policy(), pool)
-    first = edgedevice.decide(
-        dev, binding, pod=None, secret_exists=True, token="t", images=IMAGES, now=NOW
-    )
+    first = decide_device(dev, binding, pod=None, secret_exists=True, images=IMAGES, now=NOW)
     pod = running_pod(
         first.apply[0].body | {"spec": {**first.apply[0].body["spec"], "nodeName": "edge-0"}}
     )
-    second = edgedevice.decide(
-        dev, binding, pod=pod, secret_exists=True, token="t", images=IMAGES, now=NOW
+    # A running pod is not enough: the trainer must see the agent, in step with it.
+    waiting = decide_device(dev, binding, pod=pod, secret_exists=True, images=IMAGES, now=NOW)
+    assert conditions(waiting.status)["Ready"] == ("False", "TrainerUnavailable")
+    assert conditions(waiting.status)["AgentReady"] == ("True", "Succeeded")
+    second = decide_device(
+        dev, binding, pod=pod, secret_exists=True, now=NOW, observation=serving(view())
     )
     assert conditions(second.status)["Ready"] == ("True", "Succeeded")
+    assert conditions(second.status)["AgentConnected"] == ("True", "Succeeded")
+    assert conditions(second.status)["ModelDeployed"] == ("True", "Succeeded")
+    assert second.status["modelVersion"] == 5
+    assert second.status["accuracy"] == {"miouVsTeacher": 0.815}
+    assert second.status["bandwidth"] == {"uplinkKbps": 120.0, "downlinkKbps": 150.0}
     assert "Reconciling" not in conditions(second.status)
     assert [e.reason for e in second.events] == ["Succeeded"]
     dev["status"] = second.status
-    third = edgedevice.decide(
-        dev, binding, pod=pod, secret_exists=True, token="t", images=IMAGES, now="later"
+    third = decide_device(
+        dev, binding, pod=pod, secret_exists=True, now="later", observation=serving(view())
     )
     assert third.status == {}
     assert third.apply == []
@@ -132,25 +222,19 @@ def test_changed_spec_replaces_the_pod() -> None:
     old = device()
     binding = edgedevice.resolve_binding(old, policy(), pool)
     pod = running_pod(
-        edgedevice.decide(
-            old, binding, pod=None, secret_exists=True, token="t", images=IMAGES, now=NOW
-        )
+        decide_device(old, binding, pod=None, secret_exists=True, images=IMAGES, now=NOW)
         .apply[0]
         .body
     )
     new = device(generation=2, video={"uri": "rtsp://y/2"})
-    plan = edgedevice.decide(
-        new, binding, pod=pod, secret_exists=True, token="t", images=IMAGES, now=NOW
-    )
+    plan = decide_device(new, binding, pod=pod, secret_exists=True, images=IMAGES, now=NOW)
     assert [(d.kind, d.name) for d in plan.delete] == [(POD, "cam-agent")]
     assert plan.status["observedGeneration"] == 2
 
 
 def test_missing_policy_is_named_and_stalls() -> None:
     binding = edgedevice.resolve_binding(device(), None, None)
-    plan = edgedevice.decide(
-        device(), binding, pod=None, secret_exists=True, token="t", images=IMAGES, now=NOW
-    )
+    plan = decide_device(device(), binding, pod=None, secret_exists=True, images=IMAGES, now=NOW)
     conds = conditions(plan.status)
     assert conds["Ready"] == ("False", "PolicyNotFound")
     assert conds["Stalled"] == ("True", "PolicyNotFound")
@@ -168,12 +252,11 @@ def test_unselected_and_suspended_devices_release_their_slot() -> None:
     binding = edgedevice.resolve_binding(suspended, policy(), pool)
     assert binding.reason == "Suspended"
     assert pool.devices_bound == 0
-    plan = edgedevice.decide(
+    plan = decide_device(
         suspended,
         binding,
         pod={"metadata": {}},
         secret_exists=True,
-        token="t",
         images=IMAGES,
         now=NOW,
     )
@@ -183,7 +266,7 @@ def test_unselected_and_suspended_devices_release_their_slot() -> None:
 
 def test_policy_runs_gpu_trainers_sized_by_the_bound_devices() -> None:
     pol = policy(gpu={"gpusPerTrainer": 2, "devicesPerGPU": 4}, ams={"iterations": 20})
-    plan = adaptationpolicy.decide(
+    plan = decide_policy(
         pol,
         zoo=None,
         trainers_wanted=3,
@@ -193,16 +276,30 @@ def test_policy_runs_gpu_trainers_sized_by_the_bound_devices() -> None:
         images=IMAGES,
         now=NOW,
     )
-    by_kind = {a.kind.kind: a.body for a in plan.apply}
-    sts = by_kind["StatefulSet"]
+    by_name = {(a.kind.kind, a.name): a for a in plan.apply}
+    sts = by_name["StatefulSet", "pol-trainer"].body
     assert sts["spec"]["replicas"] == 3
     assert sts["spec"]["podManagementPolicy"] == "Parallel"
     container = sts["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"][keys.GPU_RESOURCE] == "2"
-    assert sts["spec"]["template"]["metadata"]["annotations"][keys.CONFIG_HASH] == spec_hash(
-        by_kind["ConfigMap"]["data"]
+    annotations = sts["spec"]["template"]["metadata"]["annotations"]
+    assert annotations[keys.CONFIG_HASH] == spec_hash(
+        by_name["ConfigMap", "pol-trainer"].body["data"]
     )
-    assert by_kind["Service"]["spec"]["clusterIP"] == "None"
+    assert annotations[keys.TOKEN_KEY_HASH] == security.fingerprint(KEY)
+    assert by_name["Service", "pol-trainer"].body["spec"]["clusterIP"] == "None"
+    # Credentials: the key is created once (never patched), the certificate and CA bundle kept
+    # in step; the trainer mounts them and its claim, and is launched to use them.
+    assert by_name["Secret", "pol-token-key"].mode == "create"
+    tls = by_name["Secret", "pol-trainer-tls"].body
+    assert tls["type"] == "kubernetes.io/tls"
+    assert set(tls["data"]) == {"tls.crt", "tls.key", "ca.crt"}
+    assert by_name["ConfigMap", "pol-trainer-ca"].body["data"]["ca.crt"] == CA.cert.decode()
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    args = container["args"]
+    assert args[args.index("--teacher-model") + 1] == "lraspp_mobilenet_v3_large=synthetic:bench"
+    assert args[args.index("--token-secret-file") + 1] == "/etc/edgeadapt/token-key/key"
     assert conditions(plan.status)["Ready"] == ("False", "TrainersPending")
     assert plan.status["devicesBound"] == 20
     assert plan.status["capacity"] == 2 * 4 * 4
@@ -220,7 +317,7 @@ def test_trainer_resources_come_from_the_policy_over_the_defaults() -> None:
 
 def test_policy_is_ready_when_its_trainers_are() -> None:
     pol = policy()
-    first = adaptationpolicy.decide(
+    first = decide_policy(
         pol,
         zoo=None,
         trainers_wanted=1,
@@ -235,7 +332,7 @@ def test_policy_is_ready_when_its_trainers_are() -> None:
         "metadata": sts["metadata"] | {"generation": 1},
         "status": {"observedGeneration": 1, "readyReplicas": 1, "updatedReplicas": 1},
     }
-    plan = adaptationpolicy.decide(
+    plan = decide_policy(
         pol,
         zoo=None,
         trainers_wanted=1,
@@ -252,7 +349,7 @@ def test_policy_is_ready_when_its_trainers_are() -> None:
 
 def test_policy_names_its_missing_zoo() -> None:
     pol = policy(strategy="recl", modelZooRef={"name": "zoo-q"})
-    plan = adaptationpolicy.decide(
+    plan = decide_policy(
         pol,
         zoo=None,
         trainers_wanted=0,
@@ -296,10 +393,10 @@ def all_children() -> list[tuple[str, dict[str, Any]]]:
     """Every child any kind's decide function builds."""
     pool = TrainerPool(Capacity.of({}))
     binding = edgedevice.resolve_binding(device(), policy(), pool)
-    dev_plan = edgedevice.decide(
-        device(), binding, pod=None, secret_exists=False, token="t", images=IMAGES, now=NOW
+    dev_plan = decide_device(
+        device(), binding, pod=None, secret_exists=False, images=IMAGES, now=NOW
     )
-    pol_plan = adaptationpolicy.decide(
+    pol_plan = decide_policy(
         policy(),
         zoo=None,
         trainers_wanted=1,
@@ -341,41 +438,43 @@ def test_children_do_not_block_owner_deletion() -> None:
     assert not any(resource.endswith("/finalizers") for _, resource, _ in granted)
 
 
-def healthz(probe: dict[str, Any]) -> dict[str, Any]:
-    assert probe["httpGet"] == {"path": "/healthz", "port": "metrics"}
-    return probe
+def probe(container: dict[str, Any], kind: str, path: str) -> dict[str, Any]:
+    found = container[kind]
+    assert found["httpGet"] == {"path": path, "port": "metrics"}
+    return dict(found)
 
 
-def test_trainer_is_probed_for_liveness_after_a_generous_startup() -> None:
+def test_trainer_is_probed_for_readiness_and_liveness() -> None:
     pol = policy()
     sts = adaptationpolicy.stateful_set(
-        Owner.of(ADAPTATION_POLICY, pol), pol["spec"], 1, "h", IMAGES
+        Owner.of(ADAPTATION_POLICY, pol), pol["spec"], 1, "h", "k", IMAGES
     )
     container = sts["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "metrics", "containerPort": keys.METRICS_PORT} in container["ports"]
     assert keys.METRICS_PORT == 9090
-    healthz(container["readinessProbe"])
-    live = healthz(container["livenessProbe"])
-    start = healthz(container["startupProbe"])
-    # Liveness counts only once the startup probe has passed: loading the teacher and student
-    # (30-60 s) has minutes, a dead worker thread is noticed within half a minute.
-    assert start["periodSeconds"] * start["failureThreshold"] >= 180
+    # Ready once it serves; alive (and so not restarted) while it provisions its models, which
+    # opens the endpoint first. A dead worker thread is noticed within half a minute.
+    probe(container, "readinessProbe", "/readyz")
+    live = probe(container, "livenessProbe", "/healthz")
+    probe(container, "startupProbe", "/healthz")
     assert live["periodSeconds"] * live["failureThreshold"] <= 60
     assert live["failureThreshold"] >= 3
     assert 0 < live["timeoutSeconds"] < live["periodSeconds"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
 
-def test_edge_agent_is_probed_for_liveness() -> None:
+def test_edge_agent_is_probed_for_readiness_and_liveness() -> None:
     dev = device()
-    pod = edgedevice.agent_pod(Owner.of(EDGE_DEVICE, dev), dev["spec"], "", IMAGES)
+    pod = edgedevice.agent_pod(Owner.of(EDGE_DEVICE, dev), dev["spec"], "", "pol", IMAGES)
     container = pod["spec"]["containers"][0]
     assert container["ports"] == [{"name": "metrics", "containerPort": keys.METRICS_PORT}]
-    live = healthz(container["livenessProbe"])
-    start = healthz(container["startupProbe"])
-    assert start["periodSeconds"] * start["failureThreshold"] >= 60
+    probe(container, "readinessProbe", "/readyz")
+    live = probe(container, "livenessProbe", "/healthz")
     assert live["periodSeconds"] * live["failureThreshold"] <= 60
     assert live["failureThreshold"] >= 3
     assert 0 < live["timeoutSeconds"] < live["periodSeconds"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
 
 def failed(action: str, kind: str, name: str, error: str, refused: bool = True) -> ChildFailure:
@@ -386,9 +485,7 @@ def test_a_child_that_cannot_be_created_shows_in_status() -> None:
     pool = TrainerPool(Capacity.of({}))
     dev = device(generation=3)
     binding = edgedevice.resolve_binding(dev, policy(), pool)
-    plan = edgedevice.decide(
-        dev, binding, pod=None, secret_exists=True, token="t", images=IMAGES, now=NOW
-    )
+    plan = decide_device(dev, binding, pod=None, secret_exists=True, images=IMAGES, now=NOW)
     quota = 'pods "cam-agent" is forbidden: exceeded quota: q, requested: pods=1'
     status = child_failure_status(
         dev.get("status"),
@@ -416,8 +513,8 @@ def test_a_child_that_cannot_be_created_shows_in_status() -> None:
     dev["status"] = status
     again = child_failure_status(
         status,
-        edgedevice.decide(
-            dev, binding, pod=None, secret_exists=True, token="t", images=IMAGES, now="later"
+        decide_device(
+            dev, binding, pod=None, secret_exists=True, images=IMAGES, now="later"
         ).status,
         [failed("create", "Pod", "cam-agent", quota)],
         generation=3,
@@ -426,8 +523,8 @@ def test_a_child_that_cannot_be_created_shows_in_status() -> None:
     assert not status_differs(status, again)
 
     # Once the pod can be created, the decided status replaces the failure.
-    recovered = edgedevice.decide(
-        dev, binding, pod=None, secret_exists=True, token="t", images=IMAGES, now="later"
+    recovered = decide_device(
+        dev, binding, pod=None, secret_exists=True, images=IMAGES, now="later"
     )
     assert conditions(recovered.status)["Ready"] == ("False", "AgentPending")
     assert "Stalled" not in conditions(recovered.status)

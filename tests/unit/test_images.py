@@ -110,12 +110,14 @@ def _command(workload: str) -> list[str]:
     meta = {"metadata": {"name": "x", "namespace": "ns", "uid": "u", "generation": 1}}
     images_ = Images()
     if workload == "trainer":
-        body = adaptationpolicy.stateful_set(Owner.of(ADAPTATION_POLICY, meta), {}, 1, "h", images_)
+        body = adaptationpolicy.stateful_set(
+            Owner.of(ADAPTATION_POLICY, meta), {}, 1, "h", "k", images_
+        )
         return list(body["spec"]["template"]["spec"]["containers"][0]["command"])
     if workload == "gating":
         body = modelzoo.deployment(Owner.of(MODEL_ZOO, meta), {}, images_)
         return list(body["spec"]["template"]["spec"]["containers"][0]["command"])
-    body = edgedevice.agent_pod(Owner.of(EDGE_DEVICE, meta), {}, "", images_)
+    body = edgedevice.agent_pod(Owner.of(EDGE_DEVICE, meta), {}, "", "p", images_)
     return list(body["spec"]["containers"][0]["command"])
 
 

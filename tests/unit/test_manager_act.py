@@ -4,11 +4,13 @@ object's status (and is retried), and the status recovers once the child can be 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from typing import Any
 
 import pytest
 
+from edgeadapt.api import keys
 from edgeadapt.operator.kube import ApiError
 from edgeadapt.operator.manager import ChildApplyError, Manager
 
@@ -72,6 +74,24 @@ def forbidden(message: str) -> ApiError:
 def manager(kube: FakeKube) -> Manager:
     mgr = Manager(kube=kube)  # type: ignore[arg-type]
     mgr.on_event("adaptationpolicies", None, obj("AdaptationPolicy", "pol"))
+    # The policy's credentials exist, so its devices' agents may start.
+    labels = {keys.ADAPTATION_POLICY_LABEL: "pol"}
+    mgr.on_event(
+        "secrets",
+        None,
+        {
+            "metadata": {"name": "pol-token-key", "namespace": NS, "labels": labels},
+            "data": {"key": base64.b64encode(b"k" * 64).decode()},
+        },
+    )
+    mgr.on_event(
+        "configmaps",
+        None,
+        {
+            "metadata": {"name": "pol-trainer-ca", "namespace": NS, "labels": labels},
+            "data": {"ca.crt": "-----BEGIN CERTIFICATE-----"},
+        },
+    )
     mgr.on_event(
         "edgedevices",
         None,

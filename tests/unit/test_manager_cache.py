@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from edgeadapt.api.keys import MODEL_ZOO_LABEL as ZOO
 from edgeadapt.operator.manager import Manager, slim
 
 
@@ -78,9 +79,9 @@ def test_child_events_queue_the_owner_and_keep_only_what_is_read() -> None:
         mgr = Manager(kube=None)  # type: ignore[arg-type]
         mgr.on_event("pods", "ADDED", pod)
         mgr.on_event("pods", "MODIFIED", pod)  # the same owner is queued once
-        trainer_pod = {"metadata": {"name": "p-trainer-0", "namespace": "a", "labels": {}}}
-        mgr.on_event("pods", "ADDED", trainer_pod)  # not an agent: ignored
-        assert ("pods", "a", "p-trainer-0") not in mgr.children
+        gating = {"metadata": {"name": "z-gating-1", "namespace": "a", "labels": {ZOO: "z"}}}
+        mgr.on_event("pods", "ADDED", gating)  # its Deployment speaks for it: ignored
+        assert ("pods", "a", "z-gating-1") not in mgr.children
         return len(mgr.queue)
 
     assert asyncio.run(scenario()) == 1

@@ -29,6 +29,8 @@ STALLED = "Stalled"
 # EdgeDevice.
 TRAINER_BOUND = "TrainerBound"
 AGENT_READY = "AgentReady"
+AGENT_CONNECTED = "AgentConnected"
+MODEL_DEPLOYED = "ModelDeployed"
 # ModelZoo.
 STORAGE_BOUND = "StorageBound"
 GATING_AVAILABLE = "GatingAvailable"
@@ -68,6 +70,21 @@ class Reason:
     """The gating Deployment has fewer available pods than wanted."""
     NOT_REFERENCED = "NotReferenced"
     """The policy names no ModelZoo, so there is nothing to resolve."""
+    NOT_CONNECTED = "NotConnected"
+    """The trainer is reachable and has no stream from the device's agent."""
+    UNAUTHENTICATED = "Unauthenticated"
+    """The trainer refused the agent's last call: its token is missing or wrong (the operator
+    re-mints it from the policy's key)."""
+    TRAINER_UNAVAILABLE = "TrainerUnavailable"
+    """The device's trainer is not ready, or its /status did not answer."""
+    MODEL_BEHIND = "ModelBehind"
+    """The agent runs an older version than the trainer's current one (more than the update in
+    flight), or one whose checksum differs from the trainer's for that version."""
+    WAITING_FOR_CREDENTIALS = "WaitingForCredentials"
+    """The policy's token key or TLS material does not exist yet."""
+    MODEL_PROVISIONING_FAILED = "ModelProvisioningFailed"
+    """A trainer could not fetch, verify or train the policy's teacher or student; the message
+    names the source and the error."""
     CHILD_APPLY_FAILED = "ChildApplyFailed"
     """The API server refused (or did not answer) a write of a child; the message names the
     child and the error. Retried with backoff; the status recovers once the write succeeds."""

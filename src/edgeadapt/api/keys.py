@@ -21,6 +21,8 @@ ADAPTATION_POLICY_LABEL = f"{GROUP}/adaptation-policy"
 SPEC_HASH = f"{GROUP}/spec-hash"
 # Hash of the trainer ConfigMap's data, stamped on the trainer pod template so edits roll it.
 CONFIG_HASH = f"{GROUP}/config-hash"
+# Fingerprint of the policy's token key on the trainer pod template: rotating the key rolls them.
+TOKEN_KEY_HASH = f"{GROUP}/token-key-hash"
 
 # KubeEdge's edge-node role label and taint.
 EDGE_NODE_ROLE = "node-role.kubernetes.io/edge"

@@ -186,6 +186,7 @@ class AgentLaunch:
     student_file: str | None = None  # without it, the starting model comes from the trainer
     state_dir: str | None = None
     adapt: bool = True
+    loop: bool = False  # a video that ends starts again (a device runs until it is deleted)
     http_listen: str = "0.0.0.0:9090"
     max_pending: int | None = None
     backoff_max: float | None = None
@@ -210,6 +211,7 @@ class AgentLaunch:
         _flag(out, "--student", self.student_file)
         _flag(out, "--state-dir", self.state_dir)
         _flag(out, "--no-adapt", not self.adapt)
+        _flag(out, "--loop", self.loop)
         _flag(out, "--http-listen", self.http_listen)
         _flag(out, "--max-pending", self.max_pending)
         _flag(out, "--backoff-max", self.backoff_max)

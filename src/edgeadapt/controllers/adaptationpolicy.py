@@ -5,17 +5,22 @@ Children (deterministic names, owned by the AdaptationPolicy):
 - Service ``<policy>-trainer``: headless, the trainers' gRPC port; it gives every trainer pod the
   stable name ``<policy>-trainer-<i>.<policy>-trainer`` that bound devices are told.
 - StatefulSet ``<policy>-trainer``: one pod per trainer, each requesting ``gpusPerTrainer``
-  ``nvidia.com/gpu`` on GPU nodes. Its replica count is the number of trainers the bound devices
-  need (see ``binding``); the ConfigMap's hash on the pod template rolls trainers on an edit.
+  ``nvidia.com/gpu`` on GPU nodes, started by the launch contract (``edgeadapt.api.launch``):
+  its teacher and student by architecture and weights source, provisioned into its claim from
+  ``volumeClaimTemplates`` (with the per-device state). Its replica count is the number of
+  trainers the bound devices need (see ``binding``); the ConfigMap's and the token key's hashes on
+  the pod template roll trainers on an edit or a key rotation.
+- The security material of ``security``: the token key Secret, the trainers' TLS Secret and the
+  CA ConfigMap agents trust.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from edgeadapt.api import keys
+from edgeadapt.api import keys, launch
 from edgeadapt.api.conditions import (
     MODEL_ZOO_RESOLVED,
     READY,
@@ -29,9 +34,11 @@ from edgeadapt.api.conditions import (
     is_ready,
 )
 from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, GROUP
+from edgeadapt.controllers import security
 from edgeadapt.controllers.binding import Capacity
 from edgeadapt.controllers.common import (
     CONFIG_MAP,
+    SECRET,
     SERVICE,
     STATEFUL_SET,
     Apply,
@@ -40,7 +47,8 @@ from edgeadapt.controllers.common import (
     Owner,
     Plan,
     child_metadata,
-    healthz_probe,
+    hardened,
+    http_probe,
     rules,
     selector_labels,
     spec_hash,
@@ -48,7 +56,8 @@ from edgeadapt.controllers.common import (
     status_with_conditions,
     transition_events,
 )
-from edgeadapt.controllers.modelzoo import gating_endpoint
+from edgeadapt.controllers.observe import PolicyFigures
+from edgeadapt.pki import KeyPair
 
 RBAC_RULES = rules(
     (GROUP, "adaptationpolicies", "get list watch"),
@@ -56,34 +65,73 @@ RBAC_RULES = rules(
     (GROUP, "modelzoos", "get list watch"),
     ("", "configmaps", "get list watch create patch"),
     ("", "services", "get list watch create patch"),
+    ("", "secrets", "get list watch create patch"),
+    ("", "pods", "get list watch"),
     ("apps", "statefulsets", "get list watch create patch"),
 )
 
 COMPONENT = "trainer"
-CONFIG_FILE = "policy.json"
+CONFIG_FILE = launch.CONFIG_FILE
+DEFAULT_WEIGHTS = {"synthetic": "bench"}
+DEFAULT_STORAGE = "10Gi"
+SOURCES_DIR = f"{launch.STATE_DIR}-sources"  # read-only claims that weights come from
 
 
 def trainer_name(policy: str) -> str:
     return f"{policy}-trainer"
 
 
-def trainer_parameters(spec: Mapping[str, Any], namespace: str, images: Images) -> dict[str, Any]:
-    """What the trainers read from their ConfigMap: the spec's algorithm parameters, resolved."""
-    zoo = (spec.get("modelZooRef") or {}).get("name")
+def trainer_parameters(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """What the trainers read from their ConfigMap (``--config``): the algorithm parameters."""
     return {
         "strategy": spec.get("strategy", "ams"),
         "ams": dict(spec.get("ams") or {}),
         "sampling": dict(spec.get("sampling") or {}),
-        "scheduler": dict(spec.get("scheduler") or {}),
-        "teacher": dict(spec.get("teacher") or {}),
-        "gpu": dict(spec.get("gpu") or {}),
-        "modelZoo": None
-        if not zoo
-        else {
-            "name": zoo,
-            "gatingEndpoint": gating_endpoint(zoo, namespace, images.cluster_domain),
-        },
     }
+
+
+def weights_source(weights: Mapping[str, Any] | None) -> tuple[launch.WeightsSource, str | None]:
+    """A policy's weights object as a source for the launch contract, and the claim it needs
+    mounted (for ``persistentVolumeClaim``)."""
+    w = dict(weights or DEFAULT_WEIGHTS)
+    if "torchvision" in w:
+        return launch.WeightsSource("torchvision", str(w["torchvision"])), None
+    if "url" in w:
+        return launch.WeightsSource("url", str(w["url"]), str(w.get("sha256", ""))), None
+    if "persistentVolumeClaim" in w:
+        ref = w["persistentVolumeClaim"]
+        claim, path = str(ref["claimName"]), str(ref["path"]).lstrip("/")
+        return launch.WeightsSource("file", f"{SOURCES_DIR}/{claim}/{path}"), claim
+    return launch.WeightsSource("synthetic", str(w.get("synthetic", "bench"))), None
+
+
+def model_ref(
+    section: Mapping[str, Any] | None, default_arch: str
+) -> tuple[launch.ModelRef, str | None]:
+    section = section or {}
+    source, claim = weights_source(section.get("weights"))
+    return launch.ModelRef(str(section.get("architecture", default_arch)), source), claim
+
+
+def trainer_launch(spec: Mapping[str, Any]) -> tuple[launch.TrainerLaunch, list[str]]:
+    """The trainer's options, and the claims its weights sources need mounted."""
+    teacher, teacher_claim = model_ref(spec.get("teacher"), launch.TEACHER_ARCHS[0])
+    student, student_claim = model_ref(spec.get("student"), launch.STUDENT_ARCHS[0])
+    options = launch.TrainerLaunch(
+        state_dir=f"{launch.STATE_DIR}/devices",
+        models_dir=f"{launch.STATE_DIR}/models",
+        config=f"{launch.CONFIG_DIR}/{CONFIG_FILE}",
+        teacher=teacher,
+        student=student,
+        listen=f"0.0.0.0:{keys.TRAINER_GRPC_PORT}",
+        http_listen=f"0.0.0.0:{keys.METRICS_PORT}",
+        tls_cert=f"{launch.TLS_DIR}/{launch.TLS_CERT}",
+        tls_key=f"{launch.TLS_DIR}/{launch.TLS_KEY}",
+        token_key_file=f"{launch.TOKEN_KEY_DIR}/{launch.TOKEN_KEY_FILE}",
+        log_format="json",
+    )
+    claims = sorted({c for c in (teacher_claim, student_claim) if c})
+    return options, claims
 
 
 def config_map(owner: Owner, params: Mapping[str, Any]) -> Body:
@@ -139,16 +187,66 @@ def trainer_resources(spec: Mapping[str, Any], gpus: int) -> dict[str, dict[str,
     }
 
 
+def trainer_storage(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The trainers' claim template spec: spec.trainers.storage over the defaults."""
+    storage = (spec.get("trainers") or {}).get("storage") or {}
+    claim: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": str(storage.get("size", DEFAULT_STORAGE))}},
+    }
+    if storage.get("storageClassName"):
+        claim["storageClassName"] = str(storage["storageClassName"])
+    return claim
+
+
 def stateful_set(
-    owner: Owner, spec: Mapping[str, Any], replicas: int, config_hash: str, images: Images
+    owner: Owner,
+    spec: Mapping[str, Any],
+    replicas: int,
+    config_hash: str,
+    key_hash: str,
+    images: Images,
 ) -> Body:
     gpus = int((spec.get("gpu") or {}).get("gpusPerTrainer", 1))
     labels = selector_labels(keys.ADAPTATION_POLICY_LABEL, owner.name, COMPONENT)
     name = trainer_name(owner.name)
+    options, claims = trainer_launch(spec)
+    mounts = [
+        {"name": "config", "mountPath": launch.CONFIG_DIR, "readOnly": True},
+        {"name": "tls", "mountPath": launch.TLS_DIR, "readOnly": True},
+        {"name": "token-key", "mountPath": launch.TOKEN_KEY_DIR, "readOnly": True},
+        {"name": "state", "mountPath": launch.STATE_DIR},
+        {"name": "tmp", "mountPath": launch.TMP_DIR},
+    ]
+    volumes: list[Body] = [
+        {"name": "config", "configMap": {"name": name}},
+        {
+            "name": "tls",
+            "secret": {"secretName": security.tls_secret_name(owner.name), "defaultMode": 0o440},
+        },
+        {
+            "name": "token-key",
+            "secret": {
+                "secretName": security.token_key_secret_name(owner.name),
+                "defaultMode": 0o440,
+            },
+        },
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    for i, claim in enumerate(claims):
+        mounts.append(
+            {"name": f"source-{i}", "mountPath": f"{SOURCES_DIR}/{claim}", "readOnly": True}
+        )
+        volumes.append(
+            {
+                "name": f"source-{i}",
+                "persistentVolumeClaim": {"claimName": claim, "readOnly": True},
+            }
+        )
     template = {
         "metadata": {
             "labels": labels | {keys.MANAGED_BY: keys.MANAGED_BY_VALUE},
-            "annotations": {keys.CONFIG_HASH: config_hash},
+            "annotations": {keys.CONFIG_HASH: config_hash, keys.TOKEN_KEY_HASH: key_hash},
         },
         "spec": {
             "automountServiceAccountToken": False,
@@ -162,8 +260,8 @@ def stateful_set(
                     "name": "trainer",
                     "image": images.trainer,
                     "imagePullPolicy": images.pull_policy,
-                    "command": ["python", "-m", "edgeadapt.trainer"],
-                    "args": ["--config", f"/etc/edgeadapt/{CONFIG_FILE}"],
+                    "command": options.command(),
+                    "args": options.args(),
                     "env": [
                         {"name": "EDGEADAPT_POLICY", "value": owner.name},
                         {
@@ -171,38 +269,28 @@ def stateful_set(
                             "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
                         },
                         {"name": "EDGEADAPT_NAMESPACE", "value": owner.namespace},
+                        {"name": "HOME", "value": launch.TMP_DIR},
                     ],
                     "ports": [
                         {"name": "grpc", "containerPort": keys.TRAINER_GRPC_PORT},
                         {"name": "metrics", "containerPort": keys.METRICS_PORT},
                     ],
                     # The gRPC port speaks TLS, which the kubelet's gRPC probe does not; the
-                    # trainer's HTTP endpoint reports the same serving state. Its /healthz
-                    # answers 503 when a worker thread the trainer needs has died, and the
-                    # liveness probe then has the kubelet restart it. The endpoint opens only
-                    # after the teacher and student are loaded (30-60 s, more from a cold
-                    # volume), so the startup probe allows 5 minutes before liveness counts.
-                    "readinessProbe": {
-                        "httpGet": {"path": "/healthz", "port": "metrics"},
-                        "periodSeconds": 10,
-                    },
-                    "startupProbe": healthz_probe(period=10, failures=30),
-                    "livenessProbe": healthz_probe(period=10, failures=3),
+                    # trainer's HTTP endpoint opens first, while the models are provisioned
+                    # (training synthetic ones takes minutes), and answers /healthz as long as
+                    # the process works (liveness) and /readyz once it serves (readiness).
+                    "readinessProbe": http_probe("/readyz", period=5, failures=1),
+                    "startupProbe": http_probe("/healthz", period=5, failures=24),
+                    "livenessProbe": http_probe("/healthz", period=10, failures=3),
                     "resources": trainer_resources(spec, gpus),
-                    "securityContext": {
-                        "allowPrivilegeEscalation": False,
-                        "capabilities": {"drop": ["ALL"]},
-                    },
-                    "volumeMounts": [
-                        {"name": "config", "mountPath": "/etc/edgeadapt", "readOnly": True},
-                        {"name": "work", "mountPath": "/var/lib/edgeadapt"},
-                    ],
+                    "securityContext": hardened(),
+                    # A failed start leaves its reason (a weights source that cannot be read)
+                    # where the operator shows it on the policy.
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                    "volumeMounts": mounts,
                 }
             ],
-            "volumes": [
-                {"name": "config", "configMap": {"name": name}},
-                {"name": "work", "emptyDir": {}},
-            ],
+            "volumes": volumes,
         },
     }
     sts_spec = {
@@ -211,6 +299,12 @@ def stateful_set(
         "podManagementPolicy": "Parallel",
         "selector": {"matchLabels": labels},
         "template": template,
+        # A claim per trainer, kept across restarts and rollouts: its models and devices' state.
+        # Claim templates cannot change once the StatefulSet exists; a new size or class applies
+        # to a StatefulSet made afresh (the operator does not patch this field).
+        "volumeClaimTemplates": [
+            {"metadata": {"name": "state"}, "spec": trainer_storage(spec)},
+        ],
     }
     return {
         "apiVersion": "apps/v1",
@@ -218,6 +312,21 @@ def stateful_set(
         "metadata": child_metadata(owner, name, keys.ADAPTATION_POLICY_LABEL, COMPONENT, sts_spec),
         "spec": sts_spec,
     }
+
+
+def provisioning_failure(pods: Sequence[Mapping[str, Any]]) -> str | None:
+    """The message of a trainer that exited because it could not provision its models."""
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            for state in (cs.get("state") or {}, cs.get("lastState") or {}):
+                term = state.get("terminated") or {}
+                if term.get("exitCode") == PROVISION_EXIT_CODE:
+                    message = str(term.get("message") or "").strip()
+                    return message.splitlines()[-1] if message else "exited with code 3"
+    return None
+
+
+PROVISION_EXIT_CODE = 3
 
 
 def decide(
@@ -228,35 +337,50 @@ def decide(
     devices_bound: int,
     devices_unbound: int,
     statefulset: Mapping[str, Any] | None,
+    token_key: bytes | None,
+    new_key: bytes,
+    ca: KeyPair | None,
+    tls: KeyPair | None,
+    trainer_pods: Sequence[Mapping[str, Any]],
+    figures: PolicyFigures,
     images: Images,
     now: str,
 ) -> Plan:
-    """Desired children and status of one AdaptationPolicy."""
+    """Desired children and status of one AdaptationPolicy.
+
+    ``token_key`` is the key its Secret holds (None before it exists: ``new_key`` is created);
+    ``ca`` the operator's CA and ``tls`` the trainers' certificate (the observed one while good,
+    ``security.tls_pair``); ``trainer_pods`` its trainer pods; ``figures`` what its trainers
+    report."""
     owner = Owner.of(ADAPTATION_POLICY, policy)
     spec = policy.get("spec") or {}
     gen = owner.generation
     suspended = bool(spec.get("suspend"))
     replicas = 0 if suspended else trainers_wanted
 
-    params = trainer_parameters(spec, owner.namespace, images)
-    cm = config_map(owner, params)
+    key = token_key or new_key
+    cm = config_map(owner, trainer_parameters(spec))
+    sts = stateful_set(
+        owner, spec, replicas, spec_hash(cm["data"]), security.fingerprint(key), images
+    )
     plan = Plan(
         apply=[
             Apply(CONFIG_MAP, cm),
             Apply(SERVICE, service(owner)),
-            Apply(
-                STATEFUL_SET,
-                stateful_set(owner, spec, replicas, spec_hash(cm["data"]), images),
-            ),
+            Apply(STATEFUL_SET, sts),
+            Apply(SECRET, security.token_key_secret(owner, key), mode="create"),
         ]
     )
+    if ca is not None and tls is not None:
+        plan.apply.append(Apply(SECRET, security.tls_secret(owner, tls, ca)))
+        plan.apply.append(Apply(CONFIG_MAP, security.ca_config_map(owner, ca)))
 
     sts_status = (statefulset or {}).get("status") or {}
     ready_trainers = int(sts_status.get("readyReplicas") or 0)
     sts_current = statefulset is not None and int(sts_status.get("observedGeneration") or 0) >= int(
         ((statefulset or {}).get("metadata") or {}).get("generation") or 0
     )
-    want_hash = plan.apply[2].body["metadata"]["annotations"][keys.SPEC_HASH]
+    want_hash = sts["metadata"]["annotations"][keys.SPEC_HASH]
     sts_hash = (((statefulset or {}).get("metadata") or {}).get("annotations") or {}).get(
         keys.SPEC_HASH
     )
@@ -291,11 +415,19 @@ def decide(
     else:
         zoo_cond = ("True", Reason.SUCCEEDED, f'ModelZoo "{zoo_name}" is Ready')
 
+    failure = None if suspended else provisioning_failure(trainer_pods)
     conds: list[Condition] = []
     if suspended:
         conds.append(
             condition(READY, "False", Reason.SUSPENDED, "the policy is suspended", generation=gen)
         )
+    elif failure is not None:
+        reason = Reason.MODEL_PROVISIONING_FAILED
+        conds.append(condition(READY, "False", reason, failure, generation=gen))
+        conds.append(condition(STALLED, "True", reason, failure, generation=gen))
+    elif ca is None:
+        reason, message = Reason.WAITING_FOR_CREDENTIALS, "the operator's CA is not loaded yet"
+        conds.append(condition(READY, "False", reason, message, generation=gen))
     elif zoo_cond[0] != "True":
         conds.append(condition(READY, "False", zoo_cond[1], zoo_cond[2], generation=gen))
         if zoo_cond[1] == Reason.MODEL_ZOO_NOT_FOUND:
@@ -312,7 +444,7 @@ def decide(
                 generation=gen,
             )
         )
-    if not suspended and trainers[0] != "True":
+    if not suspended and failure is None and trainers[0] != "True":
         conds.append(
             condition(RECONCILING, "True", Reason.PROGRESSING, trainers[2], generation=gen)
         )
@@ -326,6 +458,9 @@ def decide(
         "devicesBound": devices_bound,
         "devicesUnbound": devices_unbound,
         "capacity": Capacity.of(spec).total,
+        "devicesConnected": figures.connected,
+        "devicesAdapting": figures.adapting,
+        "meanMiouVsTeacher": figures.mean_miou,
     }
     status = status_with_conditions(current, conds, fields, generation=gen, now=now)
     if status_differs(current, status):

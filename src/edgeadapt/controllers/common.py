@@ -299,14 +299,26 @@ def pod_ready(pod: Mapping[str, Any] | None) -> bool:
     )
 
 
-def healthz_probe(*, period: int, failures: int, timeout: int = 5) -> Body:
-    """An HTTP probe of ``/healthz`` on the container's ``metrics`` port (edgeadapt.telemetry):
-    it fails after ``failures`` consecutive failed checks ``period`` seconds apart."""
+def http_probe(path: str, *, period: int, failures: int, timeout: int = 5) -> Body:
+    """An HTTP probe of ``path`` (``/healthz`` or ``/readyz``, edgeadapt.telemetry) on the
+    container's ``metrics`` port: it fails after ``failures`` consecutive failed checks
+    ``period`` seconds apart."""
     return {
-        "httpGet": {"path": "/healthz", "port": "metrics"},
+        "httpGet": {"path": path, "port": "metrics"},
         "periodSeconds": period,
         "timeoutSeconds": timeout,
         "failureThreshold": failures,
+    }
+
+
+def hardened() -> Body:
+    """The container security context of every workload: no privilege escalation, no
+    capabilities, a read-only root file system (the pods mount what they write)."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
     }
 
 

@@ -1,23 +1,31 @@
-"""EdgeDevice: an edge-agent pod on the device's KubeEdge node, a token Secret, a trainer binding.
+"""EdgeDevice: an edge-agent pod on the device's KubeEdge node, its token, a trainer binding.
 
 Children (deterministic names, owned by the EdgeDevice):
-- Secret ``<device>-agent-token``: the per-device token the agent presents to its trainer;
-  created once and never rewritten (the token is made by the caller, this module stays pure).
-- Pod ``<device>-agent``: the agent, pinned to ``spec.node.name`` or scheduled onto an edge node
-  matching ``spec.node.selector``, tolerating the edge taint, told its trainer's endpoint. A pod's
+- Secret ``<device>-agent-token``: the device's token, minted from its policy's token key
+  (``security``); written back whenever it differs (edited by hand, or the key was rotated).
+- PersistentVolumeClaim ``<device>-agent-state``: the agent's model (the starting model it
+  fetched from its trainer and the version it runs), kept across pod restarts.
+- Pod ``<device>-agent``: the agent, started by the launch contract (``edgeadapt.api.launch``),
+  pinned to ``spec.node.name`` or scheduled onto an edge node matching ``spec.node.selector``,
+  tolerating the edge taint, told its trainer's endpoint, trusting the policy's CA bundle. A pod's
   spec cannot change, so a changed desired spec (say, a new trainer) replaces the pod.
+
+Status comes from the data plane as well: the device's trainer's ``/status`` (``observe``) says
+whether the agent is connected (``AgentConnected``) and runs the trainer's current model
+(``ModelDeployed``), and gives the figures; ``Ready`` needs both.
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edgeadapt.api import keys
+from edgeadapt.api import keys, launch
 from edgeadapt.api.conditions import (
+    AGENT_CONNECTED,
     AGENT_READY,
+    MODEL_DEPLOYED,
     READY,
     RECONCILING,
     STALLED,
@@ -28,9 +36,11 @@ from edgeadapt.api.conditions import (
     condition,
 )
 from edgeadapt.api.v1alpha1 import EDGE_DEVICE, GROUP
+from edgeadapt.controllers import observe, security
 from edgeadapt.controllers.binding import Capacity, TrainerPool, label_selector_matches
 from edgeadapt.controllers.common import (
     POD,
+    PVC,
     SECRET,
     Apply,
     Body,
@@ -39,7 +49,8 @@ from edgeadapt.controllers.common import (
     Owner,
     Plan,
     child_metadata,
-    healthz_probe,
+    hardened,
+    http_probe,
     pod_ready,
     rules,
     status_differs,
@@ -51,7 +62,8 @@ RBAC_RULES = rules(
     (GROUP, "edgedevices", "get list watch"),
     (GROUP, "edgedevices/status", "get patch"),
     ("", "pods", "get list watch create delete"),
-    ("", "secrets", "get list watch create delete"),
+    ("", "secrets", "get list watch create delete patch"),
+    ("", "persistentvolumeclaims", "get list watch create"),
 )
 
 COMPONENT = "edge-agent"
@@ -63,7 +75,14 @@ def agent_pod_name(device: str) -> str:
 
 
 def token_secret_name(device: str) -> str:
-    return f"{device}-agent-token"
+    return security.device_token_secret_name(device)
+
+
+def state_claim_name(device: str) -> str:
+    return f"{device}-agent-state"
+
+
+DEFAULT_AGENT_STORAGE = "512Mi"
 
 
 def trainer_pod_name(policy: str, index: int) -> str:
@@ -158,40 +177,44 @@ def new_pool(policy: Mapping[str, Any]) -> TrainerPool:
     return TrainerPool(Capacity.of(policy.get("spec") or {}))
 
 
-def token_secret(owner: Owner, token: str) -> Body:
-    data = {TOKEN_KEY: base64.b64encode(token.encode()).decode()}
+def state_claim(owner: Owner, spec: Mapping[str, Any]) -> Body:
+    storage = spec.get("storage") or {}
+    claim: Body = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": str(storage.get("size", DEFAULT_AGENT_STORAGE))}},
+    }
+    if storage.get("storageClassName"):
+        claim["storageClassName"] = str(storage["storageClassName"])
     return {
         "apiVersion": "v1",
-        "kind": "Secret",
+        "kind": "PersistentVolumeClaim",
         "metadata": child_metadata(
-            owner, token_secret_name(owner.name), keys.EDGE_DEVICE_LABEL, COMPONENT, "token"
+            owner, state_claim_name(owner.name), keys.EDGE_DEVICE_LABEL, COMPONENT, claim
         ),
-        "type": "Opaque",
-        "data": data,
+        "spec": claim,
     }
 
 
-def agent_pod(owner: Owner, spec: Mapping[str, Any], endpoint: str, images: Images) -> Body:
-    node = spec.get("node") or {}
+def agent_launch(owner: Owner, spec: Mapping[str, Any], endpoint: str) -> launch.AgentLaunch:
     video = spec.get("video") or {}
-    link = spec.get("link") or {}
-    env = [
-        {"name": "EDGEADAPT_DEVICE", "value": owner.name},
-        {"name": "EDGEADAPT_NAMESPACE", "value": owner.namespace},
-        {"name": "EDGEADAPT_TRAINER_ENDPOINT", "value": endpoint},
-        {"name": "EDGEADAPT_VIDEO_URI", "value": str(video.get("uri", ""))},
-        {"name": "EDGEADAPT_VIDEO_FPS", "value": str(video.get("fps", 30))},
-        {"name": "EDGEADAPT_TASK", "value": str(spec.get("task", "segmentation"))},
-        {"name": "EDGEADAPT_STUDENT", "value": str(spec.get("studentArchitecture", ""))},
-        {"name": "EDGEADAPT_UPLINK_KBPS", "value": str(link.get("uplinkKbps", 300))},
-        {"name": "EDGEADAPT_DOWNLINK_KBPS", "value": str(link.get("downlinkKbps", 200))},
-        {
-            "name": "EDGEADAPT_TOKEN",
-            "valueFrom": {
-                "secretKeyRef": {"name": token_secret_name(owner.name), "key": TOKEN_KEY}
-            },
-        },
-    ]
+    return launch.AgentLaunch(
+        device_id=owner.name,
+        source=str(video.get("uri", "")),
+        trainer=endpoint,
+        ca_file=f"{launch.CA_DIR}/{launch.CA_CERT}",
+        token_file=f"{launch.TOKEN_DIR}/{launch.TOKEN_FILE}",
+        state_dir=launch.STATE_DIR,
+        loop=True,
+        http_listen=f"0.0.0.0:{keys.METRICS_PORT}",
+        log_format="json",
+    )
+
+
+def agent_pod(
+    owner: Owner, spec: Mapping[str, Any], endpoint: str, policy: str, images: Images
+) -> Body:
+    node = spec.get("node") or {}
+    options = agent_launch(owner, spec, endpoint)
     pod_spec: Body = {
         "restartPolicy": "Always",
         "automountServiceAccountToken": False,
@@ -206,24 +229,43 @@ def agent_pod(owner: Owner, spec: Mapping[str, Any], endpoint: str, images: Imag
                 "name": "edge-agent",
                 "image": images.edge_agent,
                 "imagePullPolicy": images.pull_policy,
-                "command": ["python", "-m", "edgeadapt.edge_agent"],
-                "env": env,
+                "command": options.command(),
+                "args": options.args(),
+                "env": [
+                    {"name": "EDGEADAPT_NAMESPACE", "value": owner.namespace},
+                    {"name": "HOME", "value": launch.TMP_DIR},
+                ],
                 "ports": [{"name": "metrics", "containerPort": keys.METRICS_PORT}],
                 # /healthz answers 503 once a thread the agent needs has died; the kubelet then
-                # restarts it. The endpoint opens after the student is loaded, which an edge
-                # board may take a while over: the startup probe allows 2 minutes.
-                "startupProbe": healthz_probe(period=5, failures=24),
-                "livenessProbe": healthz_probe(period=10, failures=3),
+                # restarts it. The endpoint opens at once; on first start the agent fetches its
+                # starting model from the trainer (which may still be training it) before it
+                # reports ready.
+                "readinessProbe": http_probe("/readyz", period=5, failures=1),
+                "livenessProbe": http_probe("/healthz", period=10, failures=3),
                 "resources": {
                     "requests": {"cpu": "100m", "memory": "256Mi"},
                     "limits": {"memory": "1Gi"},
                 },
-                "securityContext": {
-                    "allowPrivilegeEscalation": False,
-                    "readOnlyRootFilesystem": True,
-                    "capabilities": {"drop": ["ALL"]},
-                },
+                "securityContext": hardened(),
+                "volumeMounts": [
+                    {"name": "token", "mountPath": launch.TOKEN_DIR, "readOnly": True},
+                    {"name": "ca", "mountPath": launch.CA_DIR, "readOnly": True},
+                    {"name": "state", "mountPath": launch.STATE_DIR},
+                    {"name": "tmp", "mountPath": launch.TMP_DIR},
+                ],
             }
+        ],
+        "volumes": [
+            {
+                "name": "token",
+                "secret": {"secretName": token_secret_name(owner.name), "defaultMode": 0o440},
+            },
+            {"name": "ca", "configMap": {"name": security.ca_config_map_name(policy)}},
+            {
+                "name": "state",
+                "persistentVolumeClaim": {"claimName": state_claim_name(owner.name)},
+            },
+            {"name": "tmp", "emptyDir": {}},
         ],
     }
     if node.get("name"):
@@ -240,15 +282,68 @@ def agent_pod(owner: Owner, spec: Mapping[str, Any], endpoint: str, images: Imag
     }
 
 
+def data_plane(
+    name: str, observation: observe.TrainerObservation | None, trainer: str
+) -> tuple[tuple[Status, str, str], tuple[Status, str, str], dict[str, Any] | None]:
+    """AgentConnected and ModelDeployed (status, reason, message) and the trainer's view of the
+    device, from the last observation of its trainer."""
+    if observation is None or not observation.serving:
+        why = (
+            f"trainer {trainer} has not been observed yet"
+            if observation is None
+            else f"trainer {trainer} is not serving"
+            + (f": {observation.error}" if observation.error else "")
+        )
+        down: tuple[Status, str, str] = ("False", Reason.TRAINER_UNAVAILABLE, why)
+        return down, down, None
+    view = observation.devices.get(name)
+    refused = observation.refused.get(name)
+    if refused is not None:
+        msg = f"trainer {trainer} refused the agent's token"
+        return (
+            ("False", Reason.UNAUTHENTICATED, msg),
+            ("False", Reason.NOT_CONNECTED, msg),
+            view,
+        )
+    if not observe.connected(view):
+        msg = f"the agent has no stream open to trainer {trainer}"
+        return ("False", Reason.NOT_CONNECTED, msg), ("False", Reason.NOT_CONNECTED, msg), view
+    assert view is not None
+    agent_connected: tuple[Status, str, str] = (
+        "True",
+        Reason.SUCCEEDED,
+        f"the agent streams to trainer {trainer}",
+    )
+    version, current = view.get("agent_model_version"), view.get("model_version")
+    if observe.in_step(view):
+        deployed: tuple[Status, str, str] = (
+            "True",
+            Reason.SUCCEEDED,
+            f"the agent runs version {version} (trainer: {current}), checksums equal",
+        )
+    else:
+        deployed = (
+            "False",
+            Reason.MODEL_BEHIND,
+            f"the agent runs version {version} with checksum {view.get('agent_model_checksum')}; "
+            f"the trainer's is {current}",
+        )
+    return agent_connected, deployed, view
+
+
 def decide(
     device: Mapping[str, Any],
     binding: Binding,
     *,
     pod: Mapping[str, Any] | None,
-    secret_exists: bool,
-    token: str,
+    token_secret: Mapping[str, Any] | None,
+    claim_exists: bool,
+    policy_key: bytes | None,
+    ca_published: bool,
+    observation: observe.TrainerObservation | None,
     images: Images,
     now: str,
+    now_ts: float,
 ) -> Plan:
     """Desired children and status of one EdgeDevice from what was observed."""
     owner = Owner.of(EDGE_DEVICE, device)
@@ -256,16 +351,25 @@ def decide(
     gen = owner.generation
     plan = Plan()
     suspended = bool(spec.get("suspend"))
+    bound = binding.trainer is not None
 
-    if not secret_exists:
-        plan.apply.append(Apply(SECRET, token_secret(owner, token), mode="create"))
+    if policy_key is not None:
+        want = security.device_token_secret(owner, policy_key)
+        if token_secret is None or (token_secret.get("data") or {}) != want["data"]:
+            plan.apply.append(Apply(SECRET, want, mode="patch" if token_secret else "create"))
+    if not claim_exists and not suspended:
+        plan.apply.append(Apply(PVC, state_claim(owner, spec), mode="create"))
+    # A bound agent starts once it can authenticate: its token and the CA bundle exist.
+    credentials = not bound or (policy_key is not None and ca_published)
 
     endpoint = ""
+    trainer = None
     if binding.trainer is not None:
+        trainer = trainer_pod_name(binding.policy, binding.trainer)
         endpoint = trainer_endpoint(
             binding.policy, binding.trainer, owner.namespace, images.cluster_domain
         )
-    desired_pod = agent_pod(owner, spec, endpoint, images)
+    desired_pod = agent_pod(owner, spec, endpoint, binding.policy, images)
     pod_name = agent_pod_name(owner.name)
     agent: tuple[Status, str, str]  # status, reason, message
     pod_state = _pod_state(pod, desired_pod)
@@ -273,6 +377,12 @@ def decide(
         if pod is not None:
             plan.delete.append(Delete(POD, pod_name))
         agent = ("False", Reason.SUSPENDED, "the device is suspended")
+    elif not credentials:
+        agent = (
+            "False",
+            Reason.WAITING_FOR_CREDENTIALS,
+            f'waiting for the token key and CA bundle of AdaptationPolicy "{binding.policy}"',
+        )
     elif pod_state == "stale":
         plan.delete.append(Delete(POD, pod_name))
         agent = ("False", Reason.AGENT_PENDING, f"replacing pod {pod_name} with the new spec")
@@ -289,46 +399,61 @@ def decide(
         phase = ((pod or {}).get("status") or {}).get("phase", "Unknown")
         agent = ("False", Reason.AGENT_PENDING, f"pod {pod_name} is {phase}")
 
-    bound = binding.trainer is not None
-    bound_status: Status = "True" if bound else "False"
+    view = None
+    if trainer is not None:
+        connected, deployed, view = data_plane(owner.name, observation, trainer)
+    else:
+        connected = deployed = ("False", binding.reason, binding.message)
+    if suspended:
+        connected = deployed = ("False", Reason.SUSPENDED, "the device is suspended")
+
     conds: list[Condition] = []
+    not_ready = next(
+        (c for c in (agent, connected, deployed) if c[0] != "True"),
+        None,
+    )
     if suspended:
         ready = condition(
             READY, "False", Reason.SUSPENDED, "the device is suspended", generation=gen
         )
     elif not bound:
         ready = condition(READY, "False", binding.reason, binding.message, generation=gen)
-    elif agent[0] != "True":
-        ready = condition(READY, "False", agent[1], agent[2], generation=gen)
+    elif not_ready is not None:
+        ready = condition(READY, "False", not_ready[1], not_ready[2], generation=gen)
     else:
         ready = condition(
-            READY, "True", Reason.SUCCEEDED, f"{agent[2]}; {binding.message}", generation=gen
-        )
-    conds.append(ready)
-    if not suspended and agent[0] != "True" and not binding.stalled:
-        conds.append(condition(RECONCILING, "True", Reason.PROGRESSING, agent[2], generation=gen))
-    if not suspended and binding.stalled:
-        conds.append(condition(STALLED, "True", binding.reason, binding.message, generation=gen))
-    conds.append(
-        condition(
-            TRAINER_BOUND,
-            bound_status,
-            binding.reason,
-            binding.message,
+            READY,
+            "True",
+            Reason.SUCCEEDED,
+            f"{agent[2]}; {binding.message}; {deployed[2]}",
             generation=gen,
         )
-    )
+    conds.append(ready)
+    if not suspended and not_ready is not None and not binding.stalled:
+        conds.append(
+            condition(RECONCILING, "True", Reason.PROGRESSING, not_ready[2], generation=gen)
+        )
+    if not suspended and binding.stalled:
+        conds.append(condition(STALLED, "True", binding.reason, binding.message, generation=gen))
+    conds.append(condition(TRAINER_BOUND, "True" if bound else "False", binding.reason,
+                           binding.message, generation=gen))  # fmt: skip
     conds.append(condition(AGENT_READY, agent[0], agent[1], agent[2], generation=gen))
+    conds.append(condition(AGENT_CONNECTED, *connected, generation=gen))
+    conds.append(condition(MODEL_DEPLOYED, *deployed, generation=gen))
 
     current = device.get("status") or {}
-    fields = {
+    fields: dict[str, Any] = {
         "nodeName": _node_of(pod) if pod_state in {"ready", "pending"} else None,
-        "trainer": None
-        if binding.trainer is None
-        else trainer_pod_name(binding.policy, binding.trainer),
+        "trainer": trainer,
         "trainerEndpoint": endpoint or None,
         "agentPod": None if suspended else pod_name,
     }
+    figures = {k: current[k] for k in observe.FIGURE_KEYS if k in current}
+    if view is not None and observe.connected(view) and observation is not None:
+        fresh = observe.device_figures(view, observation.time)
+        if observe.figures_due(current, fresh, now_ts):
+            figures = fresh
+    fields |= figures
     status = status_with_conditions(current, conds, fields, generation=gen, now=now)
     if status_differs(current, status):
         plan.status = status

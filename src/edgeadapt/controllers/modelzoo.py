@@ -34,6 +34,7 @@ from edgeadapt.controllers.common import (
     Owner,
     Plan,
     child_metadata,
+    hardened,
     rules,
     selector_labels,
     status_differs,
@@ -130,11 +131,7 @@ def deployment(owner: Owner, spec: Mapping[str, Any], images: Images) -> Body:
                             "requests": {"cpu": "500m", "memory": "1Gi"},
                             "limits": {"memory": "4Gi"},
                         },
-                        "securityContext": {
-                            "allowPrivilegeEscalation": False,
-                            "readOnlyRootFilesystem": True,
-                            "capabilities": {"drop": ["ALL"]},
-                        },
+                        "securityContext": hardened(),
                         "volumeMounts": [{"name": "store", "mountPath": STORE_MOUNT}],
                     }
                 ],

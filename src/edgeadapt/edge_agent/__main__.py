@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile", default="bench", help="cached model profile without --student or trainer"
     )
     p.add_argument("--no-adapt", dest="adapt", action="store_false", help="score only")
+    p.add_argument(
+        "--loop",
+        action="store_true",
+        help="start the source again when it ends (a file or synthetic video as a camera)",
+    )
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--no-pace", dest="pace", action="store_false", help="do not pace to fps")
     p.add_argument("--state-dir", type=Path, help="keep the model in use here across restarts")
@@ -193,7 +198,7 @@ def _run(
         width, height = (int(v) for v in args.size.lower().split("x"))
     source = open_source(args.source, width=width, height=height)
     network = args.source.startswith(NETWORK_SCHEMES)
-    live = args.source.startswith(LIVE_SCHEMES)
+    live = args.source.startswith(LIVE_SCHEMES) or args.loop
 
     def reopen() -> VideoSource:
         return open_source(args.source, width=width, height=height)
@@ -216,7 +221,7 @@ def _run(
         source,
         edge,
         link,
-        reopen=reopen if network else None,
+        reopen=reopen if network or args.loop else None,
     )
     http.registry, http.status, http.healthy = agent.metrics.registry, agent.status, agent.healthy
     http.ready = agent.healthy

@@ -22,8 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-STUDENT_ARCHS = ("lraspp_mobilenet_v3_large",)
-TEACHER_ARCHS = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50")
+from edgeadapt.api import launch
+
+# What the CRDs accept: the builders below implement exactly these.
+STUDENT_ARCHS = launch.STUDENT_ARCHS
+TEACHER_ARCHS = launch.TEACHER_ARCHS
 
 
 class SegmentationModel(nn.Module):

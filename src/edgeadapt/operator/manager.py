@@ -18,13 +18,16 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import aiohttp
+
 from edgeadapt.api import keys
 from edgeadapt.api.conditions import now_rfc3339
 from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE, MODEL_ZOO, Kind
-from edgeadapt.controllers import adaptationpolicy, edgedevice, modelzoo
+from edgeadapt.controllers import adaptationpolicy, edgedevice, modelzoo, observe, security
 from edgeadapt.controllers.binding import Capacity, TrainerPool
 from edgeadapt.controllers.common import (
     CHILD_KINDS,
+    CONFIG_MAP,
     DEPLOYMENT,
     POD,
     PVC,
@@ -41,9 +44,12 @@ from edgeadapt.controllers.common import (
     status_differs,
     transition_events,
 )
-from edgeadapt.operator import metrics
+from edgeadapt.operator import metrics, poller
+from edgeadapt.operator.authority import load_or_create_ca
 from edgeadapt.operator.kube import ApiError, Kube
 from edgeadapt.operator.workqueue import ReportedError, WorkQueue
+from edgeadapt.pki import KeyPair
+from edgeadapt.stream.auth import status_token
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +94,11 @@ def slim(body: Mapping[str, Any], *, child: bool) -> Body:
             out["status"]["conditions"] = [
                 c for c in status["conditions"] if c.get("type") == "Ready"
             ]
+        exits = [_slim_container(c) for c in status.get("containerStatuses") or []]
+        if any(exits):  # why a trainer exited (models it could not load)
+            out["status"]["containerStatuses"] = exits
+        if "data" in body:  # Secrets and ConfigMaps: compared with what is wanted
+            out["data"] = dict(body.get("data") or {})
     annotations = meta.get("annotations") or {}
     if keys.SPEC_HASH in annotations:
         out["metadata"]["annotations"] = {keys.SPEC_HASH: annotations[keys.SPEC_HASH]}
@@ -99,11 +110,30 @@ def slim(body: Mapping[str, Any], *, child: bool) -> Body:
     return out
 
 
+def _slim_container(status: Mapping[str, Any]) -> Body:
+    out: Body = {}
+    for part in ("state", "lastState"):
+        term = (status.get(part) or {}).get("terminated")
+        if term:
+            out[part] = {
+                "terminated": {k: term[k] for k in ("exitCode", "message", "reason") if k in term}
+            }
+    return out
+
+
 @dataclass
 class Manager:
     kube: Kube
     images: Images = field(default_factory=Images)
     workers: int = 8
+    operator_namespace: str = "default"
+    status_url: poller.UrlOf | None = None  # default: the trainers' cluster DNS names
+    status_interval: float = poller.STATUS_INTERVAL_S
+    ca: KeyPair | None = None
+    observations: dict[tuple[str, str, int], observe.TrainerObservation] = field(
+        default_factory=dict
+    )
+    issued: dict[tuple[str, str], KeyPair] = field(default_factory=dict)  # trainer certificates
     objects: dict[Key, Body] = field(default_factory=dict)
     children: dict[Key, Body] = field(default_factory=dict)
     devices_by_policy: dict[tuple[str, str], set[str]] = field(default_factory=dict)
@@ -115,17 +145,79 @@ class Manager:
 
     def __post_init__(self) -> None:
         self.queue = WorkQueue(self._reconcile, workers=self.workers)
-        self._resync_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        if self.status_url is None:
+            self.status_url = poller.cluster_url(self.images.cluster_domain)
 
     def start(self) -> None:
         self.queue.start()
-        self._resync_task = asyncio.create_task(self._resync(), name="resync")
+        self._tasks = [
+            asyncio.create_task(self._resync(), name="resync"),
+            asyncio.create_task(self._poll_trainers(), name="trainer-status"),
+        ]
 
     async def stop(self) -> None:
-        if self._resync_task is not None:
-            self._resync_task.cancel()
-            await asyncio.gather(self._resync_task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.queue.stop()
+
+    # ----------------------------------------------------------------- the data plane
+
+    async def _poll_trainers(self) -> None:
+        """Every interval, each wanted trainer's /status (see ``edgeadapt.operator.poller``)."""
+        loop = asyncio.get_running_loop()
+        async with aiohttp.ClientSession() as session:
+            while True:
+                started = loop.time()
+                try:
+                    await self.poll_once(session)
+                except Exception:  # one bad round must not end polling
+                    log.exception("polling the trainers failed")
+                await asyncio.sleep(max(0.5, self.status_interval - (loop.time() - started)))
+
+    async def poll_once(self, session: aiohttp.ClientSession) -> None:
+        limit = asyncio.Semaphore(poller.CONCURRENCY)
+        jobs = []
+        wanted = set()
+        for (ns, policy), pool in list(self.pools.items()):
+            key = self.token_key(ns, policy)
+            if key is None:
+                continue
+            token = status_token(key)
+            for index in range(pool.trainers_wanted):
+                wanted.add((ns, policy, index))
+                jobs.append(self._poll_trainer(session, limit, ns, policy, index, token))
+        for gone in set(self.observations) - wanted:
+            del self.observations[gone]
+        await asyncio.gather(*jobs)
+
+    async def _poll_trainer(
+        self,
+        session: aiohttp.ClientSession,
+        limit: asyncio.Semaphore,
+        ns: str,
+        policy: str,
+        index: int,
+        token: str,
+    ) -> None:
+        assert self.status_url is not None
+        pod = edgedevice.trainer_pod_name(policy, index)
+        async with limit:
+            obs = await poller.fetch(session, self.status_url(ns, policy, pod), token)
+        old = self.observations.get((ns, policy, index))
+        self.observations[(ns, policy, index)] = obs
+        if old is not None and _digest(old) == _digest(obs):
+            return
+        pool = self.pools.get((ns, policy))
+        for device in self.devices_by_policy.get((ns, policy), ()):
+            if pool is not None and pool.trainer_of(device) == index:
+                self.queue.add((EDGE_DEVICE.plural, ns, device))
+        self.queue.add((ADAPTATION_POLICY.plural, ns, policy))
+
+    def token_key(self, ns: str, policy: str) -> bytes | None:
+        secret = self.children.get((SECRET.plural, ns, security.token_key_secret_name(policy)))
+        return security.token_key_of(secret)
 
     async def _resync(self) -> None:
         """Look at everything again now and then, in case a watch event was missed."""
@@ -138,6 +230,7 @@ class Manager:
 
     async def prime(self, namespaces: list[str] | None) -> None:
         """List everything once, seed the trainer pools from the devices' bindings, queue all."""
+        self.ca = await load_or_create_ca(self.kube, self.operator_namespace)
         scopes = namespaces or [None]  # type: ignore[list-item]
         selector = f"{keys.MANAGED_BY}={keys.MANAGED_BY_VALUE}"
         for ns in scopes:
@@ -165,8 +258,8 @@ class Manager:
         elif plural in CHILDREN_BY_PLURAL:
             meta = body.get("metadata") or {}
             key = (plural, meta.get("namespace", ""), meta.get("name", ""))
-            if plural == POD.plural and keys.EDGE_DEVICE_LABEL not in (meta.get("labels") or {}):
-                return  # trainer and gating pods: their StatefulSet/Deployment speak for them
+            if plural == POD.plural and keys.MODEL_ZOO_LABEL in (meta.get("labels") or {}):
+                return  # gating pods: their Deployment speaks for them
             if event_type == "DELETED":
                 self.children.pop(key, None)
             else:
@@ -287,15 +380,22 @@ class Manager:
         if pool is not None and before != (pool.trainer_of(name), pool.trainers_wanted):
             self.queue.add((ADAPTATION_POLICY.plural, ns, policy_name), POLICY_DEBOUNCE_S)
         pod = self.children.get((POD.plural, ns, edgedevice.agent_pod_name(name)))
-        secret = self.children.get((SECRET.plural, ns, edgedevice.token_secret_name(name)))
+        observation = None
+        if binding.trainer is not None:
+            observation = self.observations.get((ns, binding.policy, binding.trainer))
         plan = edgedevice.decide(
             device,
             binding,
             pod=pod,
-            secret_exists=secret is not None,
-            token=secrets.token_urlsafe(32),
+            token_secret=self.children.get((SECRET.plural, ns, edgedevice.token_secret_name(name))),
+            claim_exists=(PVC.plural, ns, edgedevice.state_claim_name(name)) in self.children,
+            policy_key=self.token_key(ns, policy_name) if policy is not None else None,
+            ca_published=(CONFIG_MAP.plural, ns, security.ca_config_map_name(policy_name))
+            in self.children,
+            observation=observation,
             images=self.images,
             now=now_rfc3339(),
+            now_ts=time.time(),
         )
         await self._act(EDGE_DEVICE, device, plan)
 
@@ -314,6 +414,21 @@ class Manager:
         zoo_name = (policy["spec"].get("modelZooRef") or {}).get("name")
         zoo = self.objects.get((MODEL_ZOO.plural, ns, zoo_name)) if zoo_name else None
         members = self.devices_by_policy.get((ns, name), set())
+        tls = None
+        if self.ca is not None:
+            observed = self.children.get((SECRET.plural, ns, security.tls_secret_name(name)))
+            issued = self.issued.get((ns, name))
+            if observed is None and issued is not None:  # written, not seen back yet
+                observed = security.tls_secret(Owner.of(ADAPTATION_POLICY, policy), issued, self.ca)
+            hosts = security.trainer_hosts(name, ns, self.images.cluster_domain)
+            tls = security.tls_pair(observed, self.ca, hosts)
+            self.issued[(ns, name)] = tls
+        trainer_pods = [
+            p
+            for i in range(max(pool.trainers_wanted, 1))
+            if (p := self.children.get((POD.plural, ns, edgedevice.trainer_pod_name(name, i))))
+        ]
+        observations = [o for (n, p, _), o in self.observations.items() if (n, p) == (ns, name)]
         plan = adaptationpolicy.decide(
             policy,
             zoo=zoo,
@@ -323,6 +438,12 @@ class Manager:
             statefulset=self.children.get(
                 (STATEFUL_SET.plural, ns, adaptationpolicy.trainer_name(name))
             ),
+            token_key=self.token_key(ns, name),
+            new_key=secrets.token_hex(32).encode(),
+            ca=self.ca,
+            tls=tls,
+            trainer_pods=trainer_pods,
+            figures=observe.policy_figures(observations),
             images=self.images,
             now=now_rfc3339(),
         )
@@ -465,9 +586,12 @@ def _failure(action: str, kind: ChildKind, name: str, error: Exception) -> Child
 
 
 def _drifted(observed: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
-    """Whether a child differs from what we want: its spec hash (our last write), or its replica
-    count (the field people most often change by hand, e.g. ``kubectl scale``)."""
+    """Whether a child differs from what we want: its spec hash (our last write), its data (a
+    Secret or ConfigMap edited by hand), or its replica count (the field people most often
+    change by hand, e.g. ``kubectl scale``)."""
     if _hash(observed) != _hash(desired):
+        return True
+    if "data" in desired and (observed.get("data") or {}) != desired["data"]:
         return True
     want = (desired.get("spec") or {}).get("replicas")
     have = (observed.get("spec") or {}).get("replicas")
@@ -489,7 +613,29 @@ def _patch_of(kind: ChildKind, body: Body) -> Body:
     for part in ("spec", "data"):
         if part in body:
             patch[part] = body[part]
+    if kind == STATEFUL_SET:  # claim templates cannot change; a new size applies to a new one
+        patch["spec"] = {k: v for k, v in body["spec"].items() if k != "volumeClaimTemplates"}
     return patch
+
+
+def _digest(obs: observe.TrainerObservation) -> tuple[Any, ...]:
+    """What of an observation can change a status: compared between two polls."""
+    devices = tuple(
+        sorted(
+            (
+                name,
+                bool(v.get("connected")),
+                bool(v.get("agent_in_step")),
+                v.get("agent_model_version"),
+                v.get("model_version"),
+                v.get("miou_teacher_last_60s"),
+                v.get("uplink_kbps"),
+                v.get("downlink_kbps"),
+            )
+            for name, v in obs.devices.items()
+        )
+    )
+    return (obs.reachable, obs.phase, devices, tuple(sorted(obs.refused)))
 
 
 def _owner_key(meta: Mapping[str, Any]) -> Key | None:

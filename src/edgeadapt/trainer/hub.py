@@ -151,6 +151,10 @@ class Device:
     close: Close | None = None
     connected_at: float | None = None
     view: dict[str, Any] = field(default_factory=dict)  # the last /status summary
+    # (monotonic time, uplink bytes, downlink bytes) now and then: the link rates /status shows
+    rate_samples: collections.deque[tuple[float, int, int]] = field(
+        default_factory=lambda: collections.deque(maxlen=32)
+    )
     # flow control of resynchronisation
     snapshot_in_flight: int | None = None  # version of a snapshot sent and not acknowledged
     snapshot_cache: tuple[int, bytes] | None = None
@@ -943,6 +947,7 @@ class Hub:
         checksums = {str(k.base_version): f"{k.base_checksum:08x}" for k in chain}
         checksums |= {str(k.version): f"{k.checksum:08x}" for k in chain}
         checksums[str(dev.version)] = f"{dev.checksum:08x}"
+        up_kbps, down_kbps = _link_rates(dev)
         return {
             "id": dev.device_id,
             "adapt": dev.adapt,
@@ -972,6 +977,8 @@ class Hub:
             "snapshots_sent": dev.snapshots_sent,
             "uplink_bytes": dev.uplink_bytes,
             "downlink_bytes": dev.downlink_bytes,
+            "uplink_kbps": up_kbps,
+            "downlink_kbps": down_kbps,
             "state_bytes": dev.state_bytes,
             "history": [
                 [
@@ -987,3 +994,26 @@ class Hub:
 def _mean(scores: list[Score], k: int) -> float | None:
     n = sum(s.frames for s in scores)
     return round(100 * sum(s[k] for s in scores) / n, 2) if n else None
+
+
+RATE_WINDOW_S = 60.0
+RATE_SAMPLE_S = 5.0
+
+
+def _link_rates(dev: Device) -> tuple[float | None, float | None]:
+    """The device's uplink and downlink use over about the last minute, kbps (None until a few
+    seconds of it were seen)."""
+    now = time.monotonic()
+    samples = dev.rate_samples
+    if not samples or now - samples[-1][0] >= RATE_SAMPLE_S:
+        samples.append((now, dev.uplink_bytes, dev.downlink_bytes))
+    while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW_S:
+        samples.popleft()
+    t0, up0, down0 = samples[0]
+    if now - t0 < 1.0:
+        return None, None
+    seconds = now - t0
+    return (
+        round((dev.uplink_bytes - up0) * 8 / 1000 / seconds, 2),
+        round((dev.downlink_bytes - down0) * 8 / 1000 / seconds, 2),
+    )

@@ -1,0 +1,171 @@
+"""Security material the operator owns: token keys, device tokens, the trainers' certificates.
+
+Per AdaptationPolicy:
+- Secret ``<policy>-token-key`` (key ``key``): the HMAC key every device token of the policy
+  derives from (``edgeadapt.stream.auth``). Created once with a random key and never rewritten.
+  Rotating it is an explicit act: delete the Secret. The operator creates a new key, the trainers
+  roll (the key's hash is on their pod template), and every device's token is re-minted.
+- Secret ``<policy>-trainer-tls`` (``kubernetes.io/tls``: ``tls.crt``, ``tls.key``, ``ca.crt``):
+  the trainers' certificate for their Service and per-pod names, issued by the operator's CA.
+  It is re-issued when it is 30 days from expiry, no longer signed by the CA, or missing a name;
+  the trainers reload it on the next connection, with no restart and no stream dropped.
+- ConfigMap ``<policy>-trainer-ca`` (``ca.crt``): the CA bundle agents verify trainers with.
+
+Per EdgeDevice: Secret ``<device>-agent-token`` (``token``), the HMAC of the device's name under
+its policy's key. A token edited by hand or minted under an old key is written back.
+
+The operator's CA lives in Secret ``edgeadapt-ca`` of the operator's namespace
+(``edgeadapt.operator.authority``); nothing here is ever written to a resource's spec.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from edgeadapt.api import keys
+from edgeadapt.api.launch import CA_CERT, TLS_CERT, TLS_KEY, TOKEN_FILE, TOKEN_KEY_FILE
+from edgeadapt.controllers.common import Body, Owner, child_metadata
+from edgeadapt.pki import KeyPair, dns_names, issue, not_after, signed_by
+from edgeadapt.stream.auth import mint_token
+
+RENEW_BEFORE = datetime.timedelta(days=30)
+CERT_DAYS = 90
+
+
+def token_key_secret_name(policy: str) -> str:
+    return f"{policy}-token-key"
+
+
+def tls_secret_name(policy: str) -> str:
+    return f"{policy}-trainer-tls"
+
+
+def ca_config_map_name(policy: str) -> str:
+    return f"{policy}-trainer-ca"
+
+
+def device_token_secret_name(device: str) -> str:
+    return f"{device}-agent-token"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def unb64(data: Mapping[str, Any] | None, key: str) -> bytes | None:
+    value = (data or {}).get(key)
+    if not isinstance(value, str):
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        return None
+
+
+def fingerprint(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _secret(owner: Owner, name: str, label: str, component: str, data: dict[str, str]) -> Body:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        # The hash covers the name only: the data is compared as it is (it is no spec).
+        "metadata": child_metadata(owner, name, label, component, name),
+        "type": "Opaque",
+        "data": data,
+    }
+
+
+def token_key_secret(owner: Owner, key: bytes) -> Body:
+    """The policy's token key (create-once: an existing key is never replaced)."""
+    return _secret(
+        owner,
+        token_key_secret_name(owner.name),
+        keys.ADAPTATION_POLICY_LABEL,
+        "trainer",
+        {TOKEN_KEY_FILE: b64(key)},
+    )
+
+
+def token_key_of(secret: Mapping[str, Any] | None) -> bytes | None:
+    """The key an observed token-key Secret holds, if it holds a usable one."""
+    key = unb64((secret or {}).get("data"), TOKEN_KEY_FILE)
+    return key if key is not None and len(key.strip()) >= 16 else None
+
+
+def device_token_secret(owner: Owner, policy_key: bytes) -> Body:
+    """The device's token, minted from its policy's key."""
+    token = mint_token(policy_key.strip(), owner.name)
+    return _secret(
+        owner,
+        device_token_secret_name(owner.name),
+        keys.EDGE_DEVICE_LABEL,
+        "edge-agent",
+        {TOKEN_FILE: b64(token.encode())},
+    )
+
+
+def trainer_hosts(policy: str, namespace: str, cluster_domain: str) -> tuple[str, ...]:
+    """Names a trainer's certificate covers: the headless Service and each pod under it."""
+    svc = f"{policy}-trainer"
+    return (
+        f"{svc}.{namespace}.svc.{cluster_domain}",
+        f"*.{svc}.{namespace}.svc.{cluster_domain}",
+        f"{svc}.{namespace}.svc",
+        f"*.{svc}.{namespace}.svc",
+    )
+
+
+def tls_pair(
+    observed: Mapping[str, Any] | None,
+    ca: KeyPair,
+    hosts: tuple[str, ...],
+    now: datetime.datetime | None = None,
+) -> KeyPair:
+    """The trainers' certificate: the observed one while it is good, else a fresh one."""
+    data = (observed or {}).get("data")
+    cert, key, bundle = unb64(data, TLS_CERT), unb64(data, TLS_KEY), unb64(data, CA_CERT)
+    now = now or datetime.datetime.now(datetime.UTC)
+    try:
+        good = (
+            cert is not None
+            and key is not None
+            and bundle == ca.cert
+            and signed_by(cert, ca.cert)
+            and set(hosts) <= set(dns_names(cert))
+            and not_after(cert) - now > RENEW_BEFORE
+        )
+    except ValueError:  # not a certificate (edited by hand)
+        good = False
+    if good and cert is not None and key is not None:
+        return KeyPair(cert, key)
+    return issue(ca, hosts[0], hosts, days=CERT_DAYS)
+
+
+def tls_secret(owner: Owner, pair: KeyPair, ca: KeyPair) -> Body:
+    body = _secret(
+        owner,
+        tls_secret_name(owner.name),
+        keys.ADAPTATION_POLICY_LABEL,
+        "trainer",
+        {TLS_CERT: b64(pair.cert), TLS_KEY: b64(pair.key), CA_CERT: b64(ca.cert)},
+    )
+    body["type"] = "kubernetes.io/tls"
+    return body
+
+
+def ca_config_map(owner: Owner, ca: KeyPair) -> Body:
+    data = {CA_CERT: ca.cert.decode()}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": child_metadata(
+            owner, ca_config_map_name(owner.name), keys.ADAPTATION_POLICY_LABEL, "trainer", data
+        ),
+        "data": data,
+    }

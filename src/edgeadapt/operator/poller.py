@@ -1,0 +1,77 @@
+"""Reads every trainer's ``/status``, one request per trainer per interval.
+
+For each AdaptationPolicy whose token key the operator knows, each trainer pod it wants is asked
+``GET /status`` with the bearer token derived from that key (``edgeadapt.stream.auth.
+status_token``): the endpoint is not world-readable, and the chart's NetworkPolicy lets only the
+operator (and, optionally, a monitoring namespace) reach the trainers' HTTP port. Requests run
+concurrently up to a bound, each with a timeout; a trainer that does not answer is recorded as
+unreachable, which its devices show as ``TrainerUnavailable``.
+
+The address of a trainer's endpoint is its stable DNS name under the policy's headless Service;
+``EDGEADAPT_TRAINER_STATUS_URL`` replaces it with a template (``{namespace}``, ``{policy}``,
+``{pod}``) where the operator cannot resolve cluster names, as in the kwok benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import aiohttp
+
+from edgeadapt.api import keys
+from edgeadapt.controllers.observe import TrainerObservation
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL_S = 10.0
+STATUS_TIMEOUT_S = 5.0
+CONCURRENCY = 64
+MAX_STATUS_BYTES = 32 * 1024 * 1024
+
+# (namespace, policy, pod) -> URL of the trainer's /status
+UrlOf = Callable[[str, str, str], str]
+
+
+def cluster_url(cluster_domain: str) -> UrlOf:
+    def url(namespace: str, policy: str, pod: str) -> str:
+        host = f"{pod}.{policy}-trainer.{namespace}.svc.{cluster_domain}"
+        return f"http://{host}:{keys.METRICS_PORT}/status"
+
+    return url
+
+
+def url_from_env(cluster_domain: str) -> UrlOf:
+    template = os.environ.get("EDGEADAPT_TRAINER_STATUS_URL")
+    if not template:
+        return cluster_url(cluster_domain)
+    return lambda namespace, policy, pod: template.format(
+        namespace=namespace, policy=policy, pod=pod
+    )
+
+
+async def fetch(
+    session: aiohttp.ClientSession, url: str, token: str, timeout: float = STATUS_TIMEOUT_S
+) -> TrainerObservation:
+    """One trainer's /status as an observation (unreachable, with the error, if it fails)."""
+    now = time.time()
+    try:
+        async with session.get(
+            url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as resp:
+            if resp.status != 200:
+                return TrainerObservation(now, False, f"/status answered HTTP {resp.status}")
+            raw = await resp.content.read(MAX_STATUS_BYTES + 1)
+            if len(raw) > MAX_STATUS_BYTES:
+                return TrainerObservation(now, False, "/status answer is too large")
+            body = json.loads(raw)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return TrainerObservation(now, False, f"{type(exc).__name__}: {exc}"[:300])
+    if not isinstance(body, dict):
+        return TrainerObservation(now, False, "/status answer is not a JSON object")
+    return TrainerObservation.of(body, now)
