@@ -14,6 +14,7 @@ from edgeadapt.devcluster import LocalCluster
 from edgeadapt.devcluster.cluster import REPO
 from edgeadapt.devcluster.testing import (
     OperatorProcess,
+    SimulatedTrainers,
     persistent_volumes,
     service_account_kubeconfig,
 )
@@ -29,13 +30,24 @@ def cluster(local_cluster: LocalCluster) -> LocalCluster:
     """The control plane with the CRDs established and volumes for ModelZoo claims."""
     local_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     local_cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-    local_cluster.apply(persistent_volumes(12, prefix="it-pv"))
+    # Claims of ModelZoos, trainers and agents bind to these (kwok has no provisioner).
+    local_cluster.apply(persistent_volumes(120, prefix="it-pv"))
     return local_cluster
 
 
 @pytest.fixture(scope="session")
+def trainers(cluster: LocalCluster) -> Iterator[SimulatedTrainers]:
+    """The /status of the trainers kwok pretends to run."""
+    sim = SimulatedTrainers(cluster, refresh=1.0).start()
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+@pytest.fixture(scope="session")
 def operator(
-    cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+    cluster: LocalCluster, trainers: SimulatedTrainers, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     workdir = tmp_path_factory.mktemp("operator")
     config = service_account_kubeconfig(
@@ -45,9 +57,13 @@ def operator(
         namespace=OPERATOR_NAMESPACE,
         name=OPERATOR_SA,
     )
-    proc = OperatorProcess(
-        config, workdir / "operator.log", env={"EDGEADAPT_METRICS_PORT": str(free_port())}
-    ).start()
+    env = {
+        "EDGEADAPT_METRICS_PORT": str(free_port()),
+        "EDGEADAPT_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE,
+        "EDGEADAPT_STATUS_INTERVAL": "1",
+        **trainers.env,
+    }
+    proc = OperatorProcess(config, workdir / "operator.log", env=env).start()
     try:
         yield proc
     finally:

@@ -68,10 +68,14 @@ def test_schema_defaults_are_the_papers_parameters(cluster: LocalCluster, namesp
         "adaptiveInterval": "Enabled",
     }
     assert spec["sampling"] == {"rMinFps": 0.1, "rMaxFps": 1.0, "phiTarget": 0.1}
-    assert spec["scheduler"] == {"microWindowSeconds": 1.0}
     assert spec["gpu"] == {"gpusPerTrainer": 1, "devicesPerGPU": 8}
-    assert spec["trainers"] == {"maxReplicas": 4}
-    assert spec["teacher"] == {"model": "deeplabv3_resnet101"}
+    assert spec["trainers"] == {"maxReplicas": 4, "storage": {"size": "10Gi"}}
+    # Models the trainer can make with no download: the project's synthetic-scene models.
+    for role in ("teacher", "student"):
+        assert spec[role] == {
+            "architecture": "lraspp_mobilenet_v3_large",
+            "weights": {"synthetic": "bench"},
+        }
 
 
 def _leaf_paths(schema: dict[str, Any], prefix: str) -> list[str]:
@@ -109,11 +113,13 @@ def test_short_names_category_and_printer_columns(cluster: LocalCluster, namespa
         "spec": {
             "policyRef": {"name": "p"},
             "node": {"name": "edge-0"},
-            "video": {"uri": "synthetic://x"},
+            "video": {"uri": "synthetic:seed=1"},
         },
     }
     cluster.kubectl("apply", "-f", "-", input=json.dumps(device))
     header = cluster.kubectl("get", "edgeadapt", "-n", namespace, "-o", "wide").stdout.splitlines()[
         0
     ]
-    assert header.split() == ["NAME", "READY", "REASON", "NODE", "TRAINER", "POLICY", "AGE"]
+    assert header.split() == [
+        "NAME", "READY", "REASON", "NODE", "TRAINER", "VERSION", "MIOU", "POLICY", "AGE"
+    ]  # fmt: skip

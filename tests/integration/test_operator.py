@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 
 from edgeadapt.devcluster import LocalCluster
-from edgeadapt.devcluster.testing import OperatorProcess, condition_of, get, wait_until
+from edgeadapt.devcluster.testing import (
+    OperatorProcess,
+    SimulatedTrainers,
+    condition_of,
+    get,
+    wait_until,
+)
+from edgeadapt.stream.auth import mint_token
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 90.0
@@ -38,7 +45,7 @@ def device(
         "spec": {
             "policyRef": {"name": policy_name},
             "node": node or {"name": "edge-0"},
-            "video": {"uri": f"synthetic://{name}"},
+            "video": {"uri": "synthetic:seed=1"},
             **spec,
         },
     }
@@ -107,10 +114,9 @@ def uid(cluster: LocalCluster, ns: str, resource: str, name: str) -> str:
     return str(obj["metadata"]["uid"])
 
 
-def env_of(pod: dict[str, Any]) -> dict[str, Any]:
-    return {
-        e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][0]["env"]
-    }
+def arg_of(pod: dict[str, Any], flag: str) -> str:
+    args = list(pod["spec"]["containers"][0]["args"])
+    return str(args[args.index(flag) + 1])
 
 
 def test_policy_and_devices_reconcile_to_ready(
@@ -149,18 +155,21 @@ def test_policy_and_devices_reconcile_to_ready(
             "operator": "Exists",
             "effect": "NoSchedule",
         } in pod["spec"]["tolerations"]
-        env = env_of(pod)
-        assert env["EDGEADAPT_TRAINER_ENDPOINT"] == status["trainerEndpoint"]
+        assert arg_of(pod, "--trainer") == status["trainerEndpoint"]
         assert status["trainerEndpoint"].startswith(f"fleet-trainer-0.fleet-trainer.{ns}.svc")
         assert pod["spec"]["containers"][0]["command"] == ["python", "-m", "edgeadapt.edge_agent"]
 
+        # Its token is the HMAC of its name under the policy's key, which its trainer checks;
+        # the connection and the model version come from the trainer's /status.
         secret = get(cluster, "secret", f"{name}-agent-token", ns)
         assert secret is not None
         assert secret["metadata"]["ownerReferences"][0]["uid"] == dev["metadata"]["uid"]
-        assert len(base64.b64decode(secret["data"]["token"])) >= 32
-        assert env["EDGEADAPT_TOKEN"] == {
-            "secretKeyRef": {"name": f"{name}-agent-token", "key": "token"}
-        }
+        key = base64.b64decode(must_get(cluster, "secret", "fleet-token-key", ns)["data"]["key"])
+        assert base64.b64decode(secret["data"]["token"]).decode() == mint_token(key, name)
+        assert cond(dev, "AgentConnected")["status"] == "True"
+        assert cond(dev, "ModelDeployed")["status"] == "True"
+        assert status["modelVersion"] >= 1
+        assert status["accuracy"]["miouVsTeacher"] == 0.8
     assert must_get(cluster, "pod", "cam-a-agent", ns)["spec"]["nodeName"] == "edge-1"
 
     pol = wait_condition(cluster, ns, "adaptationpolicy", "fleet")
@@ -278,7 +287,7 @@ def test_missing_model_zoo_is_reported_and_recovers(
     cluster: LocalCluster, operator: OperatorProcess, namespace: str
 ) -> None:
     ns = namespace
-    apply(cluster, ns, policy("recl", strategy="recl", modelZooRef={"name": "zoo-x"}))
+    apply(cluster, ns, policy("recl", modelZooRef={"name": "zoo-x"}))
     pol = wait_condition(
         cluster, ns, "adaptationpolicy", "recl", status="False", reason="ModelZooNotFound"
     )
@@ -289,8 +298,6 @@ def test_missing_model_zoo_is_reported_and_recovers(
     z = wait_condition(cluster, ns, "modelzoo", "zoo-x")
     assert cond(z, "StorageBound")["status"] == "True"
     pol = wait_condition(cluster, ns, "adaptationpolicy", "recl")
-    params = json.loads(must_get(cluster, "configmap", "recl-trainer", ns)["data"]["policy.json"])
-    assert params["modelZoo"]["gatingEndpoint"].startswith(f"zoo-x-gating.{ns}.svc")
     for resource, name in (
         ("pvc", "zoo-x-store"),
         ("deployment", "zoo-x-gating"),
@@ -367,7 +374,7 @@ def test_spec_edits_roll_the_affected_children(
         TIMEOUT,
         "the agent pod replaced",
     )
-    assert env_of(pod)["EDGEADAPT_VIDEO_URI"] == "rtsp://new-camera/stream"
+    assert arg_of(pod, "--source") == "rtsp://new-camera/stream"
     assert must_get(cluster, "secret", "cam-agent-token", ns)["data"]["token"] == token
 
     patch(cluster, ns, "adaptationpolicy", "roll", {"spec": {"ams": {"iterations": 50}}})
@@ -390,9 +397,15 @@ def test_suspend_removes_the_agent_and_resume_restores_it(
     patch(cluster, ns, "edgedevice", "cam", {"spec": {"suspend": True}})
     wait_condition(cluster, ns, "edgedevice", "cam", status="False", reason="Suspended")
     wait_until(lambda: get(cluster, "pod", "cam-agent", ns) is None, TIMEOUT, "agent removed")
-    pol = wait_condition(cluster, ns, "adaptationpolicy", "pause")
-    assert pol["status"]["devicesBound"] == 0
-    assert pol["status"]["trainers"] == 0
+    wait_until(
+        lambda: (
+            (p := get(cluster, "adaptationpolicy", "pause", ns))
+            and p["status"].get("devicesBound") == 0
+            and p["status"].get("trainers") == 0
+        ),
+        TIMEOUT,
+        "the policy to release the suspended device",
+    )
     patch(cluster, ns, "edgedevice", "cam", {"spec": {"suspend": False}})
     wait_condition(cluster, ns, "edgedevice", "cam")
 
@@ -594,3 +607,58 @@ def test_an_object_in_the_way_of_a_child_shows_in_status_and_recovers(
     assert condition_of(pol, "Stalled") is None
     config = must_get(cluster, "configmap", "taken-trainer", ns)
     assert config["metadata"]["ownerReferences"][0]["uid"] == pol["metadata"]["uid"]
+
+
+def test_tokens_are_reminted_and_a_refused_agent_shows_unauthenticated(
+    cluster: LocalCluster, operator: OperatorProcess, trainers: SimulatedTrainers, namespace: str
+) -> None:
+    ns = namespace
+    apply(cluster, ns, policy("keys"), device("cam-k", "keys"))
+    wait_condition(cluster, ns, "edgedevice", "cam-k")
+
+    def token() -> str:
+        return base64.b64decode(
+            must_get(cluster, "secret", "cam-k-agent-token", ns)["data"]["token"]
+        ).decode()
+
+    def key() -> bytes:
+        return base64.b64decode(must_get(cluster, "secret", "keys-token-key", ns)["data"]["key"])
+
+    # An edited token is written back.
+    good = token()
+    wrong = base64.b64encode(b"ea1.wrong").decode()
+    patch(cluster, ns, "secret", "cam-k-agent-token", {"data": {"token": wrong}})
+    wait_until(lambda: token() == good, TIMEOUT, "the operator to re-mint the token")
+
+    # The trainer refusing the agent shows on its EdgeDevice, and clears when it connects.
+    trainers.refuse.add("cam-k")
+    try:
+        dev = wait_condition(
+            cluster, ns, "edgedevice", "cam-k", status="False", reason="Unauthenticated"
+        )
+        assert cond(dev, "AgentConnected")["reason"] == "Unauthenticated"
+    finally:
+        trainers.refuse.discard("cam-k")
+    wait_condition(cluster, ns, "edgedevice", "cam-k")
+
+    # Rotation: deleting the key makes a new one, rolls the trainers and re-mints every token.
+    template = must_get(cluster, "statefulset", "keys-trainer", ns)["spec"]["template"]
+    old_hash = template["metadata"]["annotations"]["edgeadapt.io/token-key-hash"]
+    old_key = key()
+    cluster.kubectl("delete", "secret", "keys-token-key", "-n", ns)
+    wait_until(
+        lambda: get(cluster, "secret", "keys-token-key", ns) and key() != old_key,
+        TIMEOUT,
+        "a new key",
+    )
+    wait_until(lambda: token() == mint_token(key(), "cam-k"), TIMEOUT, "the token re-minted")
+    wait_until(
+        lambda: (
+            must_get(cluster, "statefulset", "keys-trainer", ns)["spec"]["template"]["metadata"][
+                "annotations"
+            ]["edgeadapt.io/token-key-hash"]
+            != old_hash
+        ),
+        TIMEOUT,
+        "the trainers to roll",
+    )

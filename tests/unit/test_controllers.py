@@ -348,7 +348,7 @@ def test_policy_is_ready_when_its_trainers_are() -> None:
 
 
 def test_policy_names_its_missing_zoo() -> None:
-    pol = policy(strategy="recl", modelZooRef={"name": "zoo-q"})
+    pol = policy(modelZooRef={"name": "zoo-q"})
     plan = decide_policy(
         pol,
         zoo=None,

@@ -62,7 +62,7 @@ RBAC_RULES = rules(
     (GROUP, "edgedevices", "get list watch"),
     (GROUP, "edgedevices/status", "get patch"),
     ("", "pods", "get list watch create delete"),
-    ("", "secrets", "get list watch create delete patch"),
+    ("", "secrets", "get list watch create patch"),
     ("", "persistentvolumeclaims", "get list watch create"),
 )
 

@@ -144,7 +144,7 @@ def tls_pair(
         good = False
     if good and cert is not None and key is not None:
         return KeyPair(cert, key)
-    return issue(ca, hosts[0], hosts, days=CERT_DAYS)
+    return issue(ca, hosts[0].split(".", 1)[0], hosts, days=CERT_DAYS)
 
 
 def tls_secret(owner: Owner, pair: KeyPair, ca: KeyPair) -> Body:

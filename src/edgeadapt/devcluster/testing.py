@@ -172,3 +172,126 @@ def persistent_volumes(count: int, prefix: str = "local-pv") -> list[dict[str, A
         }
         for i in range(count)
     ]
+
+
+class SimulatedTrainers:
+    """Answers the operator's ``/status`` requests for trainers a kwok cluster only pretends to
+    run (its pods have no containers).
+
+    Every EdgeDevice whose status names the asked trainer pod is reported connected and running
+    the trainer's current model, whose version grows by one per ``update_interval`` seconds, at
+    a steady accuracy and link use. The bindings are read from the API server every ``refresh``
+    seconds. The operator is pointed here with ``EDGEADAPT_TRAINER_STATUS_URL`` (``env``).
+    ``refuse`` lists devices reported as refused (a wrong token)."""
+
+    def __init__(
+        self, cluster: LocalCluster, *, refresh: float = 2.0, update_interval: float = 10.0
+    ) -> None:
+        import threading
+
+        self.cluster = cluster
+        self.refresh = refresh
+        self.update_interval = update_interval
+        self.refuse: set[str] = set()
+        self.requests = 0
+        self.unauthorized = 0
+        self._bound: dict[tuple[str, str], list[str]] = {}
+        self._started = time.time()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.server: Any = None
+
+    def start(self) -> SimulatedTrainers:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        sim = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                parts = self.path.strip("/").split("/")
+                sim.requests += 1
+                if len(parts) != 3 or parts[2] != "status":
+                    self._send(404, b"{}")
+                    return
+                if not self.headers.get("Authorization", "").startswith("Bearer ea1s."):
+                    sim.unauthorized += 1
+                    self._send(401, b"a bearer token is required\n")
+                    return
+                self._send(200, json.dumps(sim.status(parts[0], parts[1])).encode())
+
+            def _send(self, code: int, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self._threads = [
+            threading.Thread(target=self.server.serve_forever, daemon=True),
+            threading.Thread(target=self._watch, daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        return self
+
+    @property
+    def env(self) -> dict[str, str]:
+        port = self.server.server_address[1]
+        return {
+            "EDGEADAPT_TRAINER_STATUS_URL": f"http://127.0.0.1:{port}/{{namespace}}/{{pod}}/status"
+        }
+
+    def _watch(self) -> None:
+        template = (
+            '{range .items[*]}{.metadata.namespace}{" "}{.metadata.name}{" "}'
+            '{.status.trainer}{"\\n"}{end}'
+        )
+        while not self._stop.is_set():
+            out = self.cluster.kubectl(
+                "get", "edgedevices", "-A", "-o", f"jsonpath={template}", check=False, timeout=120
+            )
+            if out.returncode == 0:
+                bound: dict[tuple[str, str], list[str]] = {}
+                for line in out.stdout.splitlines():
+                    fields = line.split()
+                    if len(fields) == 3:
+                        bound.setdefault((fields[0], fields[2]), []).append(fields[1])
+                self._bound = bound
+            self._stop.wait(self.refresh)
+
+    def status(self, namespace: str, pod: str) -> dict[str, Any]:
+        now = time.time()
+        version = 1 + int((now - self._started) / self.update_interval)
+        devices = [
+            {
+                "id": name,
+                "adapt": True,
+                "connected": True,
+                "model_version": version,
+                "agent_model_version": version,
+                "model_checksum": "00c0ffee",
+                "agent_model_checksum": "00c0ffee",
+                "agent_in_step": True,
+                "miou_teacher_last_60s": 80.0,
+                "uplink_kbps": 120.0,
+                "downlink_kbps": 150.0,
+                "sampling_rate_fps": 0.5,
+                "last_update_time": now,
+            }
+            for name in self._bound.get((namespace, pod), [])
+            if name not in self.refuse
+        ]
+        refused = {d: {"reason": "Unauthenticated", "time": now} for d in self.refuse}
+        return {"trainer": pod, "phase": "serving", "devices": devices, "refused": refused}
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()

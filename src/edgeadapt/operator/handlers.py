@@ -16,7 +16,8 @@ import kopf
 from edgeadapt.api import keys
 from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE, GROUP, MODEL_ZOO, VERSION
 from edgeadapt.controllers.common import CHILD_KINDS, Images
-from edgeadapt.operator import metrics
+from edgeadapt.operator import metrics, poller
+from edgeadapt.operator.authority import operator_namespace
 from edgeadapt.operator.kube import Kube, login
 from edgeadapt.operator.manager import Manager
 
@@ -64,10 +65,19 @@ async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     namespaces = [n for n in os.environ.get("EDGEADAPT_WATCH_NAMESPACES", "").split(",") if n]
+    images = images_from_env()
+    own = os.environ.get("EDGEADAPT_OPERATOR_NAMESPACE") or (
+        namespaces[0] if namespaces else operator_namespace()
+    )
     mgr = Manager(
         Kube(login(settings)),
-        images=images_from_env(),
+        images=images,
         workers=int(os.environ.get("EDGEADAPT_RECONCILE_WORKERS", "8")),
+        operator_namespace=own,
+        status_url=poller.url_from_env(images.cluster_domain),
+        status_interval=float(
+            os.environ.get("EDGEADAPT_STATUS_INTERVAL", str(poller.STATUS_INTERVAL_S))
+        ),
     )
     metrics_port = int(os.environ.get("EDGEADAPT_METRICS_PORT", "0"))
     if metrics_port:
