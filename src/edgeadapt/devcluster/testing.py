@@ -180,9 +180,10 @@ class SimulatedTrainers:
 
     Every EdgeDevice whose status names the asked trainer pod is reported connected and running
     the trainer's current model, whose version grows by one per ``update_interval`` seconds, at
-    a steady accuracy and link use. The bindings are read from the API server every ``refresh``
-    seconds. The operator is pointed here with ``EDGEADAPT_TRAINER_STATUS_URL`` (``env``).
-    ``refuse`` lists devices reported as refused (a wrong token)."""
+    a steady accuracy and link use. The bindings come from a watch of the EdgeDevices
+    (``refresh``: the pause before watching again after an error). The operator is pointed here
+    with ``EDGEADAPT_TRAINER_STATUS_URL`` (``env``). ``refuse`` lists devices reported as refused
+    (a wrong token)."""
 
     def __init__(
         self, cluster: LocalCluster, *, refresh: float = 2.0, update_interval: float = 10.0
@@ -248,22 +249,52 @@ class SimulatedTrainers:
         }
 
     def _watch(self) -> None:
-        template = (
-            '{range .items[*]}{.metadata.namespace}{" "}{.metadata.name}{" "}'
-            '{.status.trainer}{"\\n"}{end}'
-        )
+        """Keep the device -> trainer bindings from a list and watch of EdgeDevices."""
+        import ssl
+        import urllib.request
+
+        pki = self.cluster.workdir / "pki"
+        context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        url = f"{self.cluster.server}/apis/edgeadapt.io/v1alpha1/edgedevices"
+        trainer_of: dict[tuple[str, str], str] = {}
+
+        def note(item: dict[str, Any], gone: bool = False) -> None:
+            meta = item["metadata"]
+            key = (meta["namespace"], meta["name"])
+            trainer = None if gone else (item.get("status") or {}).get("trainer")
+            if trainer:
+                trainer_of[key] = trainer
+            else:
+                trainer_of.pop(key, None)
+
+        def publish() -> None:
+            bound: dict[tuple[str, str], list[str]] = {}
+            for (ns, name), trainer in trainer_of.items():
+                bound.setdefault((ns, trainer), []).append(name)
+            self._bound = bound
+
         while not self._stop.is_set():
-            out = self.cluster.kubectl(
-                "get", "edgedevices", "-A", "-o", f"jsonpath={template}", check=False, timeout=120
-            )
-            if out.returncode == 0:
-                bound: dict[tuple[str, str], list[str]] = {}
-                for line in out.stdout.splitlines():
-                    fields = line.split()
-                    if len(fields) == 3:
-                        bound.setdefault((fields[0], fields[2]), []).append(fields[1])
-                self._bound = bound
-            self._stop.wait(self.refresh)
+            try:
+                with urllib.request.urlopen(url, context=context, timeout=60) as resp:
+                    listing = json.loads(resp.read())
+                trainer_of.clear()
+                for item in listing.get("items") or []:
+                    note(item)
+                publish()
+                version = listing["metadata"]["resourceVersion"]
+                watch = f"{url}?watch=1&resourceVersion={version}&timeoutSeconds=120"
+                with urllib.request.urlopen(watch, context=context, timeout=150) as stream:
+                    for line in stream:
+                        event = json.loads(line)
+                        if event.get("type") == "ERROR":
+                            break
+                        note(event["object"], gone=event.get("type") == "DELETED")
+                        publish()
+                        if self._stop.is_set():
+                            return
+            except (OSError, ValueError, KeyError):
+                self._stop.wait(self.refresh)
 
     def status(self, namespace: str, pod: str) -> dict[str, Any]:
         now = time.time()

@@ -38,6 +38,7 @@ def images_from_env() -> Images:
         edge_agent=os.environ.get("EDGEADAPT_EDGE_AGENT_IMAGE", default.edge_agent),
         pull_policy=os.environ.get("EDGEADAPT_IMAGE_PULL_POLICY", default.pull_policy),
         cluster_domain=os.environ.get("EDGEADAPT_CLUSTER_DOMAIN", default.cluster_domain),
+        agent_state_path=os.environ.get("EDGEADAPT_AGENT_STATE_PATH", default.agent_state_path),
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 from collections.abc import Hashable, Mapping
@@ -134,6 +135,7 @@ class Manager:
         default_factory=dict
     )
     issued: dict[tuple[str, str], KeyPair] = field(default_factory=dict)  # trainer certificates
+    _figures_queued: dict[tuple[str, str], float] = field(default_factory=dict)
     objects: dict[Key, Body] = field(default_factory=dict)
     children: dict[Key, Body] = field(default_factory=dict)
     devices_by_policy: dict[tuple[str, str], set[str]] = field(default_factory=dict)
@@ -207,13 +209,26 @@ class Manager:
             obs = await poller.fetch(session, self.status_url(ns, policy, pod), token)
         old = self.observations.get((ns, policy, index))
         self.observations[(ns, policy, index)] = obs
-        if old is not None and _digest(old) == _digest(obs):
-            return
+        if old is None or _shape(old) != _shape(obs):
+            self.queue.add((ADAPTATION_POLICY.plural, ns, policy))
         pool = self.pools.get((ns, policy))
+        now = time.monotonic()
         for device in self.devices_by_policy.get((ns, policy), ()):
-            if pool is not None and pool.trainer_of(device) == index:
+            if pool is None or pool.trainer_of(device) != index:
+                continue
+            before, after = _device_digest(old, device), _device_digest(obs, device)
+            if before[0] != after[0]:  # connected, in step, refused: a condition may change
                 self.queue.add((EDGE_DEVICE.plural, ns, device))
-        self.queue.add((ADAPTATION_POLICY.plural, ns, policy))
+                self._figures_queued[(ns, device)] = now
+            elif (
+                before != after
+                and now - self._figures_queued.get((ns, device), -math.inf)
+                >= observe.FIGURES_REFRESH_S / 2
+            ):
+                # Figures only: the decision writes them within the documented tolerance, so
+                # looking again more often than that would only cost reconciles.
+                self.queue.add((EDGE_DEVICE.plural, ns, device))
+                self._figures_queued[(ns, device)] = now
 
     def token_key(self, ns: str, policy: str) -> bytes | None:
         secret = self.children.get((SECRET.plural, ns, security.token_key_secret_name(policy)))
@@ -388,7 +403,6 @@ class Manager:
             binding,
             pod=pod,
             token_secret=self.children.get((SECRET.plural, ns, edgedevice.token_secret_name(name))),
-            claim_exists=(PVC.plural, ns, edgedevice.state_claim_name(name)) in self.children,
             policy_key=self.token_key(ns, policy_name) if policy is not None else None,
             ca_published=(CONFIG_MAP.plural, ns, security.ca_config_map_name(policy_name))
             in self.children,
@@ -618,24 +632,40 @@ def _patch_of(kind: ChildKind, body: Body) -> Body:
     return patch
 
 
-def _digest(obs: observe.TrainerObservation) -> tuple[Any, ...]:
-    """What of an observation can change a status: compared between two polls."""
-    devices = tuple(
-        sorted(
-            (
-                name,
-                bool(v.get("connected")),
-                bool(v.get("agent_in_step")),
-                v.get("agent_model_version"),
-                v.get("model_version"),
-                v.get("miou_teacher_last_60s"),
-                v.get("uplink_kbps"),
-                v.get("downlink_kbps"),
-            )
-            for name, v in obs.devices.items()
+def _shape(obs: observe.TrainerObservation) -> tuple[Any, ...]:
+    """What of a trainer's observation its policy's status shows."""
+    return (
+        obs.reachable,
+        obs.phase,
+        sum(1 for v in obs.devices.values() if v.get("connected")),
+        sum(1 for v in obs.devices.values() if v.get("agent_in_step")),
+    )
+
+
+def _device_digest(
+    obs: observe.TrainerObservation | None, device: str
+) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """(what a device's conditions depend on, its figures) in an observation."""
+    if obs is None:
+        return ((None,), ())
+    view = obs.devices.get(device) or {}
+    conditions = (
+        obs.serving,
+        device in obs.refused,
+        bool(view.get("connected")),
+        bool(view.get("agent_in_step")),
+    )
+    figures = tuple(
+        view.get(k)
+        for k in (
+            "agent_model_version",
+            "miou_teacher_last_60s",
+            "uplink_kbps",
+            "downlink_kbps",
+            "sampling_rate_fps",
         )
     )
-    return (obs.reachable, obs.phase, devices, tuple(sorted(obs.refused)))
+    return conditions, figures
 
 
 def _owner_key(meta: Mapping[str, Any]) -> Key | None:

@@ -182,10 +182,12 @@ class ModelUpdate(_message.Message):
     def __init__(self, version: _Optional[int] = ..., base_version: _Optional[int] = ..., num_params: _Optional[int] = ..., mask_encoding: _Optional[_Union[MaskEncoding, str]] = ..., value_type: _Optional[_Union[ValueType, str]] = ..., mask: _Optional[bytes] = ..., values: _Optional[bytes] = ..., checksum: _Optional[int] = ..., model_checksum: _Optional[int] = ..., snapshot: _Optional[bool] = ...) -> None: ...
 
 class StartingModelRequest(_message.Message):
-    __slots__ = ("device_id",)
+    __slots__ = ("device_id", "have_sha256")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    HAVE_SHA256_FIELD_NUMBER: _ClassVar[int]
     device_id: str
-    def __init__(self, device_id: _Optional[str] = ...) -> None: ...
+    have_sha256: str
+    def __init__(self, device_id: _Optional[str] = ..., have_sha256: _Optional[str] = ...) -> None: ...
 
 class ModelChunk(_message.Message):
     __slots__ = ("offset", "data", "total_size", "sha256")
