@@ -196,8 +196,10 @@ def _run(
     width = height = None
     if args.size:
         width, height = (int(v) for v in args.size.lower().split("x"))
-    source = open_source(args.source, width=width, height=height)
     network = args.source.startswith(NETWORK_SCHEMES)
+    source = _open_first(args.source, width, height, network, stop)
+    if source is None:
+        return 0  # stopped while waiting for the camera
     live = args.source.startswith(LIVE_SCHEMES) or args.loop
 
     def reopen() -> VideoSource:
@@ -248,6 +250,26 @@ def _run(
         args.summary_out.write_text(json.dumps(summary, indent=2) + "\n")
     log.info("agent stopped", extra={k: summary[k] for k in ("frames_inferred", "model_version")})
     return 0
+
+
+def _open_first(
+    spec: str, width: int | None, height: int | None, network: bool, stop: threading.Event
+) -> Any:
+    """The source, opened; a network camera that is not there yet is tried again with backoff
+    (the agent stays up, not ready), anything else that fails to open is an error."""
+    from edgeadapt.video.source import open_source
+
+    delay = 1.0
+    while True:
+        try:
+            return open_source(spec, width=width, height=height)
+        except Exception as exc:
+            if not network:
+                raise
+            log.warning("cannot open the video source yet: %s; retrying in %.0f s", exc, delay)
+        if stop.wait(delay):
+            return None
+        delay = min(delay * 2, 30.0)
 
 
 if __name__ == "__main__":
