@@ -395,6 +395,78 @@ def test_the_device_adapts_over_tls_with_its_minted_token(
     assert "starting-model.pth" in listing.stdout
     trainer_log = cluster.kubectl("logs", "-n", DEMO_NS, f"{POLICY}-trainer-0").stdout
     assert "sent the starting model" in trainer_log
+    # The trainers' HTTP port (/status) is fenced to the operator by a NetworkPolicy (this CNI
+    # does not enforce it; one that does would).
+    netpol = get_json(cluster, "networkpolicy", f"{POLICY}-trainer", "-n", DEMO_NS)
+    assert netpol["spec"]["ingress"][1]["ports"] == [{"protocol": "TCP", "port": 9090}]
+
+
+def test_a_policy_edit_rolls_the_trainers_and_no_device_loses_its_version(
+    chart: LocalCluster, examples: dict[str, list[Any]]
+) -> None:
+    cluster = chart
+    before = deployed_at(cluster, 3, 300, f"{DEVICE} deployed")
+    version = int(before["status"]["modelVersion"])
+    trainer = f"{POLICY}-trainer-0"
+    uid = get_json(cluster, "pod", trainer, "-n", DEMO_NS)["metadata"]["uid"]
+    edit = {"spec": {"ams": {"iterations": 10}}}
+    cluster.kubectl("patch", "adaptationpolicy", POLICY, "-n", DEMO_NS, "--type=merge",
+                    "-p", json.dumps(edit))  # fmt: skip
+
+    def rolled() -> bool:
+        found = [p for p in pods(cluster, DEMO_NS) if p["metadata"]["name"] == trainer]
+        return bool(found) and found[0]["metadata"]["uid"] != uid and ready(found[0])
+
+    wait_until(rolled, 300, "the trainer rolled with the new parameters", interval=2)
+    after = deployed_at(cluster, version + 1, 420, f"{DEVICE} past version {version}")
+    assert int(after["status"]["modelVersion"]) > version
+    config = get_json(cluster, "configmap", f"{POLICY}-trainer", "-n", DEMO_NS)
+    assert json.loads(config["data"]["policy.json"])["ams"]["iterations"] == 10
+    log = cluster.kubectl("logs", "-n", DEMO_NS, trainer).stdout
+    assert "sending a snapshot" not in log
+
+
+def test_a_weights_source_that_cannot_be_read_stalls_the_policy_naming_it(
+    chart: LocalCluster, examples: dict[str, list[Any]]
+) -> None:
+    cluster = chart
+    source = "https://127.0.0.1:9/teacher.pth"
+    policy = {
+        "apiVersion": "edgeadapt.io/v1alpha1",
+        "kind": "AdaptationPolicy",
+        "metadata": {"name": "broken", "namespace": DEMO_NS},
+        "spec": {
+            "teacher": {"weights": {"url": source, "sha256": "0" * 64}},
+            "student": {"weights": {"synthetic": "tiny"}},
+            "trainers": {"resources": {"requests": TRAINER_FIT}},
+            "deviceSelector": {"matchLabels": {"site": "nowhere"}},
+        },
+    }
+    device = {
+        "apiVersion": "edgeadapt.io/v1alpha1",
+        "kind": "EdgeDevice",
+        "metadata": {"name": "cam-broken", "namespace": DEMO_NS, "labels": {"site": "nowhere"}},
+        "spec": {
+            "policyRef": {"name": "broken"},
+            "node": {"name": "edge-0"},
+            "video": {"uri": "synthetic:seed=3"},
+        },
+    }
+    for obj in (policy, device):
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(obj))
+    try:
+
+        def stalled() -> dict[str, Any] | None:
+            pol = get_json(cluster, "adaptationpolicy", "broken", "-n", DEMO_NS)
+            cond = condition(pol, "Stalled")
+            return cond if cond.get("reason") == "ModelProvisioningFailed" else None
+
+        cond = wait_until(stalled, 300, "the policy Stalled for its weights source", interval=2)
+        assert source in cond["message"]
+        assert condition(edge_device(cluster, "cam-broken"), "Ready")["status"] == "False"
+    finally:
+        cluster.kubectl("delete", "edgedevice", "cam-broken", "-n", DEMO_NS, "--wait=false")
+        cluster.kubectl("delete", "adaptationpolicy", "broken", "-n", DEMO_NS, "--wait=false")
 
 
 def test_a_deleted_trainer_comes_back_on_its_claim_and_the_device_resumes(

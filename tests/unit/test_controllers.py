@@ -574,3 +574,32 @@ def test_child_failures_without_a_refusal_are_reconciling() -> None:
 
 def conditions_messages(status: dict[str, Any]) -> dict[str, str]:
     return {c["type"]: c["message"] for c in status["conditions"]}
+
+
+def test_the_trainers_http_port_is_open_to_the_operator_only() -> None:
+    images = Images(network_policy=True, operator_namespace="edgeadapt-system")
+    plan = decide_policy(
+        policy(),
+        zoo=None,
+        trainers_wanted=1,
+        devices_bound=1,
+        devices_unbound=0,
+        statefulset=None,
+        images=images,
+        now=NOW,
+    )
+    (np,) = [a.body for a in plan.apply if a.kind.kind == "NetworkPolicy"]
+    grpc, http = np["spec"]["ingress"]
+    assert "from" not in grpc  # agents connect from their edge nodes
+    assert grpc["ports"] == [{"protocol": "TCP", "port": keys.TRAINER_GRPC_PORT}]
+    assert http["ports"] == [{"protocol": "TCP", "port": keys.METRICS_PORT}]
+    (source,) = http["from"]
+    assert source["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "edgeadapt-system"
+    }
+    assert np["spec"]["podSelector"]["matchLabels"][keys.ADAPTATION_POLICY_LABEL] == "pol"
+    without = decide_policy(
+        policy(), zoo=None, trainers_wanted=1, devices_bound=1, devices_unbound=0,
+        statefulset=None, images=IMAGES, now=NOW,
+    )  # fmt: skip
+    assert not [a for a in without.apply if a.kind.kind == "NetworkPolicy"]

@@ -11,7 +11,7 @@ Ready needs the data plane: the trainers' ``/status`` must show each agent conne
 the current model. kwok runs no containers, so simulated trainers
 (``edgeadapt.devcluster.testing.SimulatedTrainers``) answer the operator's polling, which runs at
 its production interval (``STATUS_INTERVAL_S``, 10 s) with bearer tokens; the figures include
-the polling requests. Volumes for the agents' and trainers' claims are made before the clock
+the polling requests. Volumes for the trainers' claims are made before the clock
 starts (kwok has no provisioner).
 """
 
@@ -148,7 +148,7 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any] | No
             namespace=SYSTEM_NAMESPACE,
             name=OPERATOR_SA,
         )
-        cluster.apply(persistent_volumes(n + trainers + 4, prefix="bench-pv"))
+        cluster.apply(persistent_volumes(trainers + 4, prefix="bench-pv"))  # trainer claims
         simulated = SimulatedTrainers(cluster).start()
         port = free_port()
         operator = OperatorProcess(

@@ -38,6 +38,7 @@ from edgeadapt.controllers import security
 from edgeadapt.controllers.binding import Capacity
 from edgeadapt.controllers.common import (
     CONFIG_MAP,
+    NETWORK_POLICY,
     SECRET,
     SERVICE,
     STATEFUL_SET,
@@ -68,6 +69,7 @@ RBAC_RULES = rules(
     ("", "secrets", "get list watch create patch"),
     ("", "pods", "get list watch"),
     ("apps", "statefulsets", "get list watch create patch"),
+    ("networking.k8s.io", "networkpolicies", "get list watch create patch"),
 )
 
 COMPONENT = "trainer"
@@ -314,6 +316,46 @@ def stateful_set(
     }
 
 
+def network_policy(owner: Owner, images: Images) -> Body:
+    """The trainers take gRPC from anywhere (agents, often outside the pod network) and HTTP
+    (``/status`` names devices; ``/metrics``) only from the operator and the monitoring
+    namespace."""
+    http_from: list[Body] = [
+        {
+            "namespaceSelector": {
+                "matchLabels": {"kubernetes.io/metadata.name": images.operator_namespace}
+            },
+            "podSelector": {"matchLabels": {keys.NAME: "edgeadapt", keys.COMPONENT: "operator"}},
+        }
+    ]
+    if images.metrics_namespace:
+        http_from.append(
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": images.metrics_namespace}
+                }
+            }
+        )
+    spec = {
+        "podSelector": {
+            "matchLabels": selector_labels(keys.ADAPTATION_POLICY_LABEL, owner.name, COMPONENT)
+        },
+        "policyTypes": ["Ingress"],
+        "ingress": [
+            {"ports": [{"protocol": "TCP", "port": keys.TRAINER_GRPC_PORT}]},
+            {"from": http_from, "ports": [{"protocol": "TCP", "port": keys.METRICS_PORT}]},
+        ],
+    }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": child_metadata(
+            owner, trainer_name(owner.name), keys.ADAPTATION_POLICY_LABEL, COMPONENT, spec
+        ),
+        "spec": spec,
+    }
+
+
 def provisioning_failure(pods: Sequence[Mapping[str, Any]]) -> str | None:
     """The message of a trainer that exited because it could not provision its models."""
     for pod in pods:
@@ -371,6 +413,8 @@ def decide(
             Apply(SECRET, security.token_key_secret(owner, key), mode="create"),
         ]
     )
+    if images.network_policy:
+        plan.apply.append(Apply(NETWORK_POLICY, network_policy(owner, images)))
     if ca is not None and tls is not None:
         plan.apply.append(Apply(SECRET, security.tls_secret(owner, tls, ca)))
         plan.apply.append(Apply(CONFIG_MAP, security.ca_config_map(owner, ca)))

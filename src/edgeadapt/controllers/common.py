@@ -45,7 +45,8 @@ CONFIG_MAP = ChildKind("v1", "ConfigMap", "configmaps")
 PVC = ChildKind("v1", "PersistentVolumeClaim", "persistentvolumeclaims")
 DEPLOYMENT = ChildKind("apps/v1", "Deployment", "deployments")
 STATEFUL_SET = ChildKind("apps/v1", "StatefulSet", "statefulsets")
-CHILD_KINDS = (POD, SECRET, SERVICE, CONFIG_MAP, PVC, DEPLOYMENT, STATEFUL_SET)
+NETWORK_POLICY = ChildKind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
+CHILD_KINDS = (POD, SECRET, SERVICE, CONFIG_MAP, PVC, DEPLOYMENT, STATEFUL_SET, NETWORK_POLICY)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,11 @@ class Images:
     cluster_domain: str = "cluster.local"
     # Edge agents keep their model under <this>/<namespace>/<device> on their node.
     agent_state_path: str = "/var/lib/edgeadapt/devices"
+    # A NetworkPolicy per policy's trainers: gRPC from anywhere (agents), the HTTP port (/status,
+    # /metrics) only from the operator's pods in its namespace and from ``metrics_namespace``.
+    network_policy: bool = False
+    operator_namespace: str = ""
+    metrics_namespace: str = ""
 
 
 @dataclass

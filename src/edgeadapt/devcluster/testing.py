@@ -196,7 +196,8 @@ class SimulatedTrainers:
         self.refuse: set[str] = set()
         self.requests = 0
         self.unauthorized = 0
-        self._bound: dict[tuple[str, str], list[str]] = {}
+        self._trainer_of: dict[tuple[str, str], str] = {}  # (namespace, device) -> trainer pod
+        self._lock = threading.Lock()
         self._started = time.time()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -257,31 +258,25 @@ class SimulatedTrainers:
         context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
         url = f"{self.cluster.server}/apis/edgeadapt.io/v1alpha1/edgedevices"
-        trainer_of: dict[tuple[str, str], str] = {}
 
         def note(item: dict[str, Any], gone: bool = False) -> None:
             meta = item["metadata"]
             key = (meta["namespace"], meta["name"])
             trainer = None if gone else (item.get("status") or {}).get("trainer")
-            if trainer:
-                trainer_of[key] = trainer
-            else:
-                trainer_of.pop(key, None)
-
-        def publish() -> None:
-            bound: dict[tuple[str, str], list[str]] = {}
-            for (ns, name), trainer in trainer_of.items():
-                bound.setdefault((ns, trainer), []).append(name)
-            self._bound = bound
+            with self._lock:
+                if trainer:
+                    self._trainer_of[key] = trainer
+                else:
+                    self._trainer_of.pop(key, None)
 
         while not self._stop.is_set():
             try:
                 with urllib.request.urlopen(url, context=context, timeout=60) as resp:
                     listing = json.loads(resp.read())
-                trainer_of.clear()
+                with self._lock:
+                    self._trainer_of.clear()
                 for item in listing.get("items") or []:
                     note(item)
-                publish()
                 version = listing["metadata"]["resourceVersion"]
                 watch = f"{url}?watch=1&resourceVersion={version}&timeoutSeconds=120"
                 with urllib.request.urlopen(watch, context=context, timeout=150) as stream:
@@ -290,7 +285,6 @@ class SimulatedTrainers:
                         if event.get("type") == "ERROR":
                             break
                         note(event["object"], gone=event.get("type") == "DELETED")
-                        publish()
                         if self._stop.is_set():
                             return
             except (OSError, ValueError, KeyError):
@@ -299,6 +293,8 @@ class SimulatedTrainers:
     def status(self, namespace: str, pod: str) -> dict[str, Any]:
         now = time.time()
         version = 1 + int((now - self._started) / self.update_interval)
+        with self._lock:
+            bound = [d for (ns, d), t in self._trainer_of.items() if ns == namespace and t == pod]
         devices = [
             {
                 "id": name,
@@ -315,7 +311,7 @@ class SimulatedTrainers:
                 "sampling_rate_fps": 0.5,
                 "last_update_time": now,
             }
-            for name in self._bound.get((namespace, pod), [])
+            for name in bound
             if name not in self.refuse
         ]
         refused = {d: {"reason": "Unauthenticated", "time": now} for d in self.refuse}

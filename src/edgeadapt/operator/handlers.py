@@ -7,6 +7,7 @@ the objects: no finalizers, no annotations, no status fields of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -66,9 +67,14 @@ async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     namespaces = [n for n in os.environ.get("EDGEADAPT_WATCH_NAMESPACES", "").split(",") if n]
-    images = images_from_env()
     own = os.environ.get("EDGEADAPT_OPERATOR_NAMESPACE") or (
         namespaces[0] if namespaces else operator_namespace()
+    )
+    images = dataclasses.replace(
+        images_from_env(),
+        network_policy=os.environ.get("EDGEADAPT_NETWORK_POLICY", "") == "true",
+        operator_namespace=own,
+        metrics_namespace=os.environ.get("EDGEADAPT_METRICS_NAMESPACE", ""),
     )
     mgr = Manager(
         Kube(login(settings)),
