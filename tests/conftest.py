@@ -19,7 +19,7 @@ CONTROL_PLANE_MARKERS = ("integration", "e2e", "node")
 _bin_dir: list[Path] = []
 # The real-node tier: the examples pin one EdgeDevice to the node edge-0 and place the other on a
 # Jetson edge node; the real node is both, and advertises a GPU for the trainer.
-REAL_NODE = RealNodeSpec(name="edge-0", gpus=1, edge=True)
+REAL_NODE = RealNodeSpec(name="edge-0", gpus=2, edge=True)  # two trainers fit
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

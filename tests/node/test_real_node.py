@@ -63,7 +63,7 @@ def test_the_node_is_ready_with_its_gpu_and_edge_labels(real_cluster: LocalClust
     cluster = real_cluster
     assert cluster.node is not None
     node = get_json(cluster, "node", "edge-0")
-    assert node["status"]["capacity"]["nvidia.com/gpu"] == "1"
+    assert node["status"]["capacity"]["nvidia.com/gpu"] == "2"
     assert "node-role.kubernetes.io/edge" in node["metadata"]["labels"]
     assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
     assert node["status"]["nodeInfo"]["kubeletVersion"] == "v1.34.4"

@@ -213,7 +213,8 @@ class Manager:
             self.queue.add((ADAPTATION_POLICY.plural, ns, policy))
         pool = self.pools.get((ns, policy))
         now = time.monotonic()
-        for device in self.devices_by_policy.get((ns, policy), ()):
+        # kopf calls on_event from its handler threads: iterate over a copy.
+        for device in tuple(self.devices_by_policy.get((ns, policy), ())):
             if pool is None or pool.trainer_of(device) != index:
                 continue
             before, after = _device_digest(old, device), _device_digest(obs, device)
@@ -353,7 +354,7 @@ class Manager:
                 self.device_policy[(ns, device_name)] = name
 
     def _queue_devices(self, ns: str, policy: str) -> None:
-        for device in self.devices_by_policy.get((ns, policy), ()):
+        for device in tuple(self.devices_by_policy.get((ns, policy), ())):
             self.queue.add((EDGE_DEVICE.plural, ns, device))
 
     # ----------------------------------------------------------------- reconcile
