@@ -369,21 +369,24 @@ def test_an_agent_without_model_files_starts_from_the_trainer(cluster: Cluster, 
     token_file = cluster.workdir / "cam-1.token"
     token_file.write_text(mint_token(env.secret, "cam-1"))
     agent_state = cluster.workdir / "cam-1-state"
-    agent = start_agent(
-        AgentLaunch(
-            device_id="cam-1",
-            source=VIDEO.format(seed=3),
-            trainer=f"127.0.0.1:{trainer.grpc_port}",
-            ca_file=str(env.pki.ca),
-            token_file=str(token_file),
-            state_dir=str(agent_state),
-            http_listen="127.0.0.1:0",
-            backoff_max=1,
-        ),
-        cluster.workdir,
+    agent_launch = AgentLaunch(
+        device_id="cam-1",
+        source=VIDEO.format(seed=3),
+        trainer=f"127.0.0.1:{trainer.grpc_port}",
+        ca_file=str(env.pki.ca),
+        token_file=str(token_file),
+        state_dir=str(agent_state),
+        http_listen="127.0.0.1:0",
+        backoff_max=1,
     )
-    cluster.procs.append(agent)
-    wait_ready(agent, 120)
+
+    def start_cam(name: str) -> Proc:
+        proc = start_agent(agent_launch, cluster.workdir, name=name)
+        cluster.procs.append(proc)
+        wait_ready(proc, 120)
+        return proc
+
+    agent = start_cam("cam-1")
     fetched = agent_state / "starting-model.pth"
     assert fetched.read_bytes() == env.student.read_bytes()
     wait_for("the agent to adapt", at_version(agent, 2), 180)
@@ -400,21 +403,7 @@ def test_an_agent_without_model_files_starts_from_the_trainer(cluster: Cluster, 
     # A restart fetches nothing: the kept file is used as it is.
     stop(agent)
     mtime = fetched.stat().st_mtime_ns
-    again = start_agent(
-        AgentLaunch(
-            device_id="cam-1",
-            source=VIDEO.format(seed=3),
-            trainer=f"127.0.0.1:{trainer.grpc_port}",
-            ca_file=str(env.pki.ca),
-            token_file=str(token_file),
-            state_dir=str(agent_state),
-            http_listen="127.0.0.1:0",
-        ),
-        cluster.workdir,
-        name="cam-1-again",
-    )
-    cluster.procs.append(again)
-    wait_ready(again, 120)
+    again = start_cam("cam-1-again")
     assert status(again)["model_version"] >= 2
     assert fetched.stat().st_mtime_ns == mtime
 

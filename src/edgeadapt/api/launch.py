@@ -116,9 +116,11 @@ class ModelRef:
 
 
 def _flag(out: list[str], name: str, value: object) -> None:
-    if value is None or value is False or value == "":
-        return
-    out.append(name) if value is True else out.extend((name, str(value)))
+    """Append ``name`` (a switch, for True) or ``name value``; nothing for None, False or ''."""
+    if value is True:
+        out.append(name)
+    elif value is not None and value is not False and value != "":
+        out.extend((name, str(value)))
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgeadapt.api.conditions import now_rfc3339
+
 FIGURES_REFRESH_S = 60.0
 ACCURACY_TOLERANCE = 0.02
 RATE_TOLERANCE = 0.25
@@ -141,7 +143,7 @@ def figures_due(current: Mapping[str, Any], new: Mapping[str, Any], now: float) 
 
 
 def rfc3339(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return now_rfc3339(datetime.datetime.fromtimestamp(t, datetime.UTC))
 
 
 def parse_rfc3339(text: str) -> float:

@@ -187,9 +187,17 @@ class Manager:
             if key is None:
                 continue
             token = status_token(key)
+            # kopf calls on_event from its handler threads: group a copy of the bindings.
+            devices: dict[int, list[str]] = {}
+            for device, index in tuple(pool.bound.items()):
+                devices.setdefault(index, []).append(device)
             for index in range(pool.trainers_wanted):
                 wanted.add((ns, policy, index))
-                jobs.append(self._poll_trainer(session, limit, ns, policy, index, token))
+                jobs.append(
+                    self._poll_trainer(
+                        session, limit, ns, policy, index, token, devices.get(index, [])
+                    )
+                )
         for gone in set(self.observations) - wanted:
             del self.observations[gone]
         await asyncio.gather(*jobs)
@@ -202,7 +210,10 @@ class Manager:
         policy: str,
         index: int,
         token: str,
+        devices: list[str],
     ) -> None:
+        """Ask one trainer; queue its policy if its summary changed, and each of its ``devices``
+        whose conditions could change or whose figures are due."""
         assert self.status_url is not None
         pod = edgedevice.trainer_pod_name(policy, index)
         async with limit:
@@ -211,23 +222,16 @@ class Manager:
         self.observations[(ns, policy, index)] = obs
         if old is None or _shape(old) != _shape(obs):
             self.queue.add((ADAPTATION_POLICY.plural, ns, policy))
-        pool = self.pools.get((ns, policy))
         now = time.monotonic()
-        # kopf calls on_event from its handler threads: iterate over a copy.
-        for device in tuple(self.devices_by_policy.get((ns, policy), ())):
-            if pool is None or pool.trainer_of(device) != index:
-                continue
+        for device in devices:
             before, after = _device_digest(old, device), _device_digest(obs, device)
-            if before[0] != after[0]:  # connected, in step, refused: a condition may change
-                self.queue.add((EDGE_DEVICE.plural, ns, device))
-                self._figures_queued[(ns, device)] = now
-            elif (
-                before != after
-                and now - self._figures_queued.get((ns, device), -math.inf)
-                >= observe.FIGURES_REFRESH_S / 2
+            last = self._figures_queued.get((ns, device), -math.inf)
+            # A condition (connected, in step, refused) may change: now. Figures only: the
+            # decision writes them within the documented tolerance, so looking again more often
+            # than that would only cost reconciles.
+            if before[0] != after[0] or (
+                before != after and now - last >= observe.FIGURES_REFRESH_S / 2
             ):
-                # Figures only: the decision writes them within the documented tolerance, so
-                # looking again more often than that would only cost reconciles.
                 self.queue.add((EDGE_DEVICE.plural, ns, device))
                 self._figures_queued[(ns, device)] = now
 
