@@ -408,6 +408,61 @@ def test_an_agent_without_model_files_starts_from_the_trainer(cluster: Cluster, 
     assert fetched.stat().st_mtime_ns == mtime
 
 
+def test_link_budgets_hold_the_measured_rates_and_split_a_snapshot(
+    cluster: Cluster, env: Env
+) -> None:
+    """A device with small budgets keeps adapting inside them while its neighbour without one
+    uses far more; a fresh agent behind the trainer gets its snapshot in paced parts."""
+    trainer = cluster.trainer(cluster.workdir / "state")
+    port = trainer.grpc_port
+    down, up = 30.0, 8.0
+    budgeted = cluster.agent(
+        "cam-b", port, seed=2, extra=("--downlink-kbps", f"{down:g}", "--uplink-kbps", f"{up:g}")
+    )
+    free = cluster.agent("cam-f", port, seed=3)
+    started = time.monotonic()
+    wait_for("the budgeted device to adapt", at_version(budgeted, 2), 180)
+    time.sleep(max(0.0, 80.0 - (time.monotonic() - started)))
+    b, f = device(trainer, "cam-b"), device(trainer, "cam-f")
+    assert b is not None
+    assert f is not None
+    # The trainer's last-minute rates, and the agent's own count over its whole run.
+    assert 0 < b["downlink_kbps"] <= down, b
+    assert 0 < b["uplink_kbps"] <= up, b
+    agent_view = status(budgeted)
+    assert agent_view["downlink_kbps"] <= down, agent_view
+    assert agent_view["uplink_kbps"] <= up, agent_view
+    assert f["downlink_kbps"] > 3 * down, "the budget, not the scene, held the rate"
+    link = b["link"]
+    assert link["limited"], link
+    assert link["limits"], link
+    assert b["sampling_rate_fps"] < f["sampling_rate_fps"] or b["sampling_rate_fps"] < 0.5
+    assert f["link"] is None
+    assert status(free)["model_version"] >= 2
+    print(
+        "budgeted device, trainer's last minute:",
+        {k: b[k] for k in ("uplink_kbps", "downlink_kbps", "sampling_rate_fps", "model_version")},
+        "agent's whole run:",
+        {k: agent_view[k] for k in ("uplink_kbps", "downlink_kbps")},
+        "limits:",
+        link["limits"],
+        "unbudgeted device:",
+        {k: f[k] for k in ("uplink_kbps", "downlink_kbps", "sampling_rate_fps", "model_version")},
+    )
+    # A fresh agent (version 0, the trainer's chain long acknowledged) needs a snapshot: it
+    # comes in parts within a larger budget, and the agent lands on the trainer's version.
+    stop(budgeted)
+    parts_before = _metrics(trainer.http_port).get("edgeadapt_trainer_update_parts_total", 0.0)
+    shutil.rmtree(cluster.workdir / "cam-b-state")
+    fresh = cluster.agent("cam-b", port, seed=2, extra=("--downlink-kbps", "1500"))
+    target = device(trainer, "cam-b")
+    assert target is not None
+    wait_for("the snapshot to arrive", at_version(fresh, int(target["model_version"])), 120)
+    parts = _metrics(trainer.http_port)["edgeadapt_trainer_update_parts_total"] - parts_before
+    assert parts >= 2
+    assert status(fresh)["updates_rejected"] == 0
+
+
 def test_garbage_upload_fails_only_that_stream(cluster: Cluster, env: Env) -> None:
     trainer = cluster.trainer(cluster.workdir / "state")
     agents = [cluster.agent(f"cam-{i}", trainer.grpc_port, seed=i) for i in (1, 2)]

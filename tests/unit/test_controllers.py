@@ -215,6 +215,59 @@ def test_ready_device_writes_nothing_when_nothing_changed() -> None:
     assert third.delete == []
 
 
+def test_a_link_budget_reaches_the_agent_and_its_limits_show_without_holding_ready() -> None:
+    pool = TrainerPool(Capacity.of({}))
+    dev = device(link={"uplinkKbps": 64, "downlinkKbps": 100})
+    binding = edgedevice.resolve_binding(dev, policy(), pool)
+    first = decide_device(dev, binding, pod=None, secret_exists=True, images=IMAGES, now=NOW)
+    args = first.apply[0].body["spec"]["containers"][0]["args"]
+    assert args[args.index("--uplink-kbps") + 1] == "64"
+    assert args[args.index("--downlink-kbps") + 1] == "100"
+    pod = running_pod(
+        first.apply[0].body | {"spec": {**first.apply[0].body["spec"], "nodeName": "edge-0"}}
+    )
+    link = {
+        "uplink_budget_kbps": 64.0,
+        "downlink_budget_kbps": 100.0,
+        "limited": ["update-fraction"],
+        "limits": ["update fraction 1.20 % (policy 5.00 %) for the downlink budget of 100 kbps"],
+    }
+    limited = decide_device(
+        dev, binding, pod=pod, secret_exists=True, now=NOW, observation=serving(view(link=link))
+    )
+    conds = {c["type"]: c for c in limited.status["conditions"]}
+    assert conds["Ready"]["status"] == "True", "an informative condition"
+    assert (conds["BandwidthLimited"]["status"], conds["BandwidthLimited"]["reason"]) == (
+        "True",
+        "BudgetBelowPolicy",
+    )
+    assert "uplink 64 kbps, downlink 100 kbps" in conds["BandwidthLimited"]["message"]
+    assert "update-fraction" in conds["BandwidthLimited"]["message"]
+    fits = decide_device(
+        dev,
+        binding,
+        pod=pod,
+        secret_exists=True,
+        now=NOW,
+        observation=serving(view(link=link | {"limited": []})),
+    )
+    assert conditions(fits.status)["BandwidthLimited"] == ("False", "WithinBudget")
+    # Not connected, or no budget on the trainer's side: no claim either way.
+    gone = decide_device(
+        dev,
+        binding,
+        pod=pod,
+        secret_exists=True,
+        now=NOW,
+        observation=serving(view(link=link, connected=False)),
+    )
+    assert "BandwidthLimited" not in conditions(gone.status)
+    assert "BandwidthLimited" not in conditions(
+        decide_device(dev, binding, pod=pod, secret_exists=True, now=NOW,
+                      observation=serving(view())).status
+    )  # fmt: skip
+
+
 def test_changed_spec_replaces_the_pod() -> None:
     pool = TrainerPool(Capacity.of({}))
     old = device()

@@ -231,7 +231,7 @@ def test_one_devices_failure_never_drops_another_devices_batch(
     bad = hub.devices["cam-a"].session
     assert bad is not None
 
-    def broken(now: float) -> None:
+    def broken(now: float, gamma: float | None = None) -> None:
         raise RuntimeError("CUDA out of memory (simulated)")
 
     bad.train_phase = broken  # type: ignore[method-assign]
@@ -433,3 +433,67 @@ def test_on_cuda_an_edge_on_cpu_follows_and_a_restart_replays_the_log(
     assert kinds(hub3.attach(register(hub3, 3, checksum), _drop, lambda r: None)) == ["welcome"]
     assert hub3.devices["cam-1"].session is not None
     hub3.stop()
+
+
+def test_a_downlink_budget_sets_the_update_fraction_and_holds_phases(
+    models: Models, tmp_path: Path
+) -> None:
+    from edgeadapt.adapt.update import decode_update
+
+    hub = make_hub(models, tmp_path, start=False)
+    r = register(hub)
+    r.link.downlink_kbps = 0.1  # about 10 bytes a second: nothing refills during the test
+    sent: list[pb.TrainerMessage] = []
+    hub.attach(r, sent.append, lambda reason: None)
+    dev = hub.devices["cam-1"]
+    planner = dev.planner
+    assert planner is not None
+    assert planner.down is not None
+    n, gamma = hub.spec.num_params, hub.config.ams.gamma
+    planner.down.capacity = planner.down.tokens = 0.5 * gamma * n * planner.bytes_per_coord
+    hub.start()
+    submit(hub, "cam-1", batch(1, 100.0))
+    wait(updates_sent(sent, 1))
+    update = next(m.update for m in sent if m.WhichOneof("body") == "update")
+    coords = len(decode_update(update_bytes(update), n).indices)
+    assert coords == pytest.approx(0.5 * gamma * n, rel=0.01)
+    link = hub.status()["devices"][0]["link"]
+    assert link["downlink_budget_kbps"] == 0.1
+    assert "update-fraction" in link["limited"]
+    assert link["last_update_fraction"] == pytest.approx(0.5 * gamma, rel=0.01)
+    assert any("update fraction" in m for m in link["limits"])
+    # The writer charges what it sends; with the bucket spent the next phase waits.
+    hub.count_bytes("cam-1", down=int(planner.down.tokens) + 1)
+    submit(hub, "cam-1", batch(2, 110.0))
+    wait(lambda: sum(1 for m in sent if m.WhichOneof("body") == "batch_ack") == 2)
+    assert kinds(sent).count("update") == 1
+    assert hub.metrics.phases_held._value.get() == 1
+    assert hub.status()["devices"][0]["link"]["held_phases"] == 1
+    hub.stop()
+
+
+def test_an_uplink_budget_lowers_the_sampling_rate_it_asks_for(
+    models: Models, tmp_path: Path
+) -> None:
+    hub = make_hub(models, tmp_path)
+    r = register(hub)
+    r.link.uplink_kbps = 8.0  # 1000 bytes a second
+    sent: list[pb.TrainerMessage] = []
+    hub.attach(r, sent.append, lambda reason: None)
+    hub.count_bytes("cam-1", up=60_000, frames=3)  # 20 kB a frame: far beyond the budget
+    submit(hub, "cam-1", batch(1, 100.0))
+    wait(lambda: "settings" in kinds(sent))
+    settings = [m.settings for m in sent if m.WhichOneof("body") == "settings"][-1]
+    assert settings.sampling_rate_fps < hub.config.ams.r_init
+    assert settings.sampling_rate_fps * 20_000 <= 1000
+    link = hub.status()["devices"][0]["link"]
+    assert link["limited"] == ["sampling-rate"]
+    assert any("sampling rate" in m for m in link["limits"])
+    hub.stop()
+
+
+def test_a_device_without_a_budget_has_no_link_view(models: Models, tmp_path: Path) -> None:
+    hub = make_hub(models, tmp_path, start=False)
+    hub.attach(register(hub), lambda m: None, lambda reason: None)
+    assert hub.devices["cam-1"].planner is None
+    assert hub.status()["devices"][0]["link"] is None

@@ -200,15 +200,18 @@ class AMSSession:
         )
 
     # -- training phase -------------------------------------------------------------------
-    def train_phase(self, now: float) -> ModelUpdate | None:
-        """K masked-Adam iterations on the horizon; the update to send, or None if no data."""
+    def train_phase(self, now: float, gamma: float | None = None) -> ModelUpdate | None:
+        """K masked-Adam iterations on the horizon; the update to send, or None if no data.
+
+        ``gamma`` overrides the configured update fraction for this phase (a link budget).
+        """
         if len(self.buffer.window(now)) == 0:
             return None
         cfg = self.config
         self.phase += 1
         mask = select_mask(
             self.num_params,
-            cfg.gamma,
+            cfg.gamma if gamma is None else gamma,
             cfg.selection,
             self.optimizer.u_last,
             self.generator,

@@ -31,6 +31,7 @@ TRAINER_BOUND = "TrainerBound"
 AGENT_READY = "AgentReady"
 AGENT_CONNECTED = "AgentConnected"
 MODEL_DEPLOYED = "ModelDeployed"
+BANDWIDTH_LIMITED = "BandwidthLimited"  # informative: never holds Ready back
 # ModelZoo.
 STORAGE_BOUND = "StorageBound"
 GATING_AVAILABLE = "GatingAvailable"
@@ -80,6 +81,11 @@ class Reason:
     MODEL_BEHIND = "ModelBehind"
     """The agent runs an older version than the trainer's current one (more than the update in
     flight), or one whose checksum differs from the trainer's for that version."""
+    BUDGET_BELOW_POLICY = "BudgetBelowPolicy"
+    """The device's link budget holds its sampling rate, update fraction or update interval
+    below what the policy's parameters ask for; the message names which."""
+    WITHIN_BUDGET = "WithinBudget"
+    """The stream runs at the policy's parameters inside the device's link budget."""
     WAITING_FOR_CREDENTIALS = "WaitingForCredentials"
     """The policy's token key or TLS material does not exist yet."""
     MODEL_PROVISIONING_FAILED = "ModelProvisioningFailed"

@@ -191,6 +191,8 @@ class AgentLaunch:
     loop: bool = False  # a video that ends starts again (a device runs until it is deleted)
     http_listen: str = "0.0.0.0:9090"
     max_pending: int | None = None
+    uplink_kbps: float | None = None  # the EdgeDevice's spec.link budgets
+    downlink_kbps: float | None = None
     backoff_max: float | None = None
     drain_timeout: float | None = None
     duration: float | None = None
@@ -216,6 +218,8 @@ class AgentLaunch:
         _flag(out, "--loop", self.loop)
         _flag(out, "--http-listen", self.http_listen)
         _flag(out, "--max-pending", self.max_pending)
+        _flag(out, "--uplink-kbps", self.uplink_kbps)
+        _flag(out, "--downlink-kbps", self.downlink_kbps)
         _flag(out, "--backoff-max", self.backoff_max)
         _flag(out, "--drain-timeout", self.drain_timeout)
         _flag(out, "--duration", self.duration)

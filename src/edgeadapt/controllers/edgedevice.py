@@ -28,6 +28,7 @@ from edgeadapt.api import keys, launch
 from edgeadapt.api.conditions import (
     AGENT_CONNECTED,
     AGENT_READY,
+    BANDWIDTH_LIMITED,
     MODEL_DEPLOYED,
     READY,
     RECONCILING,
@@ -178,10 +179,13 @@ def state_path(owner: Owner, images: Images) -> str:
 
 def agent_launch(owner: Owner, spec: Mapping[str, Any], endpoint: str) -> launch.AgentLaunch:
     video = spec.get("video") or {}
+    link = spec.get("link") or {}
     return launch.AgentLaunch(
         device_id=owner.name,
         source=str(video.get("uri", "")),
         trainer=endpoint,
+        uplink_kbps=link.get("uplinkKbps"),
+        downlink_kbps=link.get("downlinkKbps"),
         ca_file=f"{launch.CA_DIR}/{launch.CA_CERT}",
         token_file=f"{launch.TOKEN_DIR}/{launch.TOKEN_FILE}",
         state_dir=launch.STATE_DIR,
@@ -438,6 +442,9 @@ def decide(
     conds.append(condition(AGENT_READY, agent[0], agent[1], agent[2], generation=gen))
     conds.append(condition(AGENT_CONNECTED, *connected, generation=gen))
     conds.append(condition(MODEL_DEPLOYED, *deployed, generation=gen))
+    limited = None if suspended else observe.bandwidth_limited(view)
+    if limited is not None:
+        conds.append(condition(BANDWIDTH_LIMITED, *limited, generation=gen))
 
     current = device.get("status") or {}
     fields: dict[str, Any] = {

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeadapt.api.conditions import now_rfc3339
+from edgeadapt.api.conditions import Reason, Status, now_rfc3339
 
 FIGURES_REFRESH_S = 60.0
 ACCURACY_TOLERANCE = 0.02
@@ -89,6 +89,30 @@ def policy_figures(observations: list[TrainerObservation]) -> PolicyFigures:
 
 def _number(view: Mapping[str, Any], key: str) -> bool:
     return isinstance(view.get(key), int | float)
+
+
+def bandwidth_limited(view: Mapping[str, Any] | None) -> tuple[Status, str, str] | None:
+    """The ``BandwidthLimited`` condition (status, reason, message) of a connected device whose
+    trainer applies a link budget; None otherwise. The message names what the budget holds
+    (stable keys), not the figures, which move every interval and are in the trainer's
+    ``/status``."""
+    link = (view or {}).get("link")
+    if not connected(view) or not isinstance(link, Mapping):
+        return None
+    budget = ", ".join(
+        f"{way} {link[key]:g} kbps"
+        for way, key in (("uplink", "uplink_budget_kbps"), ("downlink", "downlink_budget_kbps"))
+        if isinstance(link.get(key), int | float)
+    )
+    limited = [str(x) for x in link.get("limited") or []]
+    if limited:
+        return (
+            "True",
+            Reason.BUDGET_BELOW_POLICY,
+            f"the link budget ({budget}) holds the {', '.join(limited)} below the policy's "
+            "parameters",
+        )
+    return ("False", Reason.WITHIN_BUDGET, f"the stream fits the link budget ({budget})")
 
 
 def device_figures(view: Mapping[str, Any], observed_at: float) -> dict[str, Any]:

@@ -35,6 +35,16 @@ log = logging.getLogger("edgeadapt.edge_agent")
 LIVE_SCHEMES = ("rtsp://", "rtmp://", "udp://", "srt://", "tcp://")
 
 
+def _kbps(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of kbps") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"a link budget must be positive, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m edgeadapt.edge_agent", description=__doc__)
     env = os.environ.get
@@ -80,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pace", dest="pace", action="store_false", help="do not pace to fps")
     p.add_argument("--state-dir", type=Path, help="keep the model in use here across restarts")
     p.add_argument("--max-pending", type=int, default=60, help="sample batches kept offline")
+    p.add_argument(
+        "--uplink-kbps",
+        type=_kbps,
+        default=None,
+        help="the link's uplink budget: the trainer keeps sampled-frame uploads within it",
+    )
+    p.add_argument(
+        "--downlink-kbps",
+        type=_kbps,
+        default=None,
+        help="the link's downlink budget: the trainer keeps model updates within it",
+    )
     p.add_argument(
         "--t-update",
         type=float,
@@ -208,7 +230,11 @@ def _run(
     link = None
     if args.trainer:
         # The link fills in the version and checksum the agent runs when it connects.
-        link = link_config(register_message(args.device_id, student, adapt=args.adapt))
+        register = register_message(args.device_id, student, adapt=args.adapt)
+        if args.uplink_kbps or args.downlink_kbps:
+            register.link.uplink_kbps = args.uplink_kbps or 0.0
+            register.link.downlink_kbps = args.downlink_kbps or 0.0
+        link = link_config(register)
     agent = Agent(
         AgentOptions(
             device_id=args.device_id,

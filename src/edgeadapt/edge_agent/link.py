@@ -29,7 +29,13 @@ from edgeadapt._proto.stream.v1 import stream_pb2_grpc as pb_grpc
 from edgeadapt.adapt.ams import EdgeModel
 from edgeadapt.adapt.update import UpdateError
 from edgeadapt.stream.auth import call_metadata
-from edgeadapt.stream.messages import CHANNEL_OPTIONS, REJECTED_BATCH_KEY, update_bytes, wire_size
+from edgeadapt.stream.messages import (
+    CHANNEL_OPTIONS,
+    REJECTED_BATCH_KEY,
+    UpdateJoiner,
+    update_bytes,
+    wire_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +122,7 @@ class Link(threading.Thread):
         self._stop_event = threading.Event()
         self._call: Any = None
         self._welcomed = threading.Event()
+        self._joiner = UpdateJoiner()
         self.connects = 0
         self.dropped = 0
         self.failures = 0  # sessions ended by an unexpected exception
@@ -220,6 +227,7 @@ class Link(threading.Thread):
             self._set_state(LinkState.CONNECTING)
         out: queue.Queue[object] = queue.Queue()
         self._welcomed.clear()
+        self._joiner.reset()  # parts of an update never span two streams
         register = pb.Register()
         register.CopyFrom(self.cfg.register)
         register.model_version = self.edge.version
@@ -316,8 +324,14 @@ class Link(threading.Thread):
             if acked:
                 self.events.batch("acked")
 
-    def _apply(self, out: queue.Queue[object], update: pb.ModelUpdate) -> None:
+    def _apply(self, out: queue.Queue[object], message: pb.ModelUpdate) -> None:
+        update = message
         try:
+            # A split update (a budgeted link) is applied once its last part is here.
+            joined = self._joiner.add(message)
+            if joined is None:
+                return
+            update = joined
             data = update_bytes(update)
             applied = self.edge.apply(data, expected_checksum=update.model_checksum)
         except UpdateError as exc:

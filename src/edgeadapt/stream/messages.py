@@ -8,6 +8,7 @@ sizes, positions, finite values) applies to what came over gRPC.
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 from google.protobuf.message import Message
@@ -129,3 +130,87 @@ def update_bytes(msg: pb.ModelUpdate) -> bytes:
         0,
     )
     return header[:_CRC_OFFSET] + struct.pack("<I", msg.checksum) + msg.mask + msg.values
+
+
+def split_update(msg: pb.ModelUpdate, part_bytes: int) -> list[pb.ModelUpdate]:
+    """An update as parts of about ``part_bytes`` each (see ``ModelUpdate.part``); one part, the
+    message itself, when it is small enough."""
+    if part_bytes <= 0 or msg.ByteSize() <= part_bytes:
+        return [msg]
+    itemsize = 4 if msg.value_type == pb.VALUE_FLOAT32 else 2
+    step = max(itemsize, part_bytes // itemsize * itemsize)
+    first = max(0, (part_bytes - len(msg.mask)) // itemsize * itemsize)
+    cuts = [0, first, *range(first + step, len(msg.values), step)]
+    if cuts[-1] != len(msg.values) or len(cuts) == 2:
+        cuts.append(len(msg.values))
+    slices = [msg.values[a:b] for a, b in itertools.pairwise(cuts)]
+    parts = []
+    for i, values in enumerate(slices):
+        part = pb.ModelUpdate()
+        part.CopyFrom(msg)
+        part.mask = msg.mask if i == 0 else b""
+        part.values = values
+        part.part, part.parts = i, len(slices)
+        parts.append(part)
+    return parts
+
+
+class UpdateJoiner:
+    """Joins the parts of split updates, in order, on one stream.
+
+    ``add`` returns the whole update once its last part arrived, None while parts are missing,
+    and raises :class:`UpdateError` for a part that does not continue the update being joined
+    (the agent then rejects it and asks to resynchronise, as for any bad update).
+    """
+
+    def __init__(self, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._parts: list[pb.ModelUpdate] = []
+        self._size = 0
+
+    def reset(self) -> None:
+        self._parts, self._size = [], 0
+
+    @staticmethod
+    def _key(msg: pb.ModelUpdate) -> tuple[object, ...]:
+        return (
+            msg.version,
+            msg.base_version,
+            msg.num_params,
+            msg.mask_encoding,
+            msg.value_type,
+            msg.checksum,
+            msg.model_checksum,
+            msg.snapshot,
+            msg.parts,
+        )
+
+    def add(self, msg: pb.ModelUpdate) -> pb.ModelUpdate | None:
+        if msg.parts <= 1:
+            if self._parts:
+                self.reset()
+                raise UpdateError("a whole update arrived before the last part of a split one")
+            return msg
+        if msg.part >= msg.parts:
+            self.reset()
+            raise UpdateError(f"part {msg.part} of an update in {msg.parts} parts")
+        if msg.part == 0:
+            self.reset()  # an unfinished one (the stream is ordered, so never in practice) is gone
+        elif not self._parts or (
+            self._key(self._parts[0]) != self._key(msg) or msg.part != len(self._parts) or msg.mask
+        ):
+            self.reset()
+            raise UpdateError(f"part {msg.part} of {msg.parts} does not continue the update")
+        self._size += msg.ByteSize()
+        if self._size > self.max_bytes:
+            self.reset()
+            raise UpdateError(f"a split update beyond {self.max_bytes} bytes")
+        self._parts.append(msg)
+        if len(self._parts) < msg.parts:
+            return None
+        whole = pb.ModelUpdate()
+        whole.CopyFrom(self._parts[0])
+        whole.values = b"".join(p.values for p in self._parts)
+        whole.part = whole.parts = 0
+        self.reset()
+        return whole

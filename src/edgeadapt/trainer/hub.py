@@ -57,6 +57,7 @@ from edgeadapt.adapt.update import (
 from edgeadapt.models.data import to_tensor
 from edgeadapt.models.zoo import SegmentationModel
 from edgeadapt.stream.messages import MAX_BATCH_BYTES, update_message
+from edgeadapt.trainer.budget import LIMITED_FRACTION, LinkBudget, LinkPlanner
 from edgeadapt.trainer.metrics import TrainerMetrics
 from edgeadapt.trainer.store import DeviceStore, UpdateRecord, pack_tensor, unpack_tensor
 
@@ -147,6 +148,7 @@ class Device:
     uplink_bytes: int = 0
     downlink_bytes: int = 0
     settings: tuple[float, float] | None = None
+    planner: LinkPlanner | None = None  # the link budget's bookkeeping, when it has one
     send: Send | None = None
     close: Close | None = None
     connected_at: float | None = None
@@ -304,6 +306,11 @@ class Hub:
         # A device that registers with adapt=false is scored only, whatever it did before; its
         # session (if any) is kept for the day it adapts again.
         dev.adapt = register.adapt
+        budget = LinkBudget.from_message(register.link)
+        if not budget.any:
+            dev.planner = None
+        elif dev.planner is None or dev.planner.budget != budget:
+            dev.planner = LinkPlanner(budget, int(self.spec.num_params), time.monotonic())
         dev.agent_version, dev.agent_checksum = register.model_version, register.model_checksum
         if dev.adapt and dev.session is None:
             dev.session = self._new_session()
@@ -415,11 +422,19 @@ class Hub:
         with dev.lock:
             return self._catch_up(dev, request.have_version, request.have_checksum)
 
-    def count_bytes(self, device_id: str, up: int = 0, down: int = 0) -> None:
+    def count_bytes(self, device_id: str, up: int = 0, down: int = 0, frames: int = 0) -> None:
+        """Bytes written on a device's stream (``frames``: sampled frames among ``up``)."""
         dev = self.devices.get(device_id)
         if dev is not None:
             dev.uplink_bytes += up
             dev.downlink_bytes += down
+            planner = dev.planner
+            if planner is not None:
+                now = time.monotonic()
+                if up:
+                    planner.uploaded(up, frames, now)
+                if down:
+                    planner.downloaded(down, now)
         if up:
             self.metrics.stream_bytes.labels("up").inc(up)
         if down:
@@ -579,10 +594,16 @@ class Hub:
         self.metrics.state_bytes.observe(size)
 
     def _settings(self, dev: Device) -> tuple[float, float]:
+        """(sampling rate, update interval): AMS's, within the device's link budget."""
         if dev.session is not None and dev.adapt:
-            return dev.session.settings()
-        # A device that does not adapt is only scored, at AMS's initial rate and interval.
-        return self.config.ams.r_init, self.config.ams.t_update
+            rate, interval = dev.session.settings()
+        else:
+            # A device that does not adapt is only scored, at AMS's initial rate and interval.
+            rate, interval = self.config.ams.r_init, self.config.ams.t_update
+        if dev.planner is None:
+            return rate, interval
+        plan = dev.planner.plan(rate, interval, self.config.ams.gamma, time.monotonic())
+        return plan.sampling_rate, plan.update_interval
 
     def _settings_message(self, settings: tuple[float, float]) -> pb.Settings:
         return pb.Settings(
@@ -812,9 +833,15 @@ class Hub:
             session.ingest(images, labels, times)
         now = max(t for _, _, times in learned for t in times)
         session.control(now)
+        gamma = None
+        if dev.planner is not None:
+            gamma = dev.planner.fraction(self.config.ams.gamma, time.monotonic())
+            if gamma is None:  # the downlink budget is spent: the frames wait in the horizon
+                self.metrics.phases_held.inc()
+                return None
         t0 = time.perf_counter()
         before = dev.checksum
-        update = session.train_phase(now)
+        update = session.train_phase(now, gamma)
         if update is None:
             return None
         self.metrics.train_seconds.observe(time.perf_counter() - t0)
@@ -822,6 +849,9 @@ class Hub:
         link = PendingUpdate(
             update.version, update.base_version, encode_update(update), before, dev.checksum
         )
+        if dev.planner is not None:
+            dev.planner.update_sent(len(link.data), len(update.indices))
+            dev.planner.last_fraction = gamma
         if self.store is not None:
             t0 = time.perf_counter()
             try:
@@ -979,6 +1009,7 @@ class Hub:
             "downlink_bytes": dev.downlink_bytes,
             "uplink_kbps": up_kbps,
             "downlink_kbps": down_kbps,
+            "link": _link_view(dev.planner, self.config.ams.gamma),
             "state_bytes": dev.state_bytes,
             "history": [
                 [
@@ -989,6 +1020,31 @@ class Hub:
                 for s in scores[::step]
             ],
         }
+
+
+def _link_view(planner: LinkPlanner | None, gamma: float) -> dict[str, Any] | None:
+    """The budget, what it holds below the policy's parameters, and the phases it held back.
+
+    ``limited`` names what is held (stable keys, for conditions); ``limits`` says by how much.
+    """
+    if planner is None:
+        return None
+    fraction = planner.last_fraction
+    limited = [key for key, _ in planner.limits]
+    if fraction is not None and fraction < gamma and LIMITED_FRACTION not in limited:
+        limited.append(LIMITED_FRACTION)
+    return {
+        "uplink_budget_kbps": planner.budget.uplink_kbps,
+        "downlink_budget_kbps": planner.budget.downlink_kbps,
+        "limited": sorted(limited),
+        "limits": [message for _, message in planner.limits],
+        "last_update_fraction": None if fraction is None else round(fraction, 5),
+        "held_phases": planner.held_phases,
+        "bytes_per_frame": None
+        if planner.bytes_per_frame is None
+        else round(planner.bytes_per_frame, 1),
+        "bytes_per_coordinate": round(planner.bytes_per_coord, 3),
+    }
 
 
 def _mean(scores: list[Score], k: int) -> float | None:

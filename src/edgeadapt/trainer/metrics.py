@@ -36,6 +36,16 @@ class TrainerMetrics:
             ["direction"],
             registry=r,
         )
+        self.phases_held = Counter(
+            "edgeadapt_trainer_phases_held_total",
+            "Training phases put off because the device's downlink budget was spent",
+            registry=r,
+        )
+        self.update_parts = Counter(
+            "edgeadapt_trainer_update_parts_total",
+            "Parts written for updates split to be paced within a downlink budget",
+            registry=r,
+        )
         self.auth_failures = Counter(
             "edgeadapt_trainer_auth_failures_total",
             "Streams refused for a missing or wrong device token",

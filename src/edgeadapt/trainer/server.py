@@ -27,7 +27,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from edgeadapt._proto.stream.v1 import stream_pb2 as pb
 from edgeadapt._proto.stream.v1 import stream_pb2_grpc as pb_grpc
 from edgeadapt.stream.auth import from_metadata, valid_device_id, verify_token
-from edgeadapt.stream.messages import REJECTED_BATCH_KEY, SERVER_OPTIONS, wire_size
+from edgeadapt.stream.messages import (
+    REJECTED_BATCH_KEY,
+    SERVER_OPTIONS,
+    split_update,
+    wire_size,
+)
+from edgeadapt.trainer.budget import LinkBudget, TokenBucket, pacing_bucket, pacing_part_bytes
 from edgeadapt.trainer.hub import Batch, BatchLimits, CloseReason, Hub, PreconditionError
 from edgeadapt.video.codec import CodecError, decode_h264_bounded
 
@@ -104,6 +110,14 @@ def decode_batch(
     if clamped:
         ts = ts - (ts[-1] - now)
     return Batch(seq=msg.seq, images=np.stack(frames), times=[float(t) for t in ts]), clamped
+
+
+@dataclass
+class _Pacer:
+    """A budgeted stream's writer: its token bucket and the largest part an update goes in."""
+
+    bucket: TokenBucket
+    part_bytes: int
 
 
 _CLOSE_CODES = {
@@ -260,6 +274,16 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
                 handler.cancel()
 
         out = _Outbox(loop, overflow)
+        try:
+            budget = LinkBudget.from_message(register.link)
+        except ValueError as exc:
+            await self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        pacer = None
+        if budget.downlink_kbps is not None:
+            pacer = _Pacer(
+                pacing_bucket(budget.downlink_kbps, loop.time()),
+                pacing_part_bytes(budget.downlink_kbps),
+            )
 
         def send(message: pb.TrainerMessage) -> None:  # from any thread
             out.put_threadsafe(message)
@@ -287,7 +311,7 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
                         return
                     await self._fail(context, item.code, item.details, item.trailing)
                 else:
-                    await self._write(context, device_id, item)
+                    await self._write(context, device_id, item, pacer)
         finally:
             reader.cancel()
             self.hub.detach(device_id, send)
@@ -297,9 +321,29 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
         device_id: str,
         message: pb.TrainerMessage,
+        pacer: _Pacer | None = None,
     ) -> None:
-        await context.write(message)
-        self.hub.count_bytes(device_id, down=wire_size(message))
+        if pacer is None:
+            await context.write(message)
+            self.hub.count_bytes(device_id, down=wire_size(message))
+            return
+        messages = [message]
+        if message.WhichOneof("body") == "update":
+            messages = [
+                pb.TrainerMessage(update=part)
+                for part in split_update(message.update, pacer.part_bytes)
+            ]
+            if len(messages) > 1:
+                self.metrics.update_parts.inc(len(messages))
+        loop = asyncio.get_running_loop()
+        for m in messages:
+            size = wire_size(m)
+            delay = pacer.bucket.wait(size, loop.time())
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pacer.bucket.take(size, loop.time())
+            await context.write(m)
+            self.hub.count_bytes(device_id, down=size)
 
     async def _read(
         self,
@@ -319,8 +363,9 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
                         await asyncio.sleep(0.05)
                     out.put(_End(None))
                     return
-                self.hub.count_bytes(device_id, up=wire_size(msg))
                 kind = msg.WhichOneof("body")
+                frames = len(msg.samples.timestamps) if kind == "samples" else 0
+                self.hub.count_bytes(device_id, up=wire_size(msg), frames=frames)
                 if kind == "samples":
                     try:
                         batch, clamped = await loop.run_in_executor(

@@ -62,7 +62,7 @@ class ModelSpec(_message.Message):
     def __init__(self, arch: _Optional[str] = ..., num_classes: _Optional[int] = ..., width_mult: _Optional[float] = ..., num_params: _Optional[int] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("device_id", "task", "model", "model_version", "model_checksum", "adapt", "agent_version")
+    __slots__ = ("device_id", "task", "model", "model_version", "model_checksum", "adapt", "agent_version", "link")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class Register(_message.Message):
     MODEL_CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     ADAPT_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LINK_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     task: Task
     model: ModelSpec
@@ -77,7 +78,16 @@ class Register(_message.Message):
     model_checksum: int
     adapt: bool
     agent_version: str
-    def __init__(self, device_id: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., model_version: _Optional[int] = ..., model_checksum: _Optional[int] = ..., adapt: _Optional[bool] = ..., agent_version: _Optional[str] = ...) -> None: ...
+    link: LinkBudget
+    def __init__(self, device_id: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., model_version: _Optional[int] = ..., model_checksum: _Optional[int] = ..., adapt: _Optional[bool] = ..., agent_version: _Optional[str] = ..., link: _Optional[_Union[LinkBudget, _Mapping]] = ...) -> None: ...
+
+class LinkBudget(_message.Message):
+    __slots__ = ("uplink_kbps", "downlink_kbps")
+    UPLINK_KBPS_FIELD_NUMBER: _ClassVar[int]
+    DOWNLINK_KBPS_FIELD_NUMBER: _ClassVar[int]
+    uplink_kbps: float
+    downlink_kbps: float
+    def __init__(self, uplink_kbps: _Optional[float] = ..., downlink_kbps: _Optional[float] = ...) -> None: ...
 
 class SampleBatch(_message.Message):
     __slots__ = ("seq", "codec", "data", "timestamps", "width", "height", "model_version")
@@ -158,7 +168,7 @@ class BatchAck(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., frames: _Optional[int] = ...) -> None: ...
 
 class ModelUpdate(_message.Message):
-    __slots__ = ("version", "base_version", "num_params", "mask_encoding", "value_type", "mask", "values", "checksum", "model_checksum", "snapshot")
+    __slots__ = ("version", "base_version", "num_params", "mask_encoding", "value_type", "mask", "values", "checksum", "model_checksum", "snapshot", "part", "parts")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     NUM_PARAMS_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +179,8 @@ class ModelUpdate(_message.Message):
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     MODEL_CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
     version: int
     base_version: int
     num_params: int
@@ -179,7 +191,9 @@ class ModelUpdate(_message.Message):
     checksum: int
     model_checksum: int
     snapshot: bool
-    def __init__(self, version: _Optional[int] = ..., base_version: _Optional[int] = ..., num_params: _Optional[int] = ..., mask_encoding: _Optional[_Union[MaskEncoding, str]] = ..., value_type: _Optional[_Union[ValueType, str]] = ..., mask: _Optional[bytes] = ..., values: _Optional[bytes] = ..., checksum: _Optional[int] = ..., model_checksum: _Optional[int] = ..., snapshot: _Optional[bool] = ...) -> None: ...
+    part: int
+    parts: int
+    def __init__(self, version: _Optional[int] = ..., base_version: _Optional[int] = ..., num_params: _Optional[int] = ..., mask_encoding: _Optional[_Union[MaskEncoding, str]] = ..., value_type: _Optional[_Union[ValueType, str]] = ..., mask: _Optional[bytes] = ..., values: _Optional[bytes] = ..., checksum: _Optional[int] = ..., model_checksum: _Optional[int] = ..., snapshot: _Optional[bool] = ..., part: _Optional[int] = ..., parts: _Optional[int] = ...) -> None: ...
 
 class StartingModelRequest(_message.Message):
     __slots__ = ("device_id", "have_sha256")
