@@ -497,35 +497,131 @@ def test_a_deleted_trainer_comes_back_on_its_claim_and_the_device_resumes(
 def test_an_edited_token_is_refused_shown_and_reminted(
     chart: LocalCluster, examples: dict[str, list[Any]]
 ) -> None:
+    """A wrong token in the device's Secret: the trainer refuses the agent, the EdgeDevice says
+    AgentConnected=False/Unauthenticated, the operator re-mints the token and the device is
+    Ready again. The operator is stopped while the wrong token reaches the agent (it would
+    write the right one back within a second, before the kubelet projects the edit)."""
     cluster = chart
     deployed_at(cluster, 1, 300, f"{DEVICE} deployed")
-    wrong = base64.b64encode(b"ea1.not-the-token").decode()
-    secret = f"{DEVICE}-agent-token"
-    # The operator writes the token back at once; to see the refusal, the agent must present the
-    # wrong one: its stream is cut (the pod restarted) while the Secret holds it.
-    cluster.kubectl("patch", "secret", secret, "-n", DEMO_NS, "--type=merge",
-                    "-p", json.dumps({"data": {"token": wrong}}))  # fmt: skip
-    token = wait_until(
-        lambda: (
-            (t := get_json(cluster, "secret", secret, "-n", DEMO_NS)["data"]["token"]) != wrong
-            and t
-        ),
-        60,
-        "the operator to re-mint the token",
-        interval=0.5,
-    )
-    assert token != wrong
+    agent, secret = f"{DEVICE}-agent", f"{DEVICE}-agent-token"
+    operator = ["deployment", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/component=operator"]
+    cluster.kubectl("scale", *operator, "--replicas=0")
+    try:
+        wait_until(
+            lambda: not pods(cluster, SYSTEM_NS, "app.kubernetes.io/component=operator"),
+            120,
+            "the operator stopped",
+            interval=1,
+        )
+        wrong = "ea1.not-the-token"
+        patch = {"data": {"token": base64.b64encode(wrong.encode()).decode()}}
+        cluster.kubectl(
+            "patch", "secret", secret, "-n", DEMO_NS, "--type=merge", "-p", json.dumps(patch)
+        )
+        read = ["exec", "-n", DEMO_NS, agent, "--", "cat", "/etc/edgeadapt/token/token"]
+        wait_until(
+            lambda: cluster.kubectl(*read, check=False).stdout.strip() == wrong,
+            120,
+            "the kubelet to project the wrong token into the agent",
+            interval=2,
+        )
+        # The agent presents the token when it connects: restart its process.
+        stop = "import os, signal; os.kill(1, signal.SIGTERM)"
+        cluster.kubectl("exec", "-n", DEMO_NS, agent, "--", "python", "-c", stop, check=False)
+        wait_until(
+            lambda: _agent_status(cluster, agent).get("connection") == "refused",
+            180,
+            "the trainer to refuse the agent",
+            interval=2,
+        )
+    finally:
+        cluster.kubectl("scale", *operator, "--replicas=1")
+
+    def unauthenticated() -> dict[str, Any] | None:
+        cond = condition(edge_device(cluster), "AgentConnected")
+        return cond if cond.get("reason") == "Unauthenticated" else None
+
+    cond = wait_until(unauthenticated, 180, f"{DEVICE} AgentConnected=Unauthenticated", interval=1)
+    assert cond["status"] == "False"
+    token = get_json(cluster, "secret", secret, "-n", DEMO_NS)["data"]["token"]
+    assert base64.b64decode(token).decode() != wrong, "re-minted"
     after = deployed_at(cluster, 1, 300, f"{DEVICE} deployed with its re-minted token")
     assert condition(after, "AgentConnected")["status"] == "True"
 
 
-def _frames_inferred(cluster: LocalCluster, pod: str) -> int:
+BUDGET_DEVICE = "cam-budget"
+BUDGET_KBPS = 100
+BUDGET_WINDOW_S = 300.0
+
+
+def test_a_device_with_a_100_kbps_downlink_stays_within_it_over_5_minutes(
+    chart: LocalCluster, examples: dict[str, list[Any]]
+) -> None:
+    """The EdgeDevice's spec.link reaches its trainer: the agent's measured downlink over five
+    minutes of adapting stays within 100 kbps, and the device says what the budget holds."""
+    cluster = chart
+    device = {
+        "apiVersion": "edgeadapt.io/v1alpha1",
+        "kind": "EdgeDevice",
+        "metadata": {"name": BUDGET_DEVICE, "namespace": DEMO_NS, "labels": {"site": "downtown"}},
+        "spec": {
+            "policyRef": {"name": POLICY},
+            "node": {"name": "edge-0"},
+            "video": {"uri": "synthetic:seed=11,fps=10"},
+            "link": {"downlinkKbps": BUDGET_KBPS, "uplinkKbps": 300},
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(device))
+    agent = f"{BUDGET_DEVICE}-agent"
+    try:
+        wait_until(
+            lambda: _agent_status(cluster, agent).get("connection") == "connected",
+            600,
+            f"{BUDGET_DEVICE}'s agent connected",
+            interval=2,
+        )
+        first = _agent_status(cluster, agent)
+        t0 = time.monotonic()
+        samples = [(0.0, int(first["downlink_bytes"]))]
+        while time.monotonic() - t0 < BUDGET_WINDOW_S:
+            time.sleep(30)
+            now = _agent_status(cluster, agent)
+            samples.append((time.monotonic() - t0, int(now["downlink_bytes"])))
+        last = _agent_status(cluster, agent)
+        seconds = samples[-1][0]
+        kbps = (samples[-1][1] - samples[0][1]) * 8 / 1000 / seconds
+        # Every minute-long stretch too, not just the average.
+        worst = max(
+            (b2 - b1) * 8 / 1000 / (t2 - t1)
+            for (t1, b1), (t2, b2) in zip(samples, samples[2:], strict=False)
+        )
+        record(
+            downlink_budget_kbps=BUDGET_KBPS,
+            downlink_kbps_measured_over_5_min=kbps,
+            downlink_kbps_worst_minute=worst,
+        )
+        assert 0 < kbps <= BUDGET_KBPS, samples
+        assert worst <= BUDGET_KBPS, samples
+        assert int(last["model_version"]) > int(first["model_version"]), "it kept adapting"
+        dev = edge_device(cluster, BUDGET_DEVICE)
+        limited = condition(dev, "BandwidthLimited")
+        assert limited.get("reason") in {"BudgetBelowPolicy", "WithinBudget"}, dev["status"]
+        assert "downlink 100 kbps" in limited["message"]
+    finally:
+        cluster.kubectl("delete", "edgedevice", BUDGET_DEVICE, "-n", DEMO_NS, "--wait=false")
+
+
+def _agent_status(cluster: LocalCluster, pod: str) -> dict[str, Any]:
     probe = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9090/status').read().decode())"
     out = cluster.kubectl("exec", "-n", DEMO_NS, pod, "--", "python", "-c", probe, check=False)
     try:
-        return int(json.loads(out.stdout)["frames_inferred"])
-    except (ValueError, KeyError):
-        return -1
+        return dict(json.loads(out.stdout))
+    except ValueError:
+        return {}
+
+
+def _frames_inferred(cluster: LocalCluster, pod: str) -> int:
+    return int(_agent_status(cluster, pod).get("frames_inferred", -1))
 
 
 def test_the_operator_stays_live_under_its_probes(chart: LocalCluster) -> None:
