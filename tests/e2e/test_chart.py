@@ -49,9 +49,18 @@ def test_helm_lint_is_clean(helm: str) -> None:
     assert "[ERROR]" not in out.stdout
 
 
-@pytest.mark.parametrize("cluster_wide", [True, False])
-def test_rbac_grants_exactly_what_the_controllers_need(helm: str, cluster_wide: bool) -> None:
-    docs = render(helm, f"--set=operator.clusterWide={str(cluster_wide).lower()}")
+@pytest.mark.parametrize(
+    ("cluster_wide", "cert_manager"), [(True, False), (False, False), (True, True)]
+)
+def test_rbac_grants_exactly_what_the_controllers_need(
+    helm: str, cluster_wide: bool, cert_manager: bool
+) -> None:
+    docs = render(
+        helm,
+        f"--set=operator.clusterWide={str(cluster_wide).lower()}",
+        *(("--set=certManager.enabled=true", "--set=certManager.issuerRef.name=ca")
+          if cert_manager else ()),
+    )  # fmt: skip
     operator_roles = [
         d
         for d in docs
@@ -62,11 +71,34 @@ def test_rbac_grants_exactly_what_the_controllers_need(helm: str, cluster_wide: 
         {"ClusterRole"} if cluster_wide else {"Role", "ClusterRole"}
     )
     granted = triples([r for d in operator_roles for r in d["rules"]])
-    assert granted == triples(required_rules(cluster_wide=cluster_wide))
+    assert granted == triples(required_rules(cluster_wide=cluster_wide, cert_manager=cert_manager))
     for doc in docs:
         for rule in doc.get("rules", []):
             assert "*" not in rule["verbs"]
             assert "*" not in rule["resources"]
+
+
+def test_cert_manager_needs_an_issuer_and_reaches_the_operator(helm: str) -> None:
+    refused = subprocess.run(
+        [helm, "template", "edgeadapt", str(CHART), "--set=certManager.enabled=true"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "issuerRef" in refused.stderr
+    docs = render(
+        helm, "--set=certManager.enabled=true", "--set=certManager.issuerRef.name=edgeadapt-ca"
+    )
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["EDGEADAPT_CERT_ISSUER"] == "ClusterIssuer.cert-manager.io/edgeadapt-ca"
+    plain = next(d for d in render(helm) if d["kind"] == "Deployment")
+    names = {e["name"] for e in plain["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "EDGEADAPT_CERT_ISSUER" not in names
 
 
 def test_operator_deployment_is_hardened_and_probed(helm: str) -> None:

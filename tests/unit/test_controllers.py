@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 from typing import Any
+
+import pytest
 
 from edgeadapt.api import keys
 from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE
@@ -15,6 +18,7 @@ from edgeadapt.controllers.common import (
     STATEFUL_SET,
     ChildFailure,
     Images,
+    IssuerRef,
     Owner,
     Plan,
     child_failure_status,
@@ -656,3 +660,65 @@ def test_the_trainers_http_port_is_open_to_the_operator_only() -> None:
         statefulset=None, images=IMAGES, now=NOW,
     )  # fmt: skip
     assert not [a for a in without.apply if a.kind.kind == "NetworkPolicy"]
+
+
+def test_with_cert_manager_the_trainers_certificate_is_a_certificate_resource() -> None:
+    images = dataclasses.replace(IMAGES, cert_issuer=IssuerRef.parse("ClusterIssuer/corp-ca"))
+    common = {
+        "zoo": None,
+        "trainers_wanted": 1,
+        "devices_bound": 1,
+        "devices_unbound": 0,
+        "statefulset": None,
+        "images": images,
+        "now": NOW,
+        "tls": None,
+    }
+    waiting = decide_policy(policy(), **common)
+    by_kind = {(a.kind.kind, a.name): a.body for a in waiting.apply}
+    cert = by_kind[("Certificate", "pol-trainer-tls")]
+    assert cert["apiVersion"] == "cert-manager.io/v1"
+    assert cert["spec"]["secretName"] == "pol-trainer-tls"
+    assert cert["spec"]["issuerRef"] == {
+        "name": "corp-ca",
+        "kind": "ClusterIssuer",
+        "group": "cert-manager.io",
+    }
+    assert "*.pol-trainer.ns.svc.cluster.local" in cert["spec"]["dnsNames"]
+    assert (cert["spec"]["duration"], cert["spec"]["renewBefore"]) == ("2160h", "720h")
+    # Its Secret carries our labels, so the operator sees it as the policy's.
+    labels = cert["spec"]["secretTemplate"]["labels"]
+    assert labels[keys.ADAPTATION_POLICY_LABEL] == "pol"
+    assert labels[keys.MANAGED_BY] == keys.MANAGED_BY_VALUE
+    assert cert["metadata"]["ownerReferences"][0]["uid"] == "uid-p"
+    # The operator neither signs the certificate nor publishes a bundle before the issuer did.
+    assert ("Secret", "pol-trainer-tls") not in by_kind
+    assert ("ConfigMap", "pol-trainer-ca") not in by_kind
+    ready = next(c for c in waiting.status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "WaitingForCredentials"
+    assert 'ClusterIssuer "corp-ca"' in ready["message"]
+    issued = decide_policy(policy(), **common, issued_ca=CA.cert)
+    by_kind = {(a.kind.kind, a.name): a.body for a in issued.apply}
+    assert by_kind[("ConfigMap", "pol-trainer-ca")]["data"] == {"ca.crt": CA.cert.decode()}
+    ready = next(c for c in issued.status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] != "WaitingForCredentials"
+
+
+def test_issuer_references_parse_or_say_what_is_expected() -> None:
+    assert IssuerRef.parse("Issuer/x") == IssuerRef("Issuer", "x", "cert-manager.io")
+    assert IssuerRef.parse("AWSPCAClusterIssuer.awspca.cert-manager.io/pca") == IssuerRef(
+        "AWSPCAClusterIssuer", "pca", "awspca.cert-manager.io"
+    )
+    for bad in ("ClusterIssuer", "/x", "ClusterIssuer/", "a/b/c"):
+        with pytest.raises(ValueError, match="Kind/name"):
+            IssuerRef.parse(bad)
+
+
+def test_issued_ca_takes_only_a_certificate() -> None:
+    def secret(ca: bytes) -> dict[str, Any]:
+        return {"data": {"ca.crt": security.b64(ca)}}
+
+    assert security.issued_ca(secret(CA.cert)) == CA.cert
+    assert security.issued_ca(secret(b"not a certificate")) is None
+    assert security.issued_ca({"data": {}}) is None
+    assert security.issued_ca(None) is None

@@ -80,3 +80,38 @@ def test_a_synthetic_source_trains_once_into_the_models_folder(tmp_path: Path) -
     mtime = path.stat().st_mtime_ns
     assert provision(ref, "student", tmp_path) == path
     assert path.stat().st_mtime_ns == mtime
+
+
+def test_the_starting_checkpoint_keeps_weights_ids_and_size_only(tmp_path: Path) -> None:
+    import torch
+
+    from edgeadapt.models.zoo import (
+        build_student,
+        checkpoint_input_size,
+        load_checkpoint_model,
+        write_starting_checkpoint,
+    )
+
+    model = build_student(7, width_mult=0.5)
+    source = tmp_path / "student.pth"
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "ids": {"role": "student", "arch": model.arch, "config": model.config},
+            "args": {"width": 128, "height": 64, "lr": 0.1},
+            "optimizer": {"state": {i: torch.randn(1000) for i in range(20)}},
+        },
+        source,
+    )
+    out = write_starting_checkpoint(source, tmp_path / "models")
+    assert out.stat().st_size < source.stat().st_size
+    loaded = load_checkpoint_model(out)
+    for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert checkpoint_input_size(out) == (128, 64)
+    mtime = out.stat().st_mtime_ns
+    assert write_starting_checkpoint(source, tmp_path / "models") == out  # written once
+    assert out.stat().st_mtime_ns == mtime
+    torch.save({"weights": 1}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="not an edgeadapt checkpoint"):
+        write_starting_checkpoint(tmp_path / "other.pth", tmp_path / "models")

@@ -37,6 +37,7 @@ from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, GROUP
 from edgeadapt.controllers import security
 from edgeadapt.controllers.binding import Capacity
 from edgeadapt.controllers.common import (
+    CERTIFICATE,
     CONFIG_MAP,
     NETWORK_POLICY,
     SECRET,
@@ -71,6 +72,8 @@ RBAC_RULES = rules(
     ("apps", "statefulsets", "get list watch create patch"),
     ("networking.k8s.io", "networkpolicies", "get list watch create patch"),
 )
+# Where the chart enables cert-manager (certManager.enabled).
+CERT_MANAGER_RULES = rules(("cert-manager.io", "certificates", "get list watch create patch"))
 
 COMPONENT = "trainer"
 CONFIG_FILE = launch.CONFIG_FILE
@@ -387,13 +390,15 @@ def decide(
     figures: PolicyFigures,
     images: Images,
     now: str,
+    issued_ca: bytes | None = None,
 ) -> Plan:
     """Desired children and status of one AdaptationPolicy.
 
     ``token_key`` is the key its Secret holds (None before it exists: ``new_key`` is created);
     ``ca`` the operator's CA and ``tls`` the trainers' certificate (the observed one while good,
     ``security.tls_pair``); ``trainer_pods`` its trainer pods; ``figures`` what its trainers
-    report."""
+    report. With ``images.cert_issuer`` a cert-manager Certificate replaces ``tls`` and
+    ``issued_ca`` (the ``ca.crt`` its issuer wrote) is the agents' CA bundle."""
     owner = Owner.of(ADAPTATION_POLICY, policy)
     spec = policy.get("spec") or {}
     gen = owner.generation
@@ -415,9 +420,15 @@ def decide(
     )
     if images.network_policy:
         plan.apply.append(Apply(NETWORK_POLICY, network_policy(owner, images)))
-    if ca is not None and tls is not None:
+    issuer = images.cert_issuer
+    if issuer is not None:
+        hosts = security.trainer_hosts(owner.name, owner.namespace, images.cluster_domain)
+        plan.apply.append(Apply(CERTIFICATE, security.trainer_certificate(owner, hosts, issuer)))
+        if issued_ca is not None:
+            plan.apply.append(Apply(CONFIG_MAP, security.ca_config_map(owner, issued_ca)))
+    elif ca is not None and tls is not None:
         plan.apply.append(Apply(SECRET, security.tls_secret(owner, tls, ca)))
-        plan.apply.append(Apply(CONFIG_MAP, security.ca_config_map(owner, ca)))
+        plan.apply.append(Apply(CONFIG_MAP, security.ca_config_map(owner, ca.cert)))
 
     sts_status = (statefulset or {}).get("status") or {}
     ready_trainers = int(sts_status.get("readyReplicas") or 0)
@@ -469,8 +480,15 @@ def decide(
         reason = Reason.MODEL_PROVISIONING_FAILED
         conds.append(condition(READY, "False", reason, failure, generation=gen))
         conds.append(condition(STALLED, "True", reason, failure, generation=gen))
-    elif ca is None:
+    elif issuer is None and ca is None:
         reason, message = Reason.WAITING_FOR_CREDENTIALS, "the operator's CA is not loaded yet"
+        conds.append(condition(READY, "False", reason, message, generation=gen))
+    elif issuer is not None and issued_ca is None:
+        reason = Reason.WAITING_FOR_CREDENTIALS
+        message = (
+            f'waiting for {issuer.kind} "{issuer.name}" to issue Secret '
+            f'"{security.tls_secret_name(owner.name)}" with a ca.crt'
+        )
         conds.append(condition(READY, "False", reason, message, generation=gen))
     elif zoo_cond[0] != "True":
         conds.append(condition(READY, "False", zoo_cond[1], zoo_cond[2], generation=gen))

@@ -47,6 +47,31 @@ DEPLOYMENT = ChildKind("apps/v1", "Deployment", "deployments")
 STATEFUL_SET = ChildKind("apps/v1", "StatefulSet", "statefulsets")
 NETWORK_POLICY = ChildKind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
 CHILD_KINDS = (POD, SECRET, SERVICE, CONFIG_MAP, PVC, DEPLOYMENT, STATEFUL_SET, NETWORK_POLICY)
+# Only where the chart enables cert-manager (``Images.cert_issuer``): the CRD may not exist.
+CERTIFICATE = ChildKind("cert-manager.io/v1", "Certificate", "certificates")
+
+
+@dataclass(frozen=True)
+class IssuerRef:
+    """The cert-manager issuer that signs the trainers' certificates (``Kind/name``, or
+    ``Kind.group/name`` for an external issuer)."""
+
+    kind: str
+    name: str
+    group: str = "cert-manager.io"
+
+    @classmethod
+    def parse(cls, text: str) -> IssuerRef:
+        kind, sep, name = text.strip().partition("/")
+        kind, _, group = kind.partition(".")
+        if not sep or not kind or not name or "/" in name:
+            raise ValueError(
+                f"issuer {text!r}: expected Kind/name, e.g. ClusterIssuer/edgeadapt-ca"
+            )
+        return cls(kind, name, group or "cert-manager.io")
+
+    def reference(self) -> Body:
+        return {"name": self.name, "kind": self.kind, "group": self.group}
 
 
 @dataclass(frozen=True)
@@ -107,6 +132,13 @@ class Images:
     network_policy: bool = False
     operator_namespace: str = ""
     metrics_namespace: str = ""
+    # Trainers' certificates from cert-manager (a Certificate per policy) instead of the
+    # operator's own CA.
+    cert_issuer: IssuerRef | None = None
+
+    def child_kinds(self) -> tuple[ChildKind, ...]:
+        """The kinds the operator creates, watches and lists with these settings."""
+        return CHILD_KINDS + ((CERTIFICATE,) if self.cert_issuer is not None else ())
 
 
 @dataclass

@@ -19,7 +19,7 @@ KOPF_RULES = rules(
 KOPF_NAMESPACED_RULES = rules(("", "namespaces", "list watch"))
 
 
-def required_rules(*, cluster_wide: bool = True) -> list[Rule]:
+def required_rules(*, cluster_wide: bool = True, cert_manager: bool = False) -> list[Rule]:
     """Union of all rules, one per (apiGroup, resource), verbs sorted."""
     merged: dict[tuple[str, str], set[str]] = {}
     for rule in (
@@ -28,6 +28,7 @@ def required_rules(*, cluster_wide: bool = True) -> list[Rule]:
         *edgedevice.RBAC_RULES,
         *modelzoo.RBAC_RULES,
         *adaptationpolicy.RBAC_RULES,
+        *(adaptationpolicy.CERT_MANAGER_RULES if cert_manager else ()),
     ):
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:

@@ -11,6 +11,12 @@ Per AdaptationPolicy:
   the trainers reload it on the next connection, with no restart and no stream dropped.
 - ConfigMap ``<policy>-trainer-ca`` (``ca.crt``): the CA bundle agents verify trainers with.
 
+Where the chart enables cert-manager, the operator does not issue the trainers' certificate: it
+applies a cert-manager ``Certificate`` ``<policy>-trainer-tls`` for the same names, whose issuer
+writes the same Secret (and renews it, 30 days before a 90-day certificate ends), and publishes
+the Secret's ``ca.crt`` as the agents' CA bundle. The issuer must set ``ca.crt`` (cert-manager's
+CA and Vault issuers do); until the Secret holds one the policy waits for credentials.
+
 Per EdgeDevice: Secret ``<device>-agent-token`` (``token``), the HMAC of the device's name under
 its policy's key. A token edited by hand or minted under an old key is written back.
 
@@ -28,7 +34,7 @@ from typing import Any
 
 from edgeadapt.api import keys
 from edgeadapt.api.launch import CA_CERT, TLS_CERT, TLS_KEY, TOKEN_FILE, TOKEN_KEY_FILE
-from edgeadapt.controllers.common import Body, Owner, child_metadata
+from edgeadapt.controllers.common import Body, IssuerRef, Owner, child_metadata
 from edgeadapt.pki import KeyPair, dns_names, issue, not_after, signed_by
 from edgeadapt.stream.auth import mint_token
 
@@ -159,8 +165,44 @@ def tls_secret(owner: Owner, pair: KeyPair, ca: KeyPair) -> Body:
     return body
 
 
-def ca_config_map(owner: Owner, ca: KeyPair) -> Body:
-    data = {CA_CERT: ca.cert.decode()}
+def trainer_certificate(owner: Owner, hosts: tuple[str, ...], issuer: IssuerRef) -> Body:
+    """The cert-manager Certificate for the trainers' names; its Secret carries our labels, so
+    the operator sees it like the Secret it would have written itself."""
+    labels = child_metadata(owner, "", keys.ADAPTATION_POLICY_LABEL, "trainer", None)["labels"]
+    spec = {
+        "secretName": tls_secret_name(owner.name),
+        "secretTemplate": {"labels": labels},
+        "dnsNames": list(hosts),
+        "duration": f"{CERT_DAYS * 24}h",
+        "renewBefore": f"{int(RENEW_BEFORE.total_seconds()) // 3600}h",
+        "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+        "usages": ["server auth", "digital signature", "key encipherment"],
+        "issuerRef": issuer.reference(),
+    }
+    return {
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "metadata": child_metadata(
+            owner, tls_secret_name(owner.name), keys.ADAPTATION_POLICY_LABEL, "trainer", spec
+        ),
+        "spec": spec,
+    }
+
+
+def issued_ca(secret: Mapping[str, Any] | None) -> bytes | None:
+    """The CA certificate an issuer wrote beside the trainers' certificate, if it is one."""
+    bundle = unb64((secret or {}).get("data"), CA_CERT)
+    if bundle is None or b"-----BEGIN CERTIFICATE-----" not in bundle:
+        return None
+    try:
+        dns_names(bundle)  # parses
+    except ValueError:
+        return None
+    return bundle
+
+
+def ca_config_map(owner: Owner, ca_cert: bytes) -> Body:
+    data = {CA_CERT: ca_cert.decode()}
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

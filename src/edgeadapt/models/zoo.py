@@ -135,6 +135,34 @@ def load_checkpoint_model(path: str | Path) -> SegmentationModel:
     return model
 
 
+def write_starting_checkpoint(source: str | Path, folder: str | Path) -> Path:
+    """The part of a checkpoint of ours a device needs (weights, ids, input size), written once
+    into ``folder`` as ``starting-<digest of source>.pth``: a training checkpoint also holds the
+    optimizer and scheduler state, about twice the weights again, which edge devices never use."""
+    import hashlib
+
+    from edgeadapt.durable import write_atomically
+
+    source = Path(source)
+    digest = hashlib.sha256()
+    with source.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    out = Path(folder) / f"starting-{digest.hexdigest()[:16]}.pth"
+    if out.exists():
+        return out
+    ckpt = torch.load(source, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "ids" not in ckpt:
+        raise ValueError(f"{source}: not an edgeadapt checkpoint (no model / ids)")
+    slim: dict[str, Any] = {"model": ckpt["model"], "ids": ckpt["ids"]}
+    args = ckpt.get("args")
+    if isinstance(args, dict) and "width" in args and "height" in args:
+        slim["args"] = {"width": args["width"], "height": args["height"]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(out, lambda f: torch.save(slim, f))
+    return out
+
+
 def checkpoint_input_size(path: str | Path) -> tuple[int, int] | None:
     """(width, height) a checkpoint of ours was trained at, if it says."""
     ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)

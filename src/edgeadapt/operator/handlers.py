@@ -16,7 +16,7 @@ import kopf
 
 from edgeadapt.api import keys
 from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE, GROUP, MODEL_ZOO, VERSION
-from edgeadapt.controllers.common import CHILD_KINDS, Images
+from edgeadapt.controllers.common import Images, IssuerRef
 from edgeadapt.operator import metrics, poller
 from edgeadapt.operator.authority import operator_namespace
 from edgeadapt.operator.kube import Kube, login
@@ -40,6 +40,9 @@ def images_from_env() -> Images:
         pull_policy=os.environ.get("EDGEADAPT_IMAGE_PULL_POLICY", default.pull_policy),
         cluster_domain=os.environ.get("EDGEADAPT_CLUSTER_DOMAIN", default.cluster_domain),
         agent_state_path=os.environ.get("EDGEADAPT_AGENT_STATE_PATH", default.agent_state_path),
+        cert_issuer=IssuerRef.parse(issuer)
+        if (issuer := os.environ.get("EDGEADAPT_CERT_ISSUER"))
+        else None,
     )
 
 
@@ -120,7 +123,7 @@ def _register() -> None:
 
         kopf.on.event(GROUP, VERSION, kind.plural, id=f"watch-{kind.plural}")(on_custom)
 
-    for child in CHILD_KINDS:
+    for child in images_from_env().child_kinds():
         group, _, version = child.api_version.rpartition("/")
 
         def on_child(

@@ -27,6 +27,7 @@ from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE, MODEL_ZOO, Ki
 from edgeadapt.controllers import adaptationpolicy, edgedevice, modelzoo, observe, security
 from edgeadapt.controllers.binding import Capacity, TrainerPool
 from edgeadapt.controllers.common import (
+    CERTIFICATE,
     CHILD_KINDS,
     CONFIG_MAP,
     DEPLOYMENT,
@@ -67,7 +68,7 @@ CHILD_STATUS_FIELDS = (
     "updatedReplicas",
 )
 KINDS_BY_PLURAL = {k.plural: k for k in (EDGE_DEVICE, MODEL_ZOO, ADAPTATION_POLICY)}
-CHILDREN_BY_PLURAL = {k.plural: k for k in CHILD_KINDS}
+CHILDREN_BY_PLURAL = {k.plural: k for k in (*CHILD_KINDS, CERTIFICATE)}
 OWNER_LABELS = (
     (keys.EDGE_DEVICE_LABEL, EDGE_DEVICE.plural),
     (keys.ADAPTATION_POLICY_LABEL, ADAPTATION_POLICY.plural),
@@ -257,7 +258,7 @@ class Manager:
             for kind in (ADAPTATION_POLICY, MODEL_ZOO, EDGE_DEVICE):
                 for item in await self.kube.list(_collection(kind.path("x"), ns)):
                     self._store(kind.plural, item)
-            for child in CHILD_KINDS:
+            for child in self.images.child_kinds():
                 for item in await self.kube.list(
                     _collection(child.path("x"), ns), label_selector=selector
                 ):
@@ -433,8 +434,11 @@ class Manager:
         zoo_name = (policy["spec"].get("modelZooRef") or {}).get("name")
         zoo = self.objects.get((MODEL_ZOO.plural, ns, zoo_name)) if zoo_name else None
         members = self.devices_by_policy.get((ns, name), set())
-        tls = None
-        if self.ca is not None:
+        tls = issued_ca = None
+        if self.images.cert_issuer is not None:
+            observed = self.children.get((SECRET.plural, ns, security.tls_secret_name(name)))
+            issued_ca = security.issued_ca(observed)
+        elif self.ca is not None:
             observed = self.children.get((SECRET.plural, ns, security.tls_secret_name(name)))
             issued = self.issued.get((ns, name))
             if observed is None and issued is not None:  # written, not seen back yet
@@ -465,6 +469,7 @@ class Manager:
             figures=observe.policy_figures(observations),
             images=self.images,
             now=now_rfc3339(),
+            issued_ca=issued_ca,
         )
         await self._act(ADAPTATION_POLICY, policy, plan)
 

@@ -239,7 +239,11 @@ def _serve(
     from edgeadapt.models.cache import ensure_checkpoint
     from edgeadapt.models.provision import ProvisionError, provision
     from edgeadapt.models.train import pick_device
-    from edgeadapt.models.zoo import checkpoint_input_size, load_checkpoint_model
+    from edgeadapt.models.zoo import (
+        checkpoint_input_size,
+        load_checkpoint_model,
+        write_starting_checkpoint,
+    )
     from edgeadapt.stream.tls import server_credentials
     from edgeadapt.trainer.hub import Hub, HubConfig
     from edgeadapt.trainer.server import TrainerServer, serve
@@ -310,7 +314,13 @@ def _serve(
     credentials = (
         server_credentials(args.tls_cert, args.tls_key, args.client_ca) if args.tls_cert else None
     )
-    server = TrainerServer(hub, args.listen, credentials, secret, starting_model=student_path)
+    try:
+        starting = write_starting_checkpoint(student_path, args.models_dir or args.state_dir)
+    except (OSError, ValueError) as exc:
+        parts["phase"] = "failed"
+        _terminate_with(f"cannot write the starting model for devices: {exc}")
+        return 3
+    server = TrainerServer(hub, args.listen, credentials, secret, starting_model=starting)
     parts.update(hub=hub, server=server, device=str(device))
 
     def started(port: int) -> None:
