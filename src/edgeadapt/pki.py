@@ -124,6 +124,13 @@ def dns_names(cert_pem: bytes) -> list[str]:
     return list(ext.value.get_values_for_type(x509.DNSName))
 
 
+def common_name(cert_pem: bytes) -> str:
+    """The subject's common name ('' without one)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""
+
+
 def signed_by(cert_pem: bytes, ca_pem: bytes) -> bool:
     """Whether ``ca_pem`` issued ``cert_pem`` (signature checked)."""
     cert = x509.load_pem_x509_certificate(cert_pem)

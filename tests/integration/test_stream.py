@@ -46,6 +46,7 @@ from edgeadapt.adapt.update import (
 from edgeadapt.api.launch import AgentLaunch, ModelRef, TrainerLaunch, WeightsSource
 from edgeadapt.models.cache import ensure_checkpoint
 from edgeadapt.models.zoo import load_checkpoint_model
+from edgeadapt.pki import issue, new_ca
 from edgeadapt.procs import (
     Credentials,
     Proc,
@@ -292,21 +293,37 @@ def test_agent_on_an_http_stream_that_drops(cluster: Cluster, env: Env, tmp_path
     assert summary["batches_pending"] == 0
 
 
-def test_mutual_tls_needs_a_client_certificate(cluster: Cluster, env: Env) -> None:
-    trainer = cluster.trainer(cluster.workdir / "state", extra=("--client-ca", str(env.pki.ca)))
-    anonymous = cluster.agent("cam-1", trainer.grpc_port)
-    pki = env.pki
-    with_cert = cluster.agent(
-        "cam-2",
-        trainer.grpc_port,
-        extra=("--cert-file", str(pki.client_cert), "--key-file", str(pki.client_key)),
+def test_mutual_tls_needs_the_devices_own_client_certificate(
+    cluster: Cluster, env: Env, tmp_path: Path
+) -> None:
+    clients = new_ca("clients")
+    (tmp_path / "clients.crt").write_bytes(clients.cert)
+    certs = {}
+    for name in ("cam-2", "cam-x"):
+        pair = issue(clients, name, server=False)
+        (tmp_path / f"{name}.crt").write_bytes(pair.cert)
+        (tmp_path / f"{name}.key").write_bytes(pair.key)
+        certs[name] = ("--cert-file", str(tmp_path / f"{name}.crt"),
+                       "--key-file", str(tmp_path / f"{name}.key"))  # fmt: skip
+    trainer = cluster.trainer(
+        cluster.workdir / "state", extra=("--client-ca", str(tmp_path / "clients.crt"))
     )
-    wait_for("the agent with a certificate to adapt", at_version(with_cert, 1), 120)
-    s = status(anonymous)
-    assert s["connects"] == 0
-    assert s["model_version"] == 0
-    assert s["frames_inferred"] > 0
+    anonymous = cluster.agent("cam-1", trainer.grpc_port)
+    own = cluster.agent("cam-2", trainer.grpc_port, extra=certs["cam-2"])
+    borrowed = cluster.agent("cam-3", trainer.grpc_port, extra=certs["cam-2"])
+    wait_for("the agent with its own certificate to adapt", at_version(own, 1), 120)
+    wait_for(
+        "the borrowed certificate refused", lambda: status(borrowed)["connection"] == "refused"
+    )
+    for agent in (anonymous, borrowed):
+        s = status(agent)
+        assert s["connects"] == 0
+        assert s["model_version"] == 0
+        assert s["frames_inferred"] > 0
+    assert "PERMISSION_DENIED" in status(borrowed)["last_link_error"]
     assert device(trainer, "cam-1") is None
+    assert device(trainer, "cam-3") is None
+    assert status(trainer)["refused"]["cam-3"]["reason"] == "ClientCertificateMismatch"
 
 
 def test_wrong_token_is_refused(cluster: Cluster, env: Env) -> None:

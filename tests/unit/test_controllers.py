@@ -28,7 +28,7 @@ from edgeadapt.controllers.common import (
 )
 from edgeadapt.controllers.observe import PolicyFigures, TrainerObservation
 from edgeadapt.controllers.rbac import required_rules
-from edgeadapt.pki import issue, new_ca
+from edgeadapt.pki import common_name, issue, new_ca
 from edgeadapt.stream.auth import mint_token
 
 NOW = "2026-01-01T00:00:00Z"
@@ -722,3 +722,72 @@ def test_issued_ca_takes_only_a_certificate() -> None:
     assert security.issued_ca(secret(b"not a certificate")) is None
     assert security.issued_ca({"data": {}}) is None
     assert security.issued_ca(None) is None
+
+
+def test_mutual_tls_issues_each_device_a_client_certificate_and_trainers_require_one() -> None:
+    pol = policy(mutualTLS=True)
+    plan = decide_policy(
+        pol,
+        zoo=None,
+        trainers_wanted=1,
+        devices_bound=1,
+        devices_unbound=0,
+        statefulset=None,
+        images=IMAGES,
+        now=NOW,
+    )
+    by_kind = {(a.kind.kind, a.name): a.body for a in plan.apply}
+    assert by_kind[("ConfigMap", "pol-client-ca")]["data"] == {"ca.crt": CA.cert.decode()}
+    trainer = by_kind[("StatefulSet", "pol-trainer")]["spec"]["template"]["spec"]
+    args = trainer["containers"][0]["args"]
+    assert args[args.index("--client-ca") + 1] == "/etc/edgeadapt/client-ca/ca.crt"
+    pool = TrainerPool(Capacity.of({}))
+    dev = device()
+    binding = edgedevice.resolve_binding(dev, pol, pool)
+    pair = security.client_pair(None, CA, "cam")
+    assert common_name(pair.cert) == "cam"
+    owner = Owner.of(EDGE_DEVICE, dev)
+    token = security.device_token_secret(owner, KEY)
+
+    def decide(published: bool) -> Plan:
+        return edgedevice.decide(
+            dev,
+            binding,
+            pod=None,
+            token_secret=token,
+            policy_key=KEY,
+            ca_published=True,
+            observation=None,
+            images=IMAGES,
+            now=NOW,
+            now_ts=1e9,
+            mutual_tls=True,
+            client_tls=pair,
+            client_tls_published=published,
+        )
+
+    waiting = decide(published=False)
+    secrets = {a.name: a.body for a in waiting.apply if a.kind == SECRET}
+    assert secrets["cam-agent-tls"]["type"] == "kubernetes.io/tls"
+    assert not any(a.kind == POD for a in waiting.apply), "no pod before its certificate"
+    agent = next(c for c in waiting.status["conditions"] if c["type"] == "AgentReady")
+    assert "client certificate" in agent["message"]
+    ready = decide(published=True)
+    pod = next(a.body for a in ready.apply if a.kind == POD)
+    args = pod["spec"]["containers"][0]["args"]
+    assert args[args.index("--cert-file") + 1] == "/etc/edgeadapt/client-tls/tls.crt"
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["client-tls"]["secret"]["secretName"] == "cam-agent-tls"
+
+
+def test_a_client_certificate_is_kept_while_good_and_renewed_otherwise() -> None:
+    import datetime
+
+    pair = security.client_pair(None, CA, "cam")
+    observed = {"data": {"tls.crt": security.b64(pair.cert), "tls.key": security.b64(pair.key)}}
+    assert security.client_pair(observed, CA, "cam") == pair
+    assert security.client_pair(observed, CA, "other") != pair  # another device's name
+    assert security.client_pair(observed, new_ca("other-ca"), "cam") != pair
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=70)
+    assert security.client_pair(observed, CA, "cam", now=later) != pair  # near its end
+    assert security.client_pair({"data": {"tls.crt": "eA=="}}, CA, "cam") != pair

@@ -47,9 +47,13 @@ def trainer_container(spec: dict[str, Any]) -> dict[str, Any]:
     return dict(sts["spec"]["template"]["spec"]["containers"][0])
 
 
-def agent_container(dev: dict[str, Any], endpoint: str = "t:50051") -> dict[str, Any]:
+def agent_container(
+    dev: dict[str, Any], endpoint: str = "t:50051", mutual_tls: bool = False
+) -> dict[str, Any]:
     dev = meta(dev)
-    pod = edgedevice.agent_pod(Owner.of(EDGE_DEVICE, dev), dev["spec"], endpoint, "pol", Images())
+    pod = edgedevice.agent_pod(
+        Owner.of(EDGE_DEVICE, dev), dev["spec"], endpoint, "pol", Images(), mutual_tls
+    )
     return dict(pod["spec"]["containers"][0])
 
 
@@ -59,6 +63,7 @@ def policy_variants() -> list[dict[str, Any]]:
     out = [e["spec"] for e in examples("AdaptationPolicy")]
     for strategy in spec["strategy"]["enum"]:
         out.append({"strategy": strategy})
+    out.append({"mutualTLS": True})
     teachers = spec["teacher"]["properties"]["architecture"]["enum"]
     students = spec["student"]["properties"]["architecture"]["enum"]
     profiles = spec["teacher"]["properties"]["weights"]["properties"]["synthetic"]["enum"]
@@ -80,6 +85,10 @@ def test_every_rendered_trainer_parses_with_the_trainers_parser(spec: dict[str, 
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     for path in (args.config, args.tls_cert, args.tls_key, args.token_secret_file):
         assert any(str(path).startswith(m + "/") for m in mounts), path
+    if spec.get("mutualTLS"):
+        assert any(str(args.client_ca).startswith(m + "/") for m in mounts)
+    else:
+        assert args.client_ca is None
     assert str(args.state_dir).startswith(launch.STATE_DIR)
     assert not args.insecure
     assert args.teacher_model.architecture == (spec.get("teacher") or {}).get(
@@ -99,9 +108,12 @@ def device_variants() -> list[dict[str, Any]]:
     return out
 
 
+@pytest.mark.parametrize("mutual_tls", [False, True])
 @pytest.mark.parametrize("dev", device_variants(), ids=lambda d: d["spec"]["video"]["uri"][:40])
-def test_every_rendered_agent_parses_with_the_agents_parser(dev: dict[str, Any]) -> None:
-    container = agent_container(dev)
+def test_every_rendered_agent_parses_with_the_agents_parser(
+    dev: dict[str, Any], mutual_tls: bool
+) -> None:
+    container = agent_container(dev, mutual_tls=mutual_tls)
     args = agent_parser().parse_args(container["args"])
     assert args.device_id == dev["metadata"]["name"]
     assert args.source == dev["spec"]["video"]["uri"]
@@ -110,6 +122,13 @@ def test_every_rendered_agent_parses_with_the_agents_parser(dev: dict[str, Any])
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     for path in (args.ca_file, args.token_file):
         assert any(str(path).startswith(m + "/") for m in mounts), path
+    if mutual_tls:
+        for path in (args.cert_file, args.key_file):
+            assert any(str(path).startswith(m + "/") for m in mounts), path
+    else:
+        assert args.cert_file is None
+    link = dev["spec"].get("link") or {}
+    assert args.downlink_kbps == link.get("downlinkKbps")
     assert str(args.state_dir) in mounts
     assert args.loop
 

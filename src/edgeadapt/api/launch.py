@@ -20,6 +20,8 @@ TLS_DIR = "/etc/edgeadapt/tls"  # tls.crt, tls.key, ca.crt (a Secret)
 TOKEN_KEY_DIR = "/etc/edgeadapt/token-key"  # the policy's token key (a Secret)
 CA_DIR = "/etc/edgeadapt/ca"  # ca.crt the agent trusts (a ConfigMap)
 TOKEN_DIR = "/etc/edgeadapt/token"  # the device's token (a Secret)
+CLIENT_CA_DIR = "/etc/edgeadapt/client-ca"  # ca.crt that signs devices' client certificates
+CLIENT_TLS_DIR = "/etc/edgeadapt/client-tls"  # the device's client tls.crt, tls.key (a Secret)
 STATE_DIR = "/var/lib/edgeadapt"  # the pod's claim: models and per-device state
 TMP_DIR = "/tmp"  # an emptyDir: the root file system is read-only
 

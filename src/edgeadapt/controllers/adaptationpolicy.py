@@ -118,6 +118,11 @@ def model_ref(
     return launch.ModelRef(str(section.get("architecture", default_arch)), source), claim
 
 
+def mutual_tls(spec: Mapping[str, Any]) -> bool:
+    """Whether the policy's agents present per-device client certificates (spec.mutualTLS)."""
+    return bool(spec.get("mutualTLS"))
+
+
 def trainer_launch(spec: Mapping[str, Any]) -> tuple[launch.TrainerLaunch, list[str]]:
     """The trainer's options, and the claims its weights sources need mounted."""
     teacher, teacher_claim = model_ref(spec.get("teacher"), launch.TEACHER_ARCHS[0])
@@ -133,6 +138,7 @@ def trainer_launch(spec: Mapping[str, Any]) -> tuple[launch.TrainerLaunch, list[
         tls_cert=f"{launch.TLS_DIR}/{launch.TLS_CERT}",
         tls_key=f"{launch.TLS_DIR}/{launch.TLS_KEY}",
         token_key_file=f"{launch.TOKEN_KEY_DIR}/{launch.TOKEN_KEY_FILE}",
+        client_ca=f"{launch.CLIENT_CA_DIR}/{launch.CA_CERT}" if mutual_tls(spec) else None,
         log_format="json",
     )
     claims = sorted({c for c in (teacher_claim, student_claim) if c})
@@ -238,6 +244,14 @@ def stateful_set(
         },
         {"name": "tmp", "emptyDir": {}},
     ]
+    if mutual_tls(spec):
+        mounts.append({"name": "client-ca", "mountPath": launch.CLIENT_CA_DIR, "readOnly": True})
+        volumes.append(
+            {
+                "name": "client-ca",
+                "configMap": {"name": security.client_ca_config_map_name(owner.name)},
+            }
+        )
     for i, claim in enumerate(claims):
         mounts.append(
             {"name": f"source-{i}", "mountPath": f"{SOURCES_DIR}/{claim}", "readOnly": True}
@@ -429,6 +443,8 @@ def decide(
     elif ca is not None and tls is not None:
         plan.apply.append(Apply(SECRET, security.tls_secret(owner, tls, ca)))
         plan.apply.append(Apply(CONFIG_MAP, security.ca_config_map(owner, ca.cert)))
+    if mutual_tls(spec) and ca is not None:  # devices' client certificates: the operator's CA
+        plan.apply.append(Apply(CONFIG_MAP, security.client_ca_config_map(owner, ca.cert)))
 
     sts_status = (statefulset or {}).get("status") or {}
     ready_trainers = int(sts_status.get("readyReplicas") or 0)

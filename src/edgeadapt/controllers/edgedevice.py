@@ -60,6 +60,7 @@ from edgeadapt.controllers.common import (
     status_with_conditions,
     transition_events,
 )
+from edgeadapt.pki import KeyPair
 
 RBAC_RULES = rules(
     (GROUP, "edgedevices", "get list watch"),
@@ -177,7 +178,9 @@ def state_path(owner: Owner, images: Images) -> str:
     return f"{images.agent_state_path}/{owner.namespace}/{owner.name}"
 
 
-def agent_launch(owner: Owner, spec: Mapping[str, Any], endpoint: str) -> launch.AgentLaunch:
+def agent_launch(
+    owner: Owner, spec: Mapping[str, Any], endpoint: str, mutual_tls: bool = False
+) -> launch.AgentLaunch:
     video = spec.get("video") or {}
     link = spec.get("link") or {}
     return launch.AgentLaunch(
@@ -188,6 +191,8 @@ def agent_launch(owner: Owner, spec: Mapping[str, Any], endpoint: str) -> launch
         downlink_kbps=link.get("downlinkKbps"),
         ca_file=f"{launch.CA_DIR}/{launch.CA_CERT}",
         token_file=f"{launch.TOKEN_DIR}/{launch.TOKEN_FILE}",
+        cert_file=f"{launch.CLIENT_TLS_DIR}/{launch.TLS_CERT}" if mutual_tls else None,
+        key_file=f"{launch.CLIENT_TLS_DIR}/{launch.TLS_KEY}" if mutual_tls else None,
         state_dir=launch.STATE_DIR,
         loop=True,
         http_listen=f"0.0.0.0:{keys.METRICS_PORT}",
@@ -196,10 +201,15 @@ def agent_launch(owner: Owner, spec: Mapping[str, Any], endpoint: str) -> launch
 
 
 def agent_pod(
-    owner: Owner, spec: Mapping[str, Any], endpoint: str, policy: str, images: Images
+    owner: Owner,
+    spec: Mapping[str, Any],
+    endpoint: str,
+    policy: str,
+    images: Images,
+    mutual_tls: bool = False,
 ) -> Body:
     node = spec.get("node") or {}
-    options = agent_launch(owner, spec, endpoint)
+    options = agent_launch(owner, spec, endpoint, mutual_tls)
     pod_spec: Body = {
         "restartPolicy": "Always",
         "automountServiceAccountToken": False,
@@ -273,6 +283,19 @@ def agent_pod(
             {"name": "tmp", "emptyDir": {}},
         ],
     }
+    if mutual_tls:
+        pod_spec["containers"][0]["volumeMounts"].append(
+            {"name": "client-tls", "mountPath": launch.CLIENT_TLS_DIR, "readOnly": True}
+        )
+        pod_spec["volumes"].append(
+            {
+                "name": "client-tls",
+                "secret": {
+                    "secretName": security.client_tls_secret_name(owner.name),
+                    "defaultMode": 0o440,
+                },
+            }
+        )
     if node.get("name"):
         pod_spec["nodeName"] = node["name"]
     else:
@@ -304,7 +327,12 @@ def data_plane(
     view = observation.devices.get(name)
     refused = observation.refused.get(name)
     if refused is not None:
-        msg = f"trainer {trainer} refused the agent's token"
+        what = (
+            "client certificate (issued for another device)"
+            if refused.get("reason") == "ClientCertificateMismatch"
+            else "token"
+        )
+        msg = f"trainer {trainer} refused the agent's {what}"
         return (
             ("False", Reason.UNAUTHENTICATED, msg),
             ("False", Reason.NOT_CONNECTED, msg),
@@ -348,8 +376,15 @@ def decide(
     images: Images,
     now: str,
     now_ts: float,
+    mutual_tls: bool = False,
+    client_tls: KeyPair | None = None,
+    client_tls_published: bool = False,
 ) -> Plan:
-    """Desired children and status of one EdgeDevice from what was observed."""
+    """Desired children and status of one EdgeDevice from what was observed.
+
+    With ``mutual_tls`` (its policy's spec.mutualTLS) the device's client certificate
+    ``client_tls`` (the observed one while good, ``security.client_pair``) is kept in its Secret,
+    and the agent pod waits for that Secret (``client_tls_published``)."""
     owner = Owner.of(EDGE_DEVICE, device)
     spec = device.get("spec") or {}
     gen = owner.generation
@@ -361,8 +396,13 @@ def decide(
         want = security.device_token_secret(owner, policy_key)
         if token_secret is None or (token_secret.get("data") or {}) != want["data"]:
             plan.apply.append(Apply(SECRET, want, mode="patch" if token_secret else "create"))
-    # A bound agent starts once it can authenticate: its token and the CA bundle exist.
-    credentials = not bound or (policy_key is not None and ca_published)
+    if mutual_tls and client_tls is not None:
+        plan.apply.append(Apply(SECRET, security.client_tls_secret(owner, client_tls)))
+    # A bound agent starts once it can authenticate: its token and the CA bundle exist (and its
+    # client certificate, with mutual TLS).
+    credentials = not bound or (
+        policy_key is not None and ca_published and (not mutual_tls or client_tls_published)
+    )
 
     endpoint = ""
     trainer = None
@@ -371,7 +411,7 @@ def decide(
         endpoint = trainer_endpoint(
             binding.policy, binding.trainer, owner.namespace, images.cluster_domain
         )
-    desired_pod = agent_pod(owner, spec, endpoint, binding.policy, images)
+    desired_pod = agent_pod(owner, spec, endpoint, binding.policy, images, mutual_tls)
     pod_name = agent_pod_name(owner.name)
     agent: tuple[Status, str, str]  # status, reason, message
     pod_state = _pod_state(pod, desired_pod)
@@ -383,7 +423,8 @@ def decide(
         agent = (
             "False",
             Reason.WAITING_FOR_CREDENTIALS,
-            f'waiting for the token key and CA bundle of AdaptationPolicy "{binding.policy}"',
+            f'waiting for the token key and CA bundle of AdaptationPolicy "{binding.policy}"'
+            + (" and the device's client certificate" if mutual_tls else ""),
         )
     elif pod_state == "stale":
         plan.delete.append(Delete(POD, pod_name))

@@ -20,6 +20,12 @@ CA and Vault issuers do); until the Secret holds one the policy waits for creden
 Per EdgeDevice: Secret ``<device>-agent-token`` (``token``), the HMAC of the device's name under
 its policy's key. A token edited by hand or minted under an old key is written back.
 
+Mutual TLS (the policy's ``spec.mutualTLS``): each device also gets Secret ``<device>-agent-tls``
+(``tls.crt``, ``tls.key``), a client certificate whose common name is the device's name, from the
+operator's CA and renewed like the trainers'; the policy's trainers get that CA in ConfigMap
+``<policy>-client-ca``, require a client certificate it signed, and refuse one whose name is not
+the device the token is for.
+
 The operator's CA lives in Secret ``edgeadapt-ca`` of the operator's namespace
 (``edgeadapt.operator.authority``); nothing here is ever written to a resource's spec.
 """
@@ -35,7 +41,7 @@ from typing import Any
 from edgeadapt.api import keys
 from edgeadapt.api.launch import CA_CERT, TLS_CERT, TLS_KEY, TOKEN_FILE, TOKEN_KEY_FILE
 from edgeadapt.controllers.common import Body, IssuerRef, Owner, child_metadata
-from edgeadapt.pki import KeyPair, dns_names, issue, not_after, signed_by
+from edgeadapt.pki import KeyPair, common_name, dns_names, issue, not_after, signed_by
 from edgeadapt.stream.auth import mint_token
 
 RENEW_BEFORE = datetime.timedelta(days=30)
@@ -56,6 +62,14 @@ def ca_config_map_name(policy: str) -> str:
 
 def device_token_secret_name(device: str) -> str:
     return f"{device}-agent-token"
+
+
+def client_tls_secret_name(device: str) -> str:
+    return f"{device}-agent-tls"
+
+
+def client_ca_config_map_name(policy: str) -> str:
+    return f"{policy}-client-ca"
 
 
 def b64(data: bytes) -> str:
@@ -151,6 +165,59 @@ def tls_pair(
     if good and cert is not None and key is not None:
         return KeyPair(cert, key)
     return issue(ca, hosts[0].split(".", 1)[0], hosts, days=CERT_DAYS)
+
+
+def client_pair(
+    observed: Mapping[str, Any] | None,
+    ca: KeyPair,
+    device: str,
+    now: datetime.datetime | None = None,
+) -> KeyPair:
+    """A device's client certificate: the observed one while it is good, else a fresh one."""
+    data = (observed or {}).get("data")
+    cert, key = unb64(data, TLS_CERT), unb64(data, TLS_KEY)
+    now = now or datetime.datetime.now(datetime.UTC)
+    try:
+        good = (
+            cert is not None
+            and key is not None
+            and signed_by(cert, ca.cert)
+            and common_name(cert) == device
+            and not_after(cert) - now > RENEW_BEFORE
+        )
+    except ValueError:
+        good = False
+    if good and cert is not None and key is not None:
+        return KeyPair(cert, key)
+    return issue(ca, device, server=False, days=CERT_DAYS)
+
+
+def client_tls_secret(owner: Owner, pair: KeyPair) -> Body:
+    body = _secret(
+        owner,
+        client_tls_secret_name(owner.name),
+        keys.EDGE_DEVICE_LABEL,
+        "edge-agent",
+        {TLS_CERT: b64(pair.cert), TLS_KEY: b64(pair.key)},
+    )
+    body["type"] = "kubernetes.io/tls"
+    return body
+
+
+def client_ca_config_map(owner: Owner, ca_cert: bytes) -> Body:
+    data = {CA_CERT: ca_cert.decode()}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": child_metadata(
+            owner,
+            client_ca_config_map_name(owner.name),
+            keys.ADAPTATION_POLICY_LABEL,
+            "trainer",
+            data,
+        ),
+        "data": data,
+    }
 
 
 def tls_secret(owner: Owner, pair: KeyPair, ca: KeyPair) -> Body:

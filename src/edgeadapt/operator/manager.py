@@ -136,6 +136,7 @@ class Manager:
         default_factory=dict
     )
     issued: dict[tuple[str, str], KeyPair] = field(default_factory=dict)  # trainer certificates
+    client_issued: dict[tuple[str, str], KeyPair] = field(default_factory=dict)  # per device
     _figures_queued: dict[tuple[str, str], float] = field(default_factory=dict)
     objects: dict[Key, Body] = field(default_factory=dict)
     children: dict[Key, Body] = field(default_factory=dict)
@@ -321,6 +322,7 @@ class Manager:
         ns, name = meta.get("namespace", ""), meta.get("name", "")
         self.objects.pop((plural, ns, name), None)
         if plural == EDGE_DEVICE.plural:
+            self.client_issued.pop((ns, name), None)
             ref = self.device_ref.pop((ns, name), None)
             if ref is not None:
                 self.devices_by_policy.get((ns, ref), set()).discard(name)
@@ -404,6 +406,16 @@ class Manager:
         observation = None
         if binding.trainer is not None:
             observation = self.observations.get((ns, binding.policy, binding.trainer))
+        mutual = policy is not None and adaptationpolicy.mutual_tls(policy.get("spec") or {})
+        client_tls = None
+        client_secret = (SECRET.plural, ns, security.client_tls_secret_name(name))
+        if mutual and self.ca is not None:
+            observed = self.children.get(client_secret)
+            issued = self.client_issued.get((ns, name))
+            if observed is None and issued is not None:  # written, not seen back yet
+                observed = security.client_tls_secret(Owner.of(EDGE_DEVICE, device), issued)
+            client_tls = security.client_pair(observed, self.ca, name)
+            self.client_issued[(ns, name)] = client_tls
         plan = edgedevice.decide(
             device,
             binding,
@@ -416,6 +428,9 @@ class Manager:
             images=self.images,
             now=now_rfc3339(),
             now_ts=time.time(),
+            mutual_tls=mutual,
+            client_tls=client_tls,
+            client_tls_published=client_secret in self.children,
         )
         await self._act(EDGE_DEVICE, device, plan)
 

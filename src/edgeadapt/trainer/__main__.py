@@ -320,7 +320,14 @@ def _serve(
         parts["phase"] = "failed"
         _terminate_with(f"cannot write the starting model for devices: {exc}")
         return 3
-    server = TrainerServer(hub, args.listen, credentials, secret, starting_model=starting)
+    server = TrainerServer(
+        hub,
+        args.listen,
+        credentials,
+        secret,
+        starting_model=starting,
+        client_identity=args.client_ca is not None,
+    )
     parts.update(hub=hub, server=server, device=str(device))
 
     def started(port: int) -> None:

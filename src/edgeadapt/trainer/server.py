@@ -155,10 +155,16 @@ class _Outbox:
 
 class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
     def __init__(
-        self, hub: Hub, token_secret: bytes | None, starting_model: Path | None = None
+        self,
+        hub: Hub,
+        token_secret: bytes | None,
+        starting_model: Path | None = None,
+        client_identity: bool = False,
     ) -> None:
         self.hub = hub
         self.secret = token_secret
+        # Mutual TLS: the client certificate's common name must be the token's device.
+        self.client_identity = client_identity
         self.starting_model = starting_model
         self._starting: tuple[bytes, str] | None = None
         # device id -> (reason, wall time) of its last refused call, newest last; bounded, since
@@ -191,16 +197,34 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
         if self.secret is not None and not verify_token(self.secret, device_id, token):
             self.metrics.auth_failures.inc()
             log.warning("refused a call: bad token", extra={"device": device_id})
-            if valid_device_id(device_id):
-                self.refused[device_id] = ("Unauthenticated", time.time())
-                self.refused.move_to_end(device_id)
-                while len(self.refused) > REFUSALS_KEPT:
-                    self.refused.popitem(last=False)
+            self._refuse(device_id, "Unauthenticated")
             await self._fail(
                 context, grpc.StatusCode.UNAUTHENTICATED, "missing or invalid device token"
             )
+        if self.client_identity:
+            names = list(context.auth_context().get("x509_common_name") or ())
+            name = names[0].decode(errors="replace") if names else ""
+            if name != device_id:
+                self.metrics.auth_failures.inc()
+                log.warning(
+                    "refused a call: client certificate for another device",
+                    extra={"device": device_id, "certificate": name},
+                )
+                self._refuse(device_id, "ClientCertificateMismatch")
+                await self._fail(
+                    context,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"client certificate is for {name!r}, the token for {device_id!r}",
+                )
         self.refused.pop(device_id, None)
         return device_id
+
+    def _refuse(self, device_id: str, reason: str) -> None:
+        if valid_device_id(device_id):
+            self.refused[device_id] = (reason, time.time())
+            self.refused.move_to_end(device_id)
+            while len(self.refused) > REFUSALS_KEPT:
+                self.refused.popitem(last=False)
 
     def refusals(self) -> dict[str, dict[str, Any]]:
         """Devices whose last call was refused: reason and time, for ``/status``."""
@@ -423,11 +447,12 @@ class TrainerServer:
         credentials: grpc.ServerCredentials | None,
         token_secret: bytes | None,
         starting_model: Path | None = None,
+        client_identity: bool = False,
     ) -> None:
         self.hub = hub
         self.listen = listen
         self.credentials = credentials
-        self.servicer = AdaptationServicer(hub, token_secret, starting_model)
+        self.servicer = AdaptationServicer(hub, token_secret, starting_model, client_identity)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: Any = None
         self.port = 0
