@@ -204,6 +204,9 @@ def start_trainer(
     return proc
 
 
-def start_agent(launch: AgentLaunch, workdir: Path, name: str | None = None) -> Proc:
-    """An edge agent as ``launch`` describes it (its ready file is added here)."""
-    return start(name or launch.device_id, launch.MODULE, launch.args(), workdir)
+def start_agent(
+    launch: AgentLaunch, workdir: Path, name: str | None = None, extra: Sequence[str] = ()
+) -> Proc:
+    """An edge agent as ``launch`` describes it (its ready file is added here), with ``extra``
+    development flags the operator never renders (such as ``--t-update``)."""
+    return start(name or launch.device_id, launch.MODULE, [*launch.args(), *extra], workdir)

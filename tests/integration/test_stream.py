@@ -148,29 +148,21 @@ class Cluster:
     ) -> Proc:
         token_file = self.workdir / f"{name}.token"
         token_file.write_text(token if token is not None else mint_token(self.env.secret, name))
-        tls = (
-            ["--ca-file", str(self.env.pki.ca), "--token-file", str(token_file)]
-            if secure
-            else ["--insecure"]
+        launch = AgentLaunch(
+            device_id=name,
+            source=source or VIDEO.format(seed=seed),
+            trainer=f"127.0.0.1:{port}",
+            ca_file=str(self.env.pki.ca) if secure else None,
+            token_file=str(token_file) if secure else None,
+            insecure=not secure,
+            student_file=str(self.env.student),
+            http_listen="127.0.0.1:0",
+            backoff_max=1,
+            state_dir=str(self.workdir / f"{name}-state"),
+            summary_out=str(self.workdir / f"{name}.summary.json"),
+            log_format="json",
         )
-        p = start(
-            name,
-            "edgeadapt.edge_agent",
-            [
-                "--device-id", name,
-                "--source", source or VIDEO.format(seed=seed),
-                "--trainer", f"127.0.0.1:{port}",
-                *tls,
-                "--student", str(self.env.student),
-                "--http-listen", "127.0.0.1:0",
-                "--backoff-max", "1",
-                "--state-dir", str(self.workdir / f"{name}-state"),
-                "--summary-out", str(self.workdir / f"{name}.summary.json"),
-                "--log-format", "json",
-                *extra,
-            ],
-            self.workdir,
-        )  # fmt: skip
+        p = start_agent(launch, self.workdir, extra=extra)
         self.procs.append(p)
         wait_ready(p, 120)
         return p
