@@ -138,11 +138,14 @@ class _Outbox:
         self.queue: asyncio.Queue[pb.TrainerMessage | _End] = asyncio.Queue(OUT_QUEUE)
         self.on_overflow = on_overflow
         self.overflowed = False
+        self.ending = False  # an _End is queued: a paced write in progress stops early
 
     def put(self, item: pb.TrainerMessage | _End) -> None:
         """On the event loop."""
         if self.overflowed:
             return
+        if isinstance(item, _End):
+            self.ending = True
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -335,7 +338,7 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
                         return
                     await self._fail(context, item.code, item.details, item.trailing)
                 else:
-                    await self._write(context, device_id, item, pacer)
+                    await self._write(context, device_id, item, pacer, out)
         finally:
             reader.cancel()
             self.hub.detach(device_id, send)
@@ -346,6 +349,7 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
         device_id: str,
         message: pb.TrainerMessage,
         pacer: _Pacer | None = None,
+        out: _Outbox | None = None,
     ) -> None:
         if pacer is None:
             await context.write(message)
@@ -361,6 +365,8 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
                 self.metrics.update_parts.inc(len(messages))
         loop = asyncio.get_running_loop()
         for m in messages:
+            if out is not None and out.ending:  # replaced or shutting down: the rest is moot
+                return
             size = wire_size(m)
             delay = pacer.bucket.wait(size, loop.time())
             if delay > 0:
