@@ -25,12 +25,6 @@ from edgeadapt.operator.manager import Manager
 log = logging.getLogger(__name__)
 
 
-class _Running:
-    """The operator's one manager, between startup and cleanup."""
-
-    manager: Manager | None = None
-
-
 def images_from_env() -> Images:
     default = Images()
     return Images(
@@ -46,10 +40,12 @@ def images_from_env() -> Images:
     )
 
 
-def manager() -> Manager:
-    if _Running.manager is None:  # startup handlers finish before kopf starts watching
+def manager(memo: kopf.Memo) -> Manager:
+    """The operator's one manager, kept in kopf's ``memo`` from startup to cleanup."""
+    mgr = getattr(memo, "manager", None)
+    if not isinstance(mgr, Manager):  # startup handlers finish before kopf starts watching
         raise RuntimeError("the operator has not started")
-    return _Running.manager
+    return mgr
 
 
 @kopf.on.login()
@@ -58,7 +54,7 @@ def _login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
 
 
 @kopf.on.startup()
-async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
@@ -94,32 +90,38 @@ async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         metrics.serve(metrics_port)
     await mgr.prime(namespaces or None)
     mgr.start()
-    _Running.manager = mgr
+    memo.manager = mgr
     log.info(
         "edgeadapt operator started: %d objects, %d children", len(mgr.objects), len(mgr.children)
     )
 
 
 @kopf.on.cleanup()
-async def _cleanup(**_: Any) -> None:
-    if _Running.manager is not None:
-        await _Running.manager.stop()
-        await _Running.manager.kube.close()
-        _Running.manager = None
+async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
+    mgr = getattr(memo, "manager", None)
+    if isinstance(mgr, Manager):
+        await mgr.stop()
+        await mgr.kube.close()
+        memo.manager = None
 
 
 @kopf.on.probe(id="queue")
-def _queue_depth(**_: Any) -> int:
-    return len(_Running.manager.queue) if _Running.manager is not None else -1
+def _queue_depth(memo: kopf.Memo, **_: Any) -> int:
+    mgr = getattr(memo, "manager", None)
+    return len(mgr.queue) if isinstance(mgr, Manager) else -1
 
 
 def _register() -> None:
     for kind in (EDGE_DEVICE, MODEL_ZOO, ADAPTATION_POLICY):
 
         def on_custom(
-            type: str | None, body: kopf.Body, _plural: str = kind.plural, **_: Any
+            type: str | None,
+            body: kopf.Body,
+            memo: kopf.Memo,
+            _plural: str = kind.plural,
+            **_: Any,
         ) -> None:
-            manager().on_event(_plural, type, body)
+            manager(memo).on_event(_plural, type, body)
 
         kopf.on.event(GROUP, VERSION, kind.plural, id=f"watch-{kind.plural}")(on_custom)
 
@@ -127,9 +129,13 @@ def _register() -> None:
         group, _, version = child.api_version.rpartition("/")
 
         def on_child(
-            type: str | None, body: kopf.Body, _plural: str = child.plural, **_: Any
+            type: str | None,
+            body: kopf.Body,
+            memo: kopf.Memo,
+            _plural: str = child.plural,
+            **_: Any,
         ) -> None:
-            manager().on_event(_plural, type, body)
+            manager(memo).on_event(_plural, type, body)
 
         kopf.on.event(
             group,
