@@ -11,46 +11,12 @@ from typing import Any
 import pytest
 
 from edgeadapt.api import keys
+from edgeadapt.devcluster.fakeclient import FakeClient
 from edgeadapt.operator.kube import ApiError
 from edgeadapt.operator.manager import ChildApplyError, Manager
 
 NS = "ns"
 QUOTA = 'pods "cam-agent" is forbidden: exceeded quota: no-pods, requested: pods=1, limited: pods=0'
-
-
-class FakeKube:
-    """Records writes; refuses creates at the paths in ``refuse``; ``existing`` objects make a
-    create answer 409 (as Kube.create does: False) and are what ``get`` returns."""
-
-    def __init__(self) -> None:
-        self.refuse: dict[str, ApiError] = {}
-        self.existing: dict[str, dict[str, Any]] = {}
-        self.created: list[str] = []
-        self.status_writes: list[dict[str, Any]] = []
-        self.events: list[dict[str, Any]] = []
-
-    async def create(self, path: str, body: dict[str, Any]) -> bool:
-        if path.endswith("/events"):
-            self.events.append(body)
-            return True
-        full = f"{path}/{body['metadata']['name']}"
-        if full in self.refuse:
-            raise self.refuse[full]
-        if full in self.existing:
-            return False
-        self.created.append(full)
-        return True
-
-    async def get(self, path: str) -> dict[str, Any] | None:
-        return self.existing.get(path)
-
-    async def merge_patch(self, path: str, body: dict[str, Any]) -> bool:
-        assert path.endswith("/status"), path
-        self.status_writes.append(body["status"])
-        return True
-
-    async def delete(self, path: str) -> bool:
-        return True
 
 
 def obj(kind: str, name: str, **spec: Any) -> dict[str, Any]:
@@ -71,37 +37,50 @@ def forbidden(message: str) -> ApiError:
     return ApiError(403, "POST", "/api/v1/namespaces/ns/pods", json.dumps(body))
 
 
-def manager(kube: FakeKube) -> Manager:
-    mgr = Manager(kube=kube)  # type: ignore[arg-type]
-    mgr.on_event("adaptationpolicies", None, obj("AdaptationPolicy", "pol"))
+def seed(kube: FakeClient, mgr: Manager, plural: str, body: dict[str, Any]) -> None:
+    """An object that exists: in the fake API server, and seen by the manager's watch."""
+    meta = body["metadata"]
+    group = "/apis/edgeadapt.io/v1alpha1" if "." in body.get("apiVersion", "") else "/api/v1"
+    kube.objects[f"{group}/namespaces/{meta['namespace']}/{plural}/{meta['name']}"] = body
+    mgr.on_event(plural, None, body)
+
+
+def manager(kube: FakeClient) -> Manager:
+    mgr = Manager(kube=kube)
+    seed(kube, mgr, "adaptationpolicies", obj("AdaptationPolicy", "pol"))
     # The policy's credentials exist, so its devices' agents may start.
     labels = {keys.ADAPTATION_POLICY_LABEL: "pol"}
-    mgr.on_event(
+    seed(
+        kube,
+        mgr,
         "secrets",
-        None,
         {
+            "apiVersion": "v1",
             "metadata": {"name": "pol-token-key", "namespace": NS, "labels": labels},
             "data": {"key": base64.b64encode(b"k" * 64).decode()},
         },
     )
-    mgr.on_event(
+    seed(
+        kube,
+        mgr,
         "configmaps",
-        None,
         {
+            "apiVersion": "v1",
             "metadata": {"name": "pol-trainer-ca", "namespace": NS, "labels": labels},
             "data": {"ca.crt": "-----BEGIN CERTIFICATE-----"},
         },
     )
-    mgr.on_event(
+    seed(
+        kube,
+        mgr,
         "edgedevices",
-        None,
         obj("EdgeDevice", "cam", policyRef={"name": "pol"}, node={"name": "edge-0"}),
     )
     return mgr
 
 
 def test_a_refused_child_shows_in_status_and_recovers() -> None:
-    kube = FakeKube()
+    kube = FakeClient()
     pod_path = f"/api/v1/namespaces/{NS}/pods/cam-agent"
     kube.refuse[pod_path] = forbidden(QUOTA)
 
@@ -120,7 +99,7 @@ def test_a_refused_child_shows_in_status_and_recovers() -> None:
 
     mgr = asyncio.run(scenario())
     # The token Secret was created even though the pod was refused.
-    assert f"/api/v1/namespaces/{NS}/secrets/cam-agent-token" in kube.created
+    assert f"/api/v1/namespaces/{NS}/secrets/cam-agent-token" in kube.created()
     failed, recovered = kube.status_writes
     conds = conditions(failed)
     assert conds["Ready"] == (
@@ -133,13 +112,13 @@ def test_a_refused_child_shows_in_status_and_recovers() -> None:
     assert conds["TrainerBound"][:2] == ("True", "Succeeded")
     assert failed["observedGeneration"] == 2
     assert failed["trainer"] == "pol-trainer-0"
-    assert [(e["type"], e["reason"]) for e in kube.events] == [
+    assert [(e["type"], e["reason"]) for e in kube.events()] == [
         ("Warning", "ChildApplyFailed"),
         ("Normal", "AgentPending"),  # the recovery
     ]
-    assert "exceeded quota" in kube.events[0]["message"]
+    assert "exceeded quota" in kube.events()[0]["message"]
 
-    assert pod_path in kube.created
+    assert pod_path in kube.created()
     conds = conditions(recovered)
     assert conds["Ready"][:2] == ("False", "AgentPending")
     assert conds["Reconciling"][:2] == ("True", "Progressing")
@@ -148,9 +127,9 @@ def test_a_refused_child_shows_in_status_and_recovers() -> None:
 
 
 def test_an_object_in_the_way_of_a_child_is_a_failure_unless_it_is_ours() -> None:
-    kube = FakeKube()
+    kube = FakeClient()
     pod_path = f"/api/v1/namespaces/{NS}/pods/cam-agent"
-    kube.existing[pod_path] = {"metadata": {"name": "cam-agent", "namespace": NS}}
+    kube.objects[pod_path] = {"metadata": {"name": "cam-agent", "namespace": NS}}
 
     async def scenario() -> None:
         mgr = manager(kube)
@@ -158,7 +137,7 @@ def test_an_object_in_the_way_of_a_child_is_a_failure_unless_it_is_ours() -> Non
         with pytest.raises(ChildApplyError):
             await mgr._reconcile_key(key)
         # The same name, controlled by this device (our cache had not seen it yet): fine.
-        kube.existing[pod_path]["metadata"]["ownerReferences"] = [
+        kube.objects[pod_path]["metadata"]["ownerReferences"] = [
             {"kind": "EdgeDevice", "name": "cam", "uid": "uid-cam", "controller": True}
         ]
         await mgr._reconcile_key(key)
@@ -176,7 +155,7 @@ def test_an_object_in_the_way_of_a_child_is_a_failure_unless_it_is_ours() -> Non
 
 
 def test_a_child_write_without_an_answer_is_reconciling() -> None:
-    kube = FakeKube()
+    kube = FakeClient()
     pod_path = f"/api/v1/namespaces/{NS}/pods/cam-agent"
     kube.refuse[pod_path] = ApiError(503, "POST", pod_path, "")
 
@@ -190,3 +169,57 @@ def test_a_child_write_without_an_answer_is_reconciling() -> None:
     assert "HTTP 503" in conds["Ready"][2]
     assert conds["Reconciling"][:2] == ("True", "ChildApplyFailed")
     assert "Stalled" not in conds
+
+
+def watch(kube: FakeClient, mgr: Manager) -> None:
+    """Deliver what the fake API server holds to the manager, as its watches would."""
+    for path, body in list(kube.objects.items()):
+        plural = path.split("/")[-2]
+        if plural in ("secrets", "pods", "configmaps", "edgedevices"):
+            mgr.on_event(plural, "MODIFIED", body)
+
+
+def test_act_converges_writes_nothing_when_converged_and_repairs_edits() -> None:
+    kube = FakeClient()
+    key = ("edgedevices", NS, "cam")
+    token_path = f"/api/v1/namespaces/{NS}/secrets/cam-agent-token"
+    pod_path = f"/api/v1/namespaces/{NS}/pods/cam-agent"
+    device_path = f"/apis/edgeadapt.io/v1alpha1/namespaces/{NS}/edgedevices/cam"
+
+    async def scenario() -> None:
+        mgr = manager(kube)
+        # First pass: the token; the pod waits until the token is seen.
+        await mgr._reconcile_key(key)
+        watch(kube, mgr)
+        await mgr._reconcile_key(key)
+        assert token_path in kube.objects
+        assert pod_path in kube.objects
+        pod = kube.at(pod_path)
+        assert pod["metadata"]["ownerReferences"][0]["uid"] == "uid-cam"
+        watch(kube, mgr)
+        # Converged: another pass writes nothing, not even the status.
+        before = len(kube.writes())
+        await mgr._reconcile_key(key)
+        assert kube.writes()[before:] == []
+        # A token edited by hand is written back.
+        minted = kube.at(token_path)["data"]["token"]
+        kube.at(token_path)["data"]["token"] = base64.b64encode(b"ea1.wrong").decode()
+        watch(kube, mgr)
+        await mgr._reconcile_key(key)
+        assert kube.at(token_path)["data"]["token"] == minted
+        # A spec change replaces the pod: deleted, then created with the new spec.
+        device = kube.at(device_path)
+        device["spec"]["video"] = {"uri": "synthetic:seed=9"}
+        device["metadata"]["generation"] = 3
+        watch(kube, mgr)
+        await mgr._reconcile_key(key)
+        assert pod_path not in kube.objects
+        mgr.on_event("pods", "DELETED", pod)
+        await mgr._reconcile_key(key)
+        args = kube.at(pod_path)["spec"]["containers"][0]["args"]
+        assert args[args.index("--source") + 1] == "synthetic:seed=9"
+
+    asyncio.run(scenario())
+    status = kube.at(device_path)["status"]
+    assert status["observedGeneration"] == 3
+    assert conditions(status)["AgentReady"][:2] == ("False", "AgentPending")

@@ -16,7 +16,7 @@ from pathlib import Path
 from edgeadapt.api import keys
 from edgeadapt.controllers.common import SECRET
 from edgeadapt.controllers.security import b64, unb64
-from edgeadapt.operator.kube import Kube
+from edgeadapt.operator.kube import Client
 from edgeadapt.pki import KeyPair, new_ca
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def operator_namespace() -> str:
         return "default"
 
 
-async def load_or_create_ca(kube: Kube, namespace: str) -> KeyPair:
+async def load_or_create_ca(kube: Client, namespace: str) -> KeyPair:
     path = SECRET.path(namespace, CA_SECRET)
     for _ in range(3):
         existing = await kube.get(path)

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import kopf
@@ -62,8 +62,29 @@ def login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
     return info
 
 
+class Client(Protocol):
+    """What the manager asks of the API server; ``Kube`` over HTTP, and an in-memory fake for
+    unit tests (``edgeadapt.devcluster.fakeclient``)."""
+
+    requests: int
+
+    async def create(self, path: str, body: Mapping[str, Any]) -> bool: ...
+
+    async def get(self, path: str) -> dict[str, Any] | None: ...
+
+    async def merge_patch(self, path: str, body: Mapping[str, Any]) -> bool: ...
+
+    async def delete(self, path: str) -> bool: ...
+
+    async def list(
+        self, path: str, *, label_selector: str | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    async def close(self) -> None: ...
+
+
 class Kube:
-    """One aiohttp session against one API server."""
+    """One aiohttp session against one API server (a ``Client``)."""
 
     def __init__(self, info: kopf.ConnectionInfo, *, attempts: int = 6) -> None:
         self.server = info.server.rstrip("/")

@@ -48,7 +48,7 @@ from edgeadapt.controllers.common import (
 )
 from edgeadapt.operator import metrics, poller
 from edgeadapt.operator.authority import load_or_create_ca
-from edgeadapt.operator.kube import ApiError, Kube
+from edgeadapt.operator.kube import ApiError, Client
 from edgeadapt.operator.workqueue import ReportedError, WorkQueue
 from edgeadapt.pki import KeyPair
 from edgeadapt.stream.auth import status_token
@@ -125,7 +125,7 @@ def _slim_container(status: Mapping[str, Any]) -> Body:
 
 @dataclass
 class Manager:
-    kube: Kube
+    kube: Client
     images: Images = field(default_factory=Images)
     workers: int = 8
     operator_namespace: str = "default"
