@@ -51,6 +51,7 @@ from edgeadapt.controllers.common import (
     child_metadata,
     hardened,
     http_probe,
+    rolled_out,
     rules,
     selector_labels,
     spec_hash,
@@ -446,30 +447,19 @@ def decide(
     if mutual_tls(spec) and ca is not None:  # devices' client certificates: the operator's CA
         plan.apply.append(Apply(CONFIG_MAP, security.client_ca_config_map(owner, ca.cert)))
 
-    sts_status = (statefulset or {}).get("status") or {}
-    ready_trainers = int(sts_status.get("readyReplicas") or 0)
-    sts_current = statefulset is not None and int(sts_status.get("observedGeneration") or 0) >= int(
-        ((statefulset or {}).get("metadata") or {}).get("generation") or 0
-    )
-    want_hash = sts["metadata"]["annotations"][keys.SPEC_HASH]
-    sts_hash = (((statefulset or {}).get("metadata") or {}).get("annotations") or {}).get(
-        keys.SPEC_HASH
-    )
-    rolled_out = (
-        statefulset is not None
-        and sts_current
-        and sts_hash == want_hash
-        and int(sts_status.get("updatedReplicas") or 0) >= replicas
-    )
+    ready_trainers = int(((statefulset or {}).get("status") or {}).get("readyReplicas") or 0)
+    trainers_rolled_out = rolled_out(statefulset, sts, replicas)
     trainers: tuple[Status, str, str]
     zoo_cond: tuple[Status, str, str]
-    if rolled_out and ready_trainers >= replicas:
+    if trainers_rolled_out and ready_trainers >= replicas:
         trainers = ("True", Reason.SUCCEEDED, f"{ready_trainers}/{replicas} trainers ready")
     else:
         trainers = (
             "False",
             Reason.TRAINERS_PENDING,
-            f"{ready_trainers}/{replicas} trainers ready" if rolled_out else "rolling out trainers",
+            f"{ready_trainers}/{replicas} trainers ready"
+            if trainers_rolled_out
+            else "rolling out trainers",
         )
 
     zoo_name = (spec.get("modelZooRef") or {}).get("name")

@@ -200,6 +200,29 @@ def child_metadata(owner: Owner, name: str, owner_label: str, component: str, pa
     }
 
 
+def spec_hash_of(body: Mapping[str, Any] | None) -> str | None:
+    """The spec hash a child carries (our last write of it), if any."""
+    annotations = ((body or {}).get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(keys.SPEC_HASH)
+    return None if value is None else str(value)
+
+
+def rolled_out(
+    observed: Mapping[str, Any] | None, desired: Mapping[str, Any], replicas: int
+) -> bool:
+    """Whether a Deployment or StatefulSet runs ``desired``: its controller has seen the latest
+    generation, the spec hash is ours, and ``replicas`` pods are of the current revision."""
+    if observed is None:
+        return False
+    status = observed.get("status") or {}
+    meta = observed.get("metadata") or {}
+    return (
+        int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
+        and spec_hash_of(observed) == spec_hash_of(desired)
+        and int(status.get("updatedReplicas") or 0) >= replicas
+    )
+
+
 def selector_labels(owner_label: str, owner_name: str, component: str) -> dict[str, str]:
     return {
         keys.NAME: component,

@@ -41,7 +41,7 @@ from edgeadapt.api.conditions import (
 )
 from edgeadapt.api.v1alpha1 import EDGE_DEVICE, GROUP
 from edgeadapt.controllers import observe, security
-from edgeadapt.controllers.binding import Capacity, TrainerPool, label_selector_matches
+from edgeadapt.controllers.binding import TrainerPool, label_selector_matches
 from edgeadapt.controllers.common import (
     POD,
     SECRET,
@@ -56,6 +56,7 @@ from edgeadapt.controllers.common import (
     http_probe,
     pod_ready,
     rules,
+    spec_hash_of,
     status_differs,
     status_with_conditions,
     transition_events,
@@ -167,10 +168,6 @@ def _trainer_index(policy: str, trainer: Any) -> int | None:
     if isinstance(trainer, str) and trainer.startswith(prefix) and trainer[len(prefix) :].isdigit():
         return int(trainer[len(prefix) :])
     return None
-
-
-def new_pool(policy: Mapping[str, Any]) -> TrainerPool:
-    return TrainerPool(Capacity.of(policy.get("spec") or {}))
 
 
 def state_path(owner: Owner, images: Images) -> str:
@@ -513,8 +510,7 @@ def _pod_state(pod: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> str
     meta = pod.get("metadata") or {}
     if meta.get("deletionTimestamp"):
         return "terminating"
-    want = desired["metadata"]["annotations"][keys.SPEC_HASH]
-    if (meta.get("annotations") or {}).get(keys.SPEC_HASH) != want:
+    if spec_hash_of(pod) != spec_hash_of(desired):
         return "stale"
     phase = (pod.get("status") or {}).get("phase")
     if phase in ("Failed", "Succeeded"):

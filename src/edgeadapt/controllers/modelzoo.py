@@ -35,6 +35,7 @@ from edgeadapt.controllers.common import (
     Plan,
     child_metadata,
     hardened,
+    rolled_out,
     rules,
     selector_labels,
     status_differs,
@@ -204,20 +205,8 @@ def decide(
 
     want = int(dep["spec"]["replicas"])
     dstatus = (deployment_obs or {}).get("status") or {}
-    dmeta = (deployment_obs or {}).get("metadata") or {}
-    current_gen = int(dstatus.get("observedGeneration") or 0) >= int(dmeta.get("generation") or 0)
-    same_spec = (dmeta.get("annotations") or {}).get(keys.SPEC_HASH) == dep["metadata"][
-        "annotations"
-    ][keys.SPEC_HASH]
     available = int(dstatus.get("availableReplicas") or 0)
-    updated = int(dstatus.get("updatedReplicas") or 0)
-    if (
-        deployment_obs is not None
-        and current_gen
-        and same_spec
-        and updated >= want
-        and (available >= want)
-    ):
+    if rolled_out(deployment_obs, dep, want) and available >= want:
         gating = ("True", Reason.SUCCEEDED, f"{available}/{want} gating pods available")
     else:
         gating = ("False", Reason.GATING_PENDING, f"{available}/{want} gating pods available")

@@ -43,6 +43,7 @@ from edgeadapt.controllers.common import (
     Owner,
     Plan,
     child_failure_status,
+    spec_hash_of,
     status_differs,
     transition_events,
 )
@@ -628,19 +629,13 @@ def _drifted(observed: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
     """Whether a child differs from what we want: its spec hash (our last write), its data (a
     Secret or ConfigMap edited by hand), or its replica count (the field people most often
     change by hand, e.g. ``kubectl scale``)."""
-    if _hash(observed) != _hash(desired):
+    if spec_hash_of(observed) != spec_hash_of(desired):
         return True
     if "data" in desired and (observed.get("data") or {}) != desired["data"]:
         return True
     want = (desired.get("spec") or {}).get("replicas")
     have = (observed.get("spec") or {}).get("replicas")
     return want is not None and have is not None and want != have
-
-
-def _hash(body: Mapping[str, Any]) -> str | None:
-    annotations = (body.get("metadata") or {}).get("annotations") or {}
-    value = annotations.get(keys.SPEC_HASH)
-    return None if value is None else str(value)
 
 
 def _patch_of(kind: ChildKind, body: Body) -> Body:
