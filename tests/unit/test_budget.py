@@ -73,7 +73,7 @@ def test_uplink_caps_the_sampling_rate_to_the_measured_frame_size() -> None:
     assert [k for k, _ in plan.limits] == ["sampling-rate"]
     assert "sampling rate" in plan.limits[0][1]
     # An overshoot is paid back: the next interval's rate is lower still.
-    p.uploaded(200_000, frames=40, now=11.0)
+    p.uploaded(200_000, frames=4, now=11.0)
     assert p.plan(1.0, 10.0, 0.05, now=11.0).sampling_rate < expected
     # A rate AMS already keeps low is not touched.
     assert p.plan(0.01, 10.0, 0.05, now=100.0).limits == ()
@@ -180,3 +180,16 @@ def test_a_split_update_cannot_grow_beyond_the_limit() -> None:
             return
         joiner.add(p)
     raise AssertionError("the parts never passed the limit")
+
+
+def test_an_early_overshoot_slows_sampling_without_stopping_it() -> None:
+    p = LinkPlanner(LinkBudget(uplink_kbps=8), num_params=1000, now=0.0, bytes_per_frame=3000)
+    # Before anything was measured, two large batches went up: 30 s of budget at once.
+    p.uploaded(26_000, frames=8, now=2.0)
+    plan = p.plan(rate=1.0, interval=4.0, gamma=0.05, now=2.0)
+    assert 0.05 < plan.sampling_rate < PLAN_UTILISATION * bytes_per_second(8) / 3250
+    # Paid back over time: the rate climbs back to what the budget carries.
+    later = p.plan(rate=1.0, interval=4.0, gamma=0.05, now=200.0)
+    assert later.sampling_rate == pytest.approx(
+        PLAN_UTILISATION * bytes_per_second(8) / 3250, rel=1e-3
+    )

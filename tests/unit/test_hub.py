@@ -497,3 +497,26 @@ def test_a_device_without_a_budget_has_no_link_view(models: Models, tmp_path: Pa
     hub.attach(register(hub), lambda m: None, lambda reason: None)
     assert hub.devices["cam-1"].planner is None
     assert hub.status()["devices"][0]["link"] is None
+
+
+def test_housekeeping_tells_a_budgeted_device_when_it_may_speed_up(
+    models: Models, tmp_path: Path
+) -> None:
+    hub = make_hub(models, tmp_path, start=False)
+    r = register(hub)
+    r.link.uplink_kbps = 8.0
+    sent: list[pb.TrainerMessage] = []
+    hub.attach(r, sent.append, lambda reason: None)
+    dev = hub.devices["cam-1"]
+    assert dev.planner is not None
+    assert dev.planner.up is not None
+    hub.count_bytes("cam-1", up=200_000, frames=50)  # 4 kB a frame, far beyond the budget
+    slow = hub._settings(dev)
+    dev.settings = slow
+    # Time passes and the debt is paid: the next housekeeping sends the faster rate unasked.
+    dev.planner.up.tokens = dev.planner.up.capacity
+    hub._last_housekeeping = 0.0
+    hub._housekeeping()
+    settings = [m.settings for m in sent if m.WhichOneof("body") == "settings"]
+    assert settings
+    assert settings[-1].sampling_rate_fps > 1.5 * slow[0]

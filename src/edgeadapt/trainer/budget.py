@@ -34,6 +34,9 @@ PLAN_BURST_SECONDS = 30.0  # the planner's buckets: an idle device saves this mu
 MIN_PART_BYTES = 4096  # parts of a split update are never smaller
 MIN_FRACTION_OF_GAMMA = 0.1  # smallest update worth a phase, as a share of the policy's gamma
 RATE_FLOOR_FPS = 0.01  # the uplink budget never stops sampling altogether
+DEBT_REPAY_S = 120.0  # an overshoot (the first uploads, before a frame was measured) is paid
+# back over this long, so sampling slows rather than stops
+PRIOR_BYTES_PER_PIXEL = 0.4  # an H.264 frame at the model's input size, until one is measured
 PRIOR_BYTES_PER_COORD = 3.0  # float16 value plus a compressed gap, until updates are measured
 EWMA = 0.3  # weight of the newest measurement
 
@@ -112,10 +115,11 @@ class LinkPlanner:
     budget: LinkBudget
     num_params: int
     now: float
-    bytes_per_frame: float | None = None  # measured on sample batches
+    bytes_per_frame: float | None = None  # measured on sample batches (a prior until then)
     bytes_per_coord: float = PRIOR_BYTES_PER_COORD  # measured on updates
     up: TokenBucket | None = field(init=False, default=None)
     down: TokenBucket | None = field(init=False, default=None)
+    frames_measured: bool = False  # bytes_per_frame is measured, not the prior
     held_phases: int = 0
     last_fraction: float | None = None  # of the last update sent, when the budget chose it
     limits: tuple[tuple[str, str], ...] = ()
@@ -135,7 +139,11 @@ class LinkPlanner:
         if frames > 0:
             per_frame = nbytes / frames
             old = self.bytes_per_frame
-            self.bytes_per_frame = per_frame if old is None else (1 - EWMA) * old + EWMA * per_frame
+            if old is None or not self.frames_measured:
+                self.bytes_per_frame = per_frame
+            else:
+                self.bytes_per_frame = (1 - EWMA) * old + EWMA * per_frame
+            self.frames_measured = True
         self.now = max(self.now, now)
 
     def downloaded(self, nbytes: int, now: float) -> None:
@@ -195,8 +203,10 @@ class LinkPlanner:
                 )
         if self.up is not None and self.bytes_per_frame:
             tokens = self.up.refill(now)
-            # Next interval's uploads fit one interval's refill, less any debt already run up.
-            room = self.up.rate * interval + min(0.0, tokens)
+            # Next interval's uploads fit one interval's refill, less its share of any debt
+            # already run up (paid back over DEBT_REPAY_S).
+            debt = min(0.0, tokens) * min(1.0, interval / DEBT_REPAY_S)
+            room = self.up.rate * interval + debt
             cap = max(RATE_FLOOR_FPS, room / (interval * self.bytes_per_frame))
             if cap < rate:
                 limits.append(
@@ -215,6 +225,11 @@ class LinkPlanner:
         if self.budget.downlink_kbps is None:
             return 0
         return pacing_part_bytes(self.budget.downlink_kbps)
+
+
+def prior_bytes_per_frame(input_size: tuple[int, int] | None) -> float | None:
+    """What a sampled frame is assumed to cost before one was measured (None: unknown)."""
+    return None if input_size is None else PRIOR_BYTES_PER_PIXEL * input_size[0] * input_size[1]
 
 
 def pacing_bucket(downlink_kbps: float, now: float) -> TokenBucket:

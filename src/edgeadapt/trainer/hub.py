@@ -57,7 +57,12 @@ from edgeadapt.adapt.update import (
 from edgeadapt.models.data import to_tensor
 from edgeadapt.models.zoo import SegmentationModel
 from edgeadapt.stream.messages import MAX_BATCH_BYTES, update_message
-from edgeadapt.trainer.budget import LIMITED_FRACTION, LinkBudget, LinkPlanner
+from edgeadapt.trainer.budget import (
+    LIMITED_FRACTION,
+    LinkBudget,
+    LinkPlanner,
+    prior_bytes_per_frame,
+)
 from edgeadapt.trainer.metrics import TrainerMetrics
 from edgeadapt.trainer.store import DeviceStore, UpdateRecord, pack_tensor, unpack_tensor
 
@@ -310,7 +315,12 @@ class Hub:
         if not budget.any:
             dev.planner = None
         elif dev.planner is None or dev.planner.budget != budget:
-            dev.planner = LinkPlanner(budget, int(self.spec.num_params), time.monotonic())
+            dev.planner = LinkPlanner(
+                budget,
+                int(self.spec.num_params),
+                time.monotonic(),
+                bytes_per_frame=prior_bytes_per_frame(self.config.input_size),
+            )
         dev.agent_version, dev.agent_checksum = register.model_version, register.model_checksum
         if dev.adapt and dev.session is None:
             dev.session = self._new_session()
@@ -913,6 +923,16 @@ class Hub:
                 for message in self._catch_up(dev, *deferred):
                     dev.deliver(message)
         connected = dev.send is not None
+        if connected and dev.planner is not None and dev.lock.acquire(blocking=False):
+            # The budget's plan moves with time (a debt paid back, tokens saved), not only when
+            # a batch arrives: a device slowed to a trickle is told when it may speed up.
+            try:
+                settings = self._settings(dev)
+                if _moved(dev.settings, settings):
+                    dev.settings = settings
+                    dev.deliver(pb.TrainerMessage(settings=self._settings_message(settings)))
+            finally:
+                dev.lock.release()
         due = dev.dirty and now - dev.last_checkpoint >= self.config.checkpoint_interval
         if due and dev.lock.acquire(blocking=False):
             try:
@@ -1020,6 +1040,13 @@ class Hub:
                 for s in scores[::step]
             ],
         }
+
+
+def _moved(old: tuple[float, float] | None, new: tuple[float, float]) -> bool:
+    """Whether new settings differ enough to be sent (10 % in rate or interval)."""
+    if old is None:
+        return True
+    return any(abs(n - o) > 0.1 * max(abs(o), 1e-9) for o, n in zip(old, new, strict=True))
 
 
 def _link_view(planner: LinkPlanner | None, gamma: float) -> dict[str, Any] | None:
