@@ -26,6 +26,12 @@ BODY = {
 }
 
 
+LARGE = [
+    {"id": f"cam-{i:04d}", "connected": True, "history": [[t, 50.0, 40.0] for t in range(400)]}
+    for i in range(2000)
+]
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     class Handler(BaseHTTPRequestHandler):
@@ -39,6 +45,18 @@ def server() -> Iterator[str]:
                 self._send(200, b"{}")
             elif self.path == "/list":
                 self._send(200, b"[1, 2]")
+            elif self.path in ("/large", "/huge"):
+                # A trainer with many devices: a body written in pieces, with pauses, as a
+                # busy server sends it.
+                views = 200 if self.path == "/large" else 2000
+                body = json.dumps({**BODY, "devices": LARGE[:views]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                for i in range(0, len(body), 16 * 1024):
+                    self.wfile.write(body[i : i + 16 * 1024])
+                    self.wfile.flush()
+                    time.sleep(0.002)
             else:
                 self._send(200, b"not json")
 
@@ -88,6 +106,18 @@ def test_a_failure_is_an_unreachable_trainer_saying_why(
     assert not obs.reachable
     assert not obs.serving
     assert error in obs.error
+
+
+def test_a_large_answer_is_read_whole_and_an_oversized_one_refused(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    obs = get(f"{server}/large")
+    assert obs.serving, obs.error
+    assert len(obs.devices) == 200
+    monkeypatch.setattr("edgeadapt.operator.poller.MAX_STATUS_BYTES", 4 * 1024 * 1024)
+    too_large = get(f"{server}/huge")
+    assert not too_large.reachable
+    assert "too large" in too_large.error
 
 
 def test_a_closed_port_is_unreachable() -> None:

@@ -31,6 +31,7 @@ STATUS_INTERVAL_S = 10.0
 STATUS_TIMEOUT_S = 5.0
 CONCURRENCY = 64
 MAX_STATUS_BYTES = 32 * 1024 * 1024
+STATUS_CHUNK_BYTES = 256 * 1024
 
 # (namespace, policy, pod) -> URL of the trainer's /status
 UrlOf = Callable[[str, str, str], str]
@@ -66,10 +67,16 @@ async def fetch(
         ) as resp:
             if resp.status != 200:
                 return TrainerObservation(now, False, f"/status answered HTTP {resp.status}")
-            raw = await resp.content.read(MAX_STATUS_BYTES + 1)
-            if len(raw) > MAX_STATUS_BYTES:
-                return TrainerObservation(now, False, "/status answer is too large")
-            body = json.loads(raw)
+            # The whole body, chunk by chunk up to the cap (``read(n)`` returns what has
+            # arrived so far, which cuts a large answer short).
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_chunked(STATUS_CHUNK_BYTES):
+                size += len(chunk)
+                if size > MAX_STATUS_BYTES:
+                    return TrainerObservation(now, False, "/status answer is too large")
+                chunks.append(chunk)
+            body = json.loads(b"".join(chunks))
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         return TrainerObservation(now, False, f"{type(exc).__name__}: {exc}"[:300])
     if not isinstance(body, dict):
