@@ -90,13 +90,31 @@ def fingerprint(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def _secret(owner: Owner, name: str, label: str, component: str, data: dict[str, str]) -> Body:
+def _secret(
+    owner: Owner,
+    name: str,
+    label: str,
+    component: str,
+    data: dict[str, str],
+    kind: str = "Opaque",
+) -> Body:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         # The hash covers the name only: the data is compared as it is (it is no spec).
         "metadata": child_metadata(owner, name, label, component, name),
-        "type": "Opaque",
+        "type": kind,
+        "data": data,
+    }
+
+
+def _ca_config_map(owner: Owner, name: str, ca_cert: bytes) -> Body:
+    """A policy's ConfigMap holding one CA certificate (``ca.crt``)."""
+    data = {CA_CERT: ca_cert.decode()}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": child_metadata(owner, name, keys.ADAPTATION_POLICY_LABEL, "trainer", data),
         "data": data,
     }
 
@@ -193,43 +211,30 @@ def client_pair(
 
 
 def client_tls_secret(owner: Owner, pair: KeyPair) -> Body:
-    body = _secret(
+    return _secret(
         owner,
         client_tls_secret_name(owner.name),
         keys.EDGE_DEVICE_LABEL,
         "edge-agent",
         {TLS_CERT: b64(pair.cert), TLS_KEY: b64(pair.key)},
+        kind="kubernetes.io/tls",
     )
-    body["type"] = "kubernetes.io/tls"
-    return body
 
 
 def client_ca_config_map(owner: Owner, ca_cert: bytes) -> Body:
-    data = {CA_CERT: ca_cert.decode()}
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": child_metadata(
-            owner,
-            client_ca_config_map_name(owner.name),
-            keys.ADAPTATION_POLICY_LABEL,
-            "trainer",
-            data,
-        ),
-        "data": data,
-    }
+    """The CA trainers check devices' client certificates with."""
+    return _ca_config_map(owner, client_ca_config_map_name(owner.name), ca_cert)
 
 
 def tls_secret(owner: Owner, pair: KeyPair, ca: KeyPair) -> Body:
-    body = _secret(
+    return _secret(
         owner,
         tls_secret_name(owner.name),
         keys.ADAPTATION_POLICY_LABEL,
         "trainer",
         {TLS_CERT: b64(pair.cert), TLS_KEY: b64(pair.key), CA_CERT: b64(ca.cert)},
+        kind="kubernetes.io/tls",
     )
-    body["type"] = "kubernetes.io/tls"
-    return body
 
 
 def trainer_certificate(owner: Owner, hosts: tuple[str, ...], issuer: IssuerRef) -> Body:
@@ -269,12 +274,5 @@ def issued_ca(secret: Mapping[str, Any] | None) -> bytes | None:
 
 
 def ca_config_map(owner: Owner, ca_cert: bytes) -> Body:
-    data = {CA_CERT: ca_cert.decode()}
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": child_metadata(
-            owner, ca_config_map_name(owner.name), keys.ADAPTATION_POLICY_LABEL, "trainer", data
-        ),
-        "data": data,
-    }
+    """The CA bundle agents verify trainers with."""
+    return _ca_config_map(owner, ca_config_map_name(owner.name), ca_cert)
