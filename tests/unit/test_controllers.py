@@ -662,18 +662,21 @@ def test_the_trainers_http_port_is_open_to_the_operator_only() -> None:
     assert not [a for a in without.apply if a.kind.kind == "NetworkPolicy"]
 
 
+# A policy with one trainer, not rolled out yet, and one device bound.
+ONE_TRAINER: dict[str, Any] = {
+    "zoo": None,
+    "trainers_wanted": 1,
+    "devices_bound": 1,
+    "devices_unbound": 0,
+    "statefulset": None,
+    "images": IMAGES,
+    "now": NOW,
+}
+
+
 def test_with_cert_manager_the_trainers_certificate_is_a_certificate_resource() -> None:
     images = dataclasses.replace(IMAGES, cert_issuer=IssuerRef.parse("ClusterIssuer/corp-ca"))
-    common = {
-        "zoo": None,
-        "trainers_wanted": 1,
-        "devices_bound": 1,
-        "devices_unbound": 0,
-        "statefulset": None,
-        "images": images,
-        "now": NOW,
-        "tls": None,
-    }
+    common = ONE_TRAINER | {"images": images, "tls": None}
     waiting = decide_policy(policy(), **common)
     by_kind = {(a.kind.kind, a.name): a.body for a in waiting.apply}
     cert = by_kind[("Certificate", "pol-trainer-tls")]
@@ -726,16 +729,7 @@ def test_issued_ca_takes_only_a_certificate() -> None:
 
 def test_mutual_tls_issues_each_device_a_client_certificate_and_trainers_require_one() -> None:
     pol = policy(mutualTLS=True)
-    plan = decide_policy(
-        pol,
-        zoo=None,
-        trainers_wanted=1,
-        devices_bound=1,
-        devices_unbound=0,
-        statefulset=None,
-        images=IMAGES,
-        now=NOW,
-    )
+    plan = decide_policy(pol, **ONE_TRAINER)
     by_kind = {(a.kind.kind, a.name): a.body for a in plan.apply}
     assert by_kind[("ConfigMap", "pol-client-ca")]["data"] == {"ca.crt": CA.cert.decode()}
     trainer = by_kind[("StatefulSet", "pol-trainer")]["spec"]["template"]["spec"]
