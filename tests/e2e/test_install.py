@@ -13,8 +13,13 @@ from pathlib import Path
 import pytest
 
 from edgeadapt.devcluster import LocalCluster
-from edgeadapt.devcluster.cluster import REPO, kubeconfig
-from edgeadapt.devcluster.testing import OperatorProcess, SimulatedTrainers, persistent_volumes
+from edgeadapt.devcluster.cluster import REPO
+from edgeadapt.devcluster.testing import (
+    OperatorProcess,
+    SimulatedTrainers,
+    persistent_volumes,
+    token_kubeconfig,
+)
 
 pytestmark = pytest.mark.e2e
 RELEASE, SYSTEM_NS, DEMO_NS = "edgeadapt", "edgeadapt-system", "edgeadapt-demo"
@@ -46,13 +51,10 @@ def chart_operator(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     cluster = installed
-    token = cluster.kubectl(
-        "create", "token", RELEASE, "-n", SYSTEM_NS, "--duration=2h"
-    ).stdout.strip()
     workdir = tmp_path_factory.mktemp("chart-operator")
-    config = workdir / "kubeconfig"
-    ca = (cluster.workdir / "pki" / "ca.crt").read_bytes()
-    config.write_text(json.dumps(kubeconfig(cluster.server, ca, RELEASE, token=token)))
+    config = token_kubeconfig(
+        cluster, workdir / "kubeconfig", namespace=SYSTEM_NS, name=RELEASE, duration="2h"
+    )
     env = {
         **simulated_trainers.env,
         "EDGEADAPT_STATUS_INTERVAL": "2",

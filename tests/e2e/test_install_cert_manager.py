@@ -20,11 +20,12 @@ import pytest
 import yaml
 
 from edgeadapt.devcluster import LocalCluster
-from edgeadapt.devcluster.cluster import REPO, kubeconfig
+from edgeadapt.devcluster.cluster import REPO
 from edgeadapt.devcluster.testing import (
     OperatorProcess,
     SimulatedTrainers,
     persistent_volumes,
+    token_kubeconfig,
     wait_until,
 )
 from edgeadapt.pki import dns_names, issue, new_ca
@@ -76,11 +77,8 @@ def operator(
         for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
         if "value" in e
     }
-    token = cluster.kubectl("create", "token", RELEASE, "-n", NAMESPACE).stdout.strip()
     workdir = tmp_path_factory.mktemp("cert-manager-operator")
-    config = workdir / "kubeconfig"
-    ca = (cluster.workdir / "pki" / "ca.crt").read_bytes()
-    config.write_text(json.dumps(kubeconfig(cluster.server, ca, RELEASE, token=token)))
+    config = token_kubeconfig(cluster, workdir / "kubeconfig", namespace=NAMESPACE, name=RELEASE)
     proc = OperatorProcess(
         config,
         workdir / "operator.log",

@@ -11,8 +11,13 @@ from collections.abc import Iterator
 import pytest
 
 from edgeadapt.devcluster import LocalCluster
-from edgeadapt.devcluster.cluster import REPO, kubeconfig
-from edgeadapt.devcluster.testing import OperatorProcess, SimulatedTrainers, persistent_volumes
+from edgeadapt.devcluster.cluster import REPO
+from edgeadapt.devcluster.testing import (
+    OperatorProcess,
+    SimulatedTrainers,
+    persistent_volumes,
+    token_kubeconfig,
+)
 
 pytestmark = pytest.mark.e2e
 RELEASE, NAMESPACE = "edgeadapt-ns", "edgeadapt-system"
@@ -31,11 +36,8 @@ def namespaced_operator(
         "--create-namespace", "--take-ownership", "--wait", "--timeout=3m",
         "--set=operator.clusterWide=false", "--set=rbac.aggregatedRoles=false",
     )  # fmt: skip
-    token = cluster.kubectl("create", "token", RELEASE, "-n", NAMESPACE).stdout.strip()
     workdir = tmp_path_factory.mktemp("namespaced-operator")
-    config = workdir / "kubeconfig"
-    ca = (cluster.workdir / "pki" / "ca.crt").read_bytes()
-    config.write_text(json.dumps(kubeconfig(cluster.server, ca, RELEASE, token=token)))
+    config = token_kubeconfig(cluster, workdir / "kubeconfig", namespace=NAMESPACE, name=RELEASE)
     proc = OperatorProcess(
         config,
         workdir / "operator.log",

@@ -147,6 +147,14 @@ def service_account_kubeconfig(
             },
         ]
     )
+    return token_kubeconfig(cluster, path, namespace=namespace, name=name, duration=duration)
+
+
+def token_kubeconfig(
+    cluster: LocalCluster, path: Path, *, namespace: str, name: str, duration: str = "4h"
+) -> Path:
+    """At ``path``, a kubeconfig that authenticates as the existing ServiceAccount ``name`` (the
+    chart's, say) with a token of ``duration``."""
     token = cluster.kubectl(
         "create", "token", name, "-n", namespace, f"--duration={duration}"
     ).stdout.strip()
