@@ -4,6 +4,7 @@ SHELL := /bin/bash
 BOOT := scripts/bootstrap.sh
 export PYTHONPATH := $(CURDIR)/src
 OUT ?= results
+CRDS := src/edgeadapt/api/crds
 
 .PHONY: demo bench bench-full test verify proto lint typecheck unit integration clean
 
@@ -33,10 +34,10 @@ test:
 	scripts/node-host.sh; \
 	$$venv/bin/python -m pytest
 
-## Generated files match their sources: protos -> src/edgeadapt/_proto, crds/ -> the chart.
+## Generated files match their sources: protos -> src/edgeadapt/_proto, $(CRDS) -> the chart.
 verify:
 	venv=$$($(BOOT)); EDGEADAPT_VENV=$$venv scripts/gen-proto.sh --check; \
-	diff -r crds charts/edgeadapt/files/crds && echo "chart CRDs match crds/"
+	diff -r $(CRDS) charts/edgeadapt/files/crds && echo "chart CRDs match $(CRDS)"
 
 ## Regenerate the gRPC code from proto/.
 proto:
@@ -88,9 +89,9 @@ node:
 cluster-down:
 	venv=$$($(BOOT)); $$venv/bin/python -m edgeadapt.devcluster down --dir $(CLUSTER_DIR)
 
-## Copy crds/ into the chart (a unit test fails while they differ).
+## Copy the CRDs into the chart (a unit test fails while they differ).
 chart-crds:
-	cp crds/*.yaml charts/edgeadapt/files/crds/
+	cp $(CRDS)/*.yaml charts/edgeadapt/files/crds/
 
 ## Operator scale benchmark: DEVICES EdgeDevices to Ready -> $(OUT)/operator-$(DEVICES).json
 bench-operator:

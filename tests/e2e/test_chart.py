@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
+from edgeadapt.api.schema import CRD_DIR
 from edgeadapt.controllers.rbac import required_rules
 from edgeadapt.devcluster.cluster import REPO, build_tools
 
@@ -127,7 +128,7 @@ def test_crds_are_gated_by_values(helm: str) -> None:
     assert all(d["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep" for d in crds)
     for crd in crds:
         source = yaml.safe_load(
-            (REPO / "crds" / f"edgeadapt.io_{crd['spec']['names']['plural']}.yaml").read_text()
+            (CRD_DIR / f"edgeadapt.io_{crd['spec']['names']['plural']}.yaml").read_text()
         )
         assert crd["spec"] == source["spec"]
     unkept = [

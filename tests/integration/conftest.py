@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from edgeadapt.api.schema import CRD_DIR
 from edgeadapt.controllers.rbac import required_rules
 from edgeadapt.devcluster import LocalCluster
-from edgeadapt.devcluster.cluster import REPO
 from edgeadapt.devcluster.testing import (
     OperatorProcess,
     SimulatedTrainers,
@@ -28,7 +28,7 @@ OPERATOR_NAMESPACE, OPERATOR_SA = "edgeadapt-it", "edgeadapt-it-operator"
 @pytest.fixture(scope="session")
 def cluster(local_cluster: LocalCluster) -> LocalCluster:
     """The control plane with the CRDs established and volumes for ModelZoo claims."""
-    local_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    local_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR))
     local_cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
     # Claims of ModelZoos, trainers and agents bind to these (kwok has no provisioner).
     local_cluster.apply(persistent_volumes(120, prefix="it-pv"))

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+from edgeadapt.api.schema import CRD_DIR, defaulted
+from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, API_VERSION, EDGE_DEVICE, MODEL_ZOO, Kind
 from edgeadapt.devcluster import LocalCluster
 from edgeadapt.devcluster.cluster import REPO
 
@@ -78,6 +80,57 @@ def test_schema_defaults_are_the_papers_parameters(cluster: LocalCluster, namesp
         }
 
 
+# Specs as users write them: empty, partial sections, a value given where a default exists.
+SPECS: dict[Kind, list[dict[str, Any]]] = {
+    ADAPTATION_POLICY: [
+        {},
+        {"gpu": {"devicesPerGPU": 3}, "trainers": {"storage": {"storageClassName": "fast"}}},
+        {
+            "teacher": {"weights": {"torchvision": "LRASPP_MobileNet_V3_Large_Weights.DEFAULT"}},
+            "mutualTLS": True,
+        },
+        {"deviceSelector": {"matchExpressions": [{"key": "site", "operator": "Exists"}]}},
+    ],
+    EDGE_DEVICE: [
+        {
+            "policyRef": {"name": "p"},
+            "node": {"selector": {"zone": "a"}},
+            "video": {"uri": "synthetic:seed=1"},
+        },
+        {
+            "policyRef": {"name": "p"},
+            "node": {"name": "n"},
+            "video": {"uri": "synthetic:seed=1"},
+            "link": {"downlinkKbps": 100},
+        },
+    ],
+    MODEL_ZOO: [{}, {"storage": {"accessMode": "ReadWriteMany"}, "pruning": {"q": 10}}],
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "index"),
+    [(k, i) for k, specs in SPECS.items() for i in range(len(specs))],
+    ids=[f"{k.kind}-{i}" for k, specs in SPECS.items() for i in range(len(specs))],
+)
+def test_the_operators_defaulting_is_the_api_servers(
+    cluster: LocalCluster, namespace: str, kind: Kind, index: int
+) -> None:
+    """``schema.defaulted`` (what the controllers read specs through) gives what the API server
+    stores for the same spec, so code never repeats a default the CRD declares."""
+    spec = SPECS[kind][index]
+    body = {
+        "apiVersion": API_VERSION,
+        "kind": kind.kind,
+        "metadata": {"name": f"d{index}", "namespace": namespace},
+        "spec": spec,
+    }
+    out = cluster.kubectl(
+        "create", "--dry-run=server", "-o", "json", "-f", "-", input=json.dumps(body)
+    )
+    assert defaulted(kind, spec) == json.loads(out.stdout)["spec"]
+
+
 def _leaf_paths(schema: dict[str, Any], prefix: str) -> list[str]:
     out: list[str] = []
     props = schema.get("properties") or (schema.get("items") or {}).get("properties") or {}
@@ -90,7 +143,7 @@ def _leaf_paths(schema: dict[str, Any], prefix: str) -> list[str]:
 
 @pytest.mark.parametrize("plural", ["edgedevices", "modelzoos", "adaptationpolicies"])
 def test_kubectl_explain_describes_every_field(cluster: LocalCluster, plural: str) -> None:
-    crd = yaml.safe_load((REPO / "crds" / f"edgeadapt.io_{plural}.yaml").read_text())
+    crd = yaml.safe_load((CRD_DIR / f"edgeadapt.io_{plural}.yaml").read_text())
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     paths = _leaf_paths(schema["properties"]["spec"], f"{plural}.spec") + _leaf_paths(
         schema["properties"]["status"], f"{plural}.status"

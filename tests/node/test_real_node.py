@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from edgeadapt.api.schema import CRD_DIR
 from edgeadapt.devcluster import LocalCluster
 from edgeadapt.devcluster.cluster import REPO
 from edgeadapt.devcluster.images import Image
@@ -238,7 +239,7 @@ def test_pods_mount_volumes_pass_probes_and_reach_services_by_name(
 def chart(real_cluster: LocalCluster) -> LocalCluster:
     """The chart installed with the operator image: the operator runs as a pod of the node."""
     cluster = real_cluster
-    cluster.kubectl("apply", "-f", str(REPO / "crds"))
+    cluster.kubectl("apply", "-f", str(CRD_DIR))
     started_at = time.monotonic()
     # Agents keep their model in a directory of the node; this cluster's, not the machine's.
     agent_state = cluster.workdir / "agent-state"

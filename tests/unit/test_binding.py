@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from edgeadapt.api.specs import AdaptationPolicySpec
 from edgeadapt.controllers.binding import Capacity, TrainerPool, label_selector_matches
 
 
@@ -41,11 +42,10 @@ def test_shrinking_capacity_evicts_the_devices_over_it() -> None:
 
 
 def test_capacity_comes_from_the_policy_spec_with_schema_defaults() -> None:
-    cap = Capacity.of(
-        {"gpu": {"gpusPerTrainer": 2, "devicesPerGPU": 9}, "trainers": {"maxReplicas": 3}}
-    )
+    spec = {"gpu": {"gpusPerTrainer": 2, "devicesPerGPU": 9}, "trainers": {"maxReplicas": 3}}
+    cap = Capacity.of(AdaptationPolicySpec.of(spec))
     assert (cap.slots_per_trainer, cap.max_trainers, cap.total) == (18, 3, 54)
-    assert Capacity.of({}).total == 8 * 4
+    assert Capacity.of(AdaptationPolicySpec.of({})).total == 8 * 4
 
 
 def test_label_selector_semantics() -> None:

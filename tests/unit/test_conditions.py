@@ -1,6 +1,9 @@
 from __future__ import annotations
 
-from edgeadapt.api.conditions import condition, is_ready, now_rfc3339, set_conditions
+from typing import Any
+
+from edgeadapt.api.conditions import Check, condition, is_ready, now_rfc3339, set_conditions
+from edgeadapt.controllers.common import summary_conditions
 
 
 def test_transition_time_is_kept_unless_the_status_flips() -> None:
@@ -50,3 +53,31 @@ def test_timestamps_are_rfc3339_utc_seconds() -> None:
     stamp = now_rfc3339()
     assert stamp.endswith("Z")
     assert len(stamp) == len("2026-01-01T00:00:00Z")
+
+
+def _summary(checks: list[Check], **kw: Any) -> dict[str, tuple[str, str, str]]:
+    conds = summary_conditions(checks, ready="all good", generation=3, **kw)
+    assert all(c["observedGeneration"] == 3 for c in conds)
+    return {c["type"]: (c["status"], c["reason"], c["message"]) for c in conds}
+
+
+def test_every_kind_summarises_readiness_the_same_way() -> None:
+    ok = Check("True", "Succeeded", "fine")
+    pending = Check("False", "AgentPending", "pod is Pending")
+    refused = Check("False", "ChildApplyFailed", "create Pod x: quota", stalled=False)
+    missing = Check("False", "PolicyNotFound", "no policy", stalled=True)
+    assert _summary([ok, ok]) == {"Ready": ("True", "Succeeded", "all good")}
+    # The first failing check names Ready; ordinary progress is Reconciling/Progressing.
+    assert _summary([ok, pending, missing]) == {
+        "Ready": ("False", "AgentPending", "pod is Pending"),
+        "Stalled": ("True", "PolicyNotFound", "no policy"),  # any check needing a person
+    }
+    assert _summary([pending, ok]) == {
+        "Ready": ("False", "AgentPending", "pod is Pending"),
+        "Reconciling": ("True", "Progressing", "pod is Pending"),
+    }
+    # An error that may clear keeps its own reason on Reconciling.
+    assert _summary([refused])["Reconciling"] == ("True", "ChildApplyFailed", "create Pod x: quota")
+    assert _summary([missing, pending], suspended="suspended") == {
+        "Ready": ("False", "Suspended", "suspended")
+    }

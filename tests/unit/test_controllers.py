@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from edgeadapt.api import keys
+from edgeadapt.api.specs import AdaptationPolicySpec, EdgeDeviceSpec
 from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE
 from edgeadapt.controllers import adaptationpolicy, edgedevice, modelzoo, security
 from edgeadapt.controllers.binding import Capacity, TrainerPool
@@ -142,7 +143,7 @@ def conditions(plan_status: dict[str, Any]) -> dict[str, tuple[str, str]]:
 
 
 def test_new_device_gets_a_secret_and_an_agent_pod_on_its_edge_node() -> None:
-    pool = TrainerPool(Capacity.of({}))
+    pool = TrainerPool(Capacity.of(AdaptationPolicySpec.of({})))
     binding = edgedevice.resolve_binding(device(), policy(), pool)
     plan = decide_device(device(), binding, pod=None, secret_exists=False, images=IMAGES, now=NOW)
     kinds = [(a.kind, a.name, a.mode) for a in plan.apply]
@@ -182,13 +183,15 @@ def test_new_device_gets_a_secret_and_an_agent_pod_on_its_edge_node() -> None:
 
 def test_selector_placement_adds_the_edge_role() -> None:
     dev = device(node={"selector": {"zone": "b"}})
-    pod = edgedevice.agent_pod(Owner.of(EDGE_DEVICE, dev), dev["spec"], "", "pol", IMAGES)
+    pod = edgedevice.agent_pod(
+        Owner.of(EDGE_DEVICE, dev), EdgeDeviceSpec.of(dev["spec"]), "", "pol", IMAGES
+    )
     assert "nodeName" not in pod["spec"]
     assert pod["spec"]["nodeSelector"] == {keys.EDGE_NODE_ROLE: "", "zone": "b"}
 
 
 def test_ready_device_writes_nothing_when_nothing_changed() -> None:
-    pool = TrainerPool(Capacity.of({}))
+    pool = TrainerPool(Capacity.of(AdaptationPolicySpec.of({})))
     dev = device()
     binding = edgedevice.resolve_binding(dev, policy(), pool)
     first = decide_device(dev, binding, pod=None, secret_exists=True, images=IMAGES, now=NOW)
@@ -220,7 +223,7 @@ def test_ready_device_writes_nothing_when_nothing_changed() -> None:
 
 
 def test_a_link_budget_reaches_the_agent_and_its_limits_show_without_holding_ready() -> None:
-    pool = TrainerPool(Capacity.of({}))
+    pool = TrainerPool(Capacity.of(AdaptationPolicySpec.of({})))
     dev = device(link={"uplinkKbps": 64, "downlinkKbps": 100})
     binding = edgedevice.resolve_binding(dev, policy(), pool)
     first = decide_device(dev, binding, pod=None, secret_exists=True, images=IMAGES, now=NOW)
@@ -273,7 +276,7 @@ def test_a_link_budget_reaches_the_agent_and_its_limits_show_without_holding_rea
 
 
 def test_changed_spec_replaces_the_pod() -> None:
-    pool = TrainerPool(Capacity.of({}))
+    pool = TrainerPool(Capacity.of(AdaptationPolicySpec.of({})))
     old = device()
     binding = edgedevice.resolve_binding(old, policy(), pool)
     pod = running_pod(
@@ -299,7 +302,7 @@ def test_missing_policy_is_named_and_stalls() -> None:
 
 
 def test_unselected_and_suspended_devices_release_their_slot() -> None:
-    pool = TrainerPool(Capacity.of({}))
+    pool = TrainerPool(Capacity.of(AdaptationPolicySpec.of({})))
     pol = policy(deviceSelector={"matchLabels": {"site": "b"}})
     assert edgedevice.resolve_binding(device(), pol, pool).reason == "NotSelected"
     pool.bind("cam")
@@ -361,11 +364,14 @@ def test_policy_runs_gpu_trainers_sized_by_the_bound_devices() -> None:
 
 
 def test_trainer_resources_come_from_the_policy_over_the_defaults() -> None:
-    default = adaptationpolicy.trainer_resources({}, 1)
+    default = adaptationpolicy.trainer_resources(AdaptationPolicySpec.of({}))
     assert default["requests"] == {"cpu": "2", "memory": "8Gi", keys.GPU_RESOURCE: "1"}
     assert default["limits"] == {"memory": "16Gi", keys.GPU_RESOURCE: "1"}
-    spec = {"trainers": {"resources": {"requests": {"cpu": "500m"}, "limits": {"cpu": 1}}}}
-    given = adaptationpolicy.trainer_resources(spec, 2)
+    spec = {
+        "gpu": {"gpusPerTrainer": 2},
+        "trainers": {"resources": {"requests": {"cpu": "500m"}, "limits": {"cpu": 1}}},
+    }
+    given = adaptationpolicy.trainer_resources(AdaptationPolicySpec.of(spec))
     assert given["requests"] == {"cpu": "500m", "memory": "8Gi", keys.GPU_RESOURCE: "2"}
     assert given["limits"] == {"cpu": "1", "memory": "16Gi", keys.GPU_RESOURCE: "2"}
 
@@ -446,7 +452,7 @@ def test_zoo_claims_storage_and_runs_the_gating_service() -> None:
 
 def all_children() -> list[tuple[str, dict[str, Any]]]:
     """Every child any kind's decide function builds."""
-    pool = TrainerPool(Capacity.of({}))
+    pool = TrainerPool(Capacity.of(AdaptationPolicySpec.of({})))
     binding = edgedevice.resolve_binding(device(), policy(), pool)
     dev_plan = decide_device(
         device(), binding, pod=None, secret_exists=False, images=IMAGES, now=NOW
@@ -502,7 +508,7 @@ def probe(container: dict[str, Any], kind: str, path: str) -> dict[str, Any]:
 def test_trainer_is_probed_for_readiness_and_liveness() -> None:
     pol = policy()
     sts = adaptationpolicy.stateful_set(
-        Owner.of(ADAPTATION_POLICY, pol), pol["spec"], 1, "h", "k", IMAGES
+        Owner.of(ADAPTATION_POLICY, pol), AdaptationPolicySpec.of(pol["spec"]), 1, "h", "k", IMAGES
     )
     container = sts["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "metrics", "containerPort": keys.METRICS_PORT} in container["ports"]
@@ -521,7 +527,9 @@ def test_trainer_is_probed_for_readiness_and_liveness() -> None:
 
 def test_edge_agent_is_probed_for_readiness_and_liveness() -> None:
     dev = device()
-    pod = edgedevice.agent_pod(Owner.of(EDGE_DEVICE, dev), dev["spec"], "", "pol", IMAGES)
+    pod = edgedevice.agent_pod(
+        Owner.of(EDGE_DEVICE, dev), EdgeDeviceSpec.of(dev["spec"]), "", "pol", IMAGES
+    )
     container = pod["spec"]["containers"][0]
     assert container["ports"] == [{"name": "metrics", "containerPort": keys.METRICS_PORT}]
     probe(container, "readinessProbe", "/readyz")
@@ -537,7 +545,7 @@ def failed(action: str, kind: str, name: str, error: str, refused: bool = True) 
 
 
 def test_a_child_that_cannot_be_created_shows_in_status() -> None:
-    pool = TrainerPool(Capacity.of({}))
+    pool = TrainerPool(Capacity.of(AdaptationPolicySpec.of({})))
     dev = device(generation=3)
     binding = edgedevice.resolve_binding(dev, policy(), pool)
     plan = decide_device(dev, binding, pod=None, secret_exists=True, images=IMAGES, now=NOW)
@@ -735,7 +743,7 @@ def test_mutual_tls_issues_each_device_a_client_certificate_and_trainers_require
     trainer = by_kind[("StatefulSet", "pol-trainer")]["spec"]["template"]["spec"]
     args = trainer["containers"][0]["args"]
     assert args[args.index("--client-ca") + 1] == "/etc/edgeadapt/client-ca/ca.crt"
-    pool = TrainerPool(Capacity.of({}))
+    pool = TrainerPool(Capacity.of(AdaptationPolicySpec.of({})))
     dev = device()
     binding = edgedevice.resolve_binding(dev, pol, pool)
     pair = security.client_pair(None, CA, "cam")

@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
+from edgeadapt.api.schema import CRD_DIR
+
 REPO = Path(__file__).resolve().parents[2]
-CRDS = sorted((REPO / "crds").glob("*.yaml"))
+CRDS = sorted(CRD_DIR.glob("*.yaml"))
 
 
 def walk(schema: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:

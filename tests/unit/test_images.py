@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from edgeadapt.api.specs import AdaptationPolicySpec, EdgeDeviceSpec, ModelZooSpec
 from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE, MODEL_ZOO
 from edgeadapt.controllers import adaptationpolicy, edgedevice, modelzoo
 from edgeadapt.controllers.common import Images, Owner
@@ -111,13 +112,15 @@ def _command(workload: str) -> list[str]:
     images_ = Images()
     if workload == "trainer":
         body = adaptationpolicy.stateful_set(
-            Owner.of(ADAPTATION_POLICY, meta), {}, 1, "h", "k", images_
+            Owner.of(ADAPTATION_POLICY, meta), AdaptationPolicySpec.of({}), 1, "h", "k", images_
         )
         return list(body["spec"]["template"]["spec"]["containers"][0]["command"])
     if workload == "gating":
-        body = modelzoo.deployment(Owner.of(MODEL_ZOO, meta), {}, images_)
+        body = modelzoo.deployment(Owner.of(MODEL_ZOO, meta), ModelZooSpec.of({}), images_)
         return list(body["spec"]["template"]["spec"]["containers"][0]["command"])
-    body = edgedevice.agent_pod(Owner.of(EDGE_DEVICE, meta), {}, "", "p", images_)
+    body = edgedevice.agent_pod(
+        Owner.of(EDGE_DEVICE, meta), EdgeDeviceSpec.of({}), "", "p", images_
+    )
     return list(body["spec"]["containers"][0]["command"])
 
 

@@ -11,6 +11,8 @@ import pytest
 import yaml
 
 from edgeadapt.api import launch
+from edgeadapt.api.schema import CRD_DIR, defaulted
+from edgeadapt.api.specs import AdaptationPolicySpec, EdgeDeviceSpec
 from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE
 from edgeadapt.controllers import adaptationpolicy, edgedevice
 from edgeadapt.controllers.common import Images, Owner
@@ -22,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def crd_spec(name: str) -> dict[str, Any]:
-    crd = yaml.safe_load((REPO / "crds" / f"edgeadapt.io_{name}.yaml").read_text())
+    crd = yaml.safe_load((CRD_DIR / f"edgeadapt.io_{name}.yaml").read_text())
     return dict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"])
 
 
@@ -42,7 +44,7 @@ def meta(obj: dict[str, Any]) -> dict[str, Any]:
 def trainer_container(spec: dict[str, Any]) -> dict[str, Any]:
     pol = meta({"metadata": {"name": "pol"}, "spec": spec})
     sts = adaptationpolicy.stateful_set(
-        Owner.of(ADAPTATION_POLICY, pol), spec, 1, "h", "k", Images()
+        Owner.of(ADAPTATION_POLICY, pol), AdaptationPolicySpec.of(spec), 1, "h", "k", Images()
     )
     return dict(sts["spec"]["template"]["spec"]["containers"][0])
 
@@ -52,7 +54,12 @@ def agent_container(
 ) -> dict[str, Any]:
     dev = meta(dev)
     pod = edgedevice.agent_pod(
-        Owner.of(EDGE_DEVICE, dev), dev["spec"], endpoint, "pol", Images(), mutual_tls
+        Owner.of(EDGE_DEVICE, dev),
+        EdgeDeviceSpec.of(dev["spec"]),
+        endpoint,
+        "pol",
+        Images(),
+        mutual_tls,
     )
     return dict(pod["spec"]["containers"][0])
 
@@ -127,8 +134,8 @@ def test_every_rendered_agent_parses_with_the_agents_parser(
             assert any(str(path).startswith(m + "/") for m in mounts), path
     else:
         assert args.cert_file is None
-    link = dev["spec"].get("link") or {}
-    assert args.downlink_kbps == link.get("downlinkKbps")
+    link = defaulted(EDGE_DEVICE, dev["spec"])["link"]  # the CRD's defaults when unset
+    assert (args.uplink_kbps, args.downlink_kbps) == (link["uplinkKbps"], link["downlinkKbps"])
     assert str(args.state_dir) in mounts
     assert args.loop
 

@@ -88,13 +88,13 @@ def test_a_refused_child_shows_in_status_and_recovers() -> None:
         mgr = manager(kube)
         key = ("edgedevices", NS, "cam")
         with pytest.raises(ChildApplyError, match="exceeded quota"):
-            await mgr._reconcile_key(key)
+            await mgr._reconcile(key)
         # Retried while refused: the same failure is not written again.
         with pytest.raises(ChildApplyError):
-            await mgr._reconcile_key(key)
+            await mgr._reconcile(key)
         assert len(kube.status_writes) == 1
         del kube.refuse[pod_path]
-        await mgr._reconcile_key(key)
+        await mgr._reconcile(key)
         return mgr
 
     mgr = asyncio.run(scenario())
@@ -123,7 +123,7 @@ def test_a_refused_child_shows_in_status_and_recovers() -> None:
     assert conds["Ready"][:2] == ("False", "AgentPending")
     assert conds["Reconciling"][:2] == ("True", "Progressing")
     assert "Stalled" not in conds
-    assert conditions(mgr.objects[("edgedevices", NS, "cam")]["status"]) == conds
+    assert conditions(mgr.cache.objects[("edgedevices", NS, "cam")]["status"]) == conds
 
 
 def test_an_object_in_the_way_of_a_child_is_a_failure_unless_it_is_ours() -> None:
@@ -135,12 +135,12 @@ def test_an_object_in_the_way_of_a_child_is_a_failure_unless_it_is_ours() -> Non
         mgr = manager(kube)
         key = ("edgedevices", NS, "cam")
         with pytest.raises(ChildApplyError):
-            await mgr._reconcile_key(key)
+            await mgr._reconcile(key)
         # The same name, controlled by this device (our cache had not seen it yet): fine.
         kube.objects[pod_path]["metadata"]["ownerReferences"] = [
             {"kind": "EdgeDevice", "name": "cam", "uid": "uid-cam", "controller": True}
         ]
-        await mgr._reconcile_key(key)
+        await mgr._reconcile(key)
 
     asyncio.run(scenario())
     failed, recovered = kube.status_writes
@@ -161,7 +161,7 @@ def test_a_child_write_without_an_answer_is_reconciling() -> None:
 
     async def scenario() -> None:
         with pytest.raises(ChildApplyError):
-            await manager(kube)._reconcile_key(("edgedevices", NS, "cam"))
+            await manager(kube)._reconcile(("edgedevices", NS, "cam"))
 
     asyncio.run(scenario())
     conds = conditions(kube.status_writes[0])
@@ -189,9 +189,9 @@ def test_act_converges_writes_nothing_when_converged_and_repairs_edits() -> None
     async def scenario() -> None:
         mgr = manager(kube)
         # First pass: the token; the pod waits until the token is seen.
-        await mgr._reconcile_key(key)
+        await mgr._reconcile(key)
         watch(kube, mgr)
-        await mgr._reconcile_key(key)
+        await mgr._reconcile(key)
         assert token_path in kube.objects
         assert pod_path in kube.objects
         pod = kube.at(pod_path)
@@ -199,23 +199,23 @@ def test_act_converges_writes_nothing_when_converged_and_repairs_edits() -> None
         watch(kube, mgr)
         # Converged: another pass writes nothing, not even the status.
         before = len(kube.writes())
-        await mgr._reconcile_key(key)
+        await mgr._reconcile(key)
         assert kube.writes()[before:] == []
         # A token edited by hand is written back.
         minted = kube.at(token_path)["data"]["token"]
         kube.at(token_path)["data"]["token"] = base64.b64encode(b"ea1.wrong").decode()
         watch(kube, mgr)
-        await mgr._reconcile_key(key)
+        await mgr._reconcile(key)
         assert kube.at(token_path)["data"]["token"] == minted
         # A spec change replaces the pod: deleted, then created with the new spec.
         device = kube.at(device_path)
         device["spec"]["video"] = {"uri": "synthetic:seed=9"}
         device["metadata"]["generation"] = 3
         watch(kube, mgr)
-        await mgr._reconcile_key(key)
+        await mgr._reconcile(key)
         assert pod_path not in kube.objects
         mgr.on_event("pods", "DELETED", pod)
-        await mgr._reconcile_key(key)
+        await mgr._reconcile(key)
         args = kube.at(pod_path)["spec"]["containers"][0]["args"]
         assert args[args.index("--source") + 1] == "synthetic:seed=9"
 

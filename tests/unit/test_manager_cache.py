@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from edgeadapt.api.keys import MODEL_ZOO_LABEL as ZOO
+from edgeadapt.controllers.base import Controller
 from edgeadapt.operator.manager import Manager, slim
 
 
@@ -27,7 +28,7 @@ def test_devices_are_tracked_per_namespace_and_policy() -> None:
                 "edgedevices", None, body("EdgeDevice", ns, "cam", policyRef={"name": "p"})
             )
         mgr.on_event("edgedevices", "DELETED", body("EdgeDevice", "a", "cam"))
-        still_there = set(mgr.devices_by_policy[("b", "p")])
+        still_there = set(mgr.bindings.devices_by_policy[("b", "p")])
         mgr.on_event(
             "edgedevices", "MODIFIED", body("EdgeDevice", "b", "cam", policyRef={"name": "q"})
         )
@@ -35,11 +36,11 @@ def test_devices_are_tracked_per_namespace_and_policy() -> None:
 
     mgr, still_there = asyncio.run(scenario())
     assert still_there == {"cam"}  # deleting a/cam leaves b/cam alone
-    assert mgr.devices_by_policy[("a", "p")] == set()
-    assert mgr.devices_by_policy[("b", "p")] == set()
-    assert mgr.devices_by_policy[("b", "q")] == {"cam"}
-    assert ("edgedevices", "a", "cam") not in mgr.objects
-    assert set(mgr.pools) == {("a", "p"), ("b", "p")}
+    assert mgr.bindings.devices_by_policy[("a", "p")] == set()
+    assert mgr.bindings.devices_by_policy[("b", "p")] == set()
+    assert mgr.bindings.devices_by_policy[("b", "q")] == {"cam"}
+    assert ("edgedevices", "a", "cam") not in mgr.cache.objects
+    assert set(mgr.bindings.pools) == {("a", "p"), ("b", "p")}
 
 
 def test_child_events_queue_the_owner_and_keep_only_what_is_read() -> None:
@@ -81,7 +82,20 @@ def test_child_events_queue_the_owner_and_keep_only_what_is_read() -> None:
         mgr.on_event("pods", "MODIFIED", pod)  # the same owner is queued once
         gating = {"metadata": {"name": "z-gating-1", "namespace": "a", "labels": {ZOO: "z"}}}
         mgr.on_event("pods", "ADDED", gating)  # its Deployment speaks for it: ignored
-        assert ("pods", "a", "z-gating-1") not in mgr.children
+        assert ("pods", "a", "z-gating-1") not in mgr.cache.children
         return len(mgr.queue)
 
     assert asyncio.run(scenario()) == 1
+
+
+def test_each_kind_has_one_controller_owning_its_label_and_rules() -> None:
+    mgr = Manager(kube=None)  # type: ignore[arg-type]
+    assert set(mgr.controllers) == {"edgedevices", "adaptationpolicies", "modelzoos"}
+    labels = [c.owner_label for c in mgr.controllers.values()]
+    assert len(set(labels)) == 3
+    for plural, controller in mgr.controllers.items():
+        assert isinstance(controller, Controller)
+        assert controller.kind.plural == plural
+        # A controller may read and write the status of its own kind.
+        assert {"apiGroups": ["edgeadapt.io"], "resources": [f"{plural}/status"],
+                "verbs": ["get", "patch"]} in controller.rbac  # fmt: skip

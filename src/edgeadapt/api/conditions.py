@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NamedTuple, TypedDict
 
 Status = Literal["True", "False", "Unknown"]
 
@@ -94,6 +94,21 @@ class Reason:
     CHILD_APPLY_FAILED = "ChildApplyFailed"
     """The API server refused (or did not answer) a write of a child; the message names the
     child and the error. Retried with backoff; the status recovers once the write succeeds."""
+
+
+class Check(NamedTuple):
+    """One thing a kind's readiness depends on, as observed: a condition's status, reason and
+    message, and whether, when not True, it needs a person to act (kstatus ``Stalled``) rather
+    than time (``Reconciling``)."""
+
+    status: Status
+    reason: str
+    message: str
+    stalled: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "True"
 
 
 def now_rfc3339(now: datetime | None = None) -> str:

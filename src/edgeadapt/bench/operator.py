@@ -29,6 +29,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from edgeadapt.api.schema import CRD_DIR
+
 log = logging.getLogger(__name__)
 
 NAMESPACE = "bench"
@@ -108,7 +110,7 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any] | No
 
     from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE
     from edgeadapt.controllers.rbac import required_rules
-    from edgeadapt.devcluster.cluster import REPO, LocalCluster, NodePool
+    from edgeadapt.devcluster.cluster import LocalCluster, NodePool
     from edgeadapt.devcluster.testing import (
         OperatorProcess,
         SimulatedTrainers,
@@ -139,7 +141,7 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any] | No
             gpu_nodes,
             time.monotonic() - started,
         )
-        cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+        cluster.kubectl("apply", "--server-side", "-f", str(CRD_DIR))
         cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         config = service_account_kubeconfig(
             cluster,

@@ -17,37 +17,42 @@ Children (deterministic names, owned by the AdaptationPolicy):
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from edgeadapt.api import keys, launch
 from edgeadapt.api.conditions import (
     MODEL_ZOO_RESOLVED,
-    READY,
-    RECONCILING,
-    STALLED,
     TRAINERS_AVAILABLE,
-    Condition,
+    Check,
     Reason,
     Status,
     condition,
     is_ready,
+    now_rfc3339,
 )
-from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, GROUP
-from edgeadapt.controllers import security
-from edgeadapt.controllers.binding import Capacity
+from edgeadapt.api.specs import AdaptationPolicySpec, EdgeDeviceSpec, ModelSpec
+from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE, GROUP, MODEL_ZOO, Kind
+from edgeadapt.controllers import edgedevice, observe, security
+from edgeadapt.controllers.base import Cache
+from edgeadapt.controllers.binding import Bindings, Capacity, TrainerPool
 from edgeadapt.controllers.common import (
     CERTIFICATE,
     CONFIG_MAP,
     NETWORK_POLICY,
+    POD,
     SECRET,
     SERVICE,
     STATEFUL_SET,
     Apply,
     Body,
+    ChildKind,
     Images,
     Owner,
     Plan,
+    Rule,
     child_metadata,
     hardened,
     http_probe,
@@ -57,6 +62,7 @@ from edgeadapt.controllers.common import (
     spec_hash,
     status_differs,
     status_with_conditions,
+    summary_conditions,
     transition_events,
 )
 from edgeadapt.controllers.observe import PolicyFigures
@@ -78,8 +84,6 @@ CERT_MANAGER_RULES = rules(("cert-manager.io", "certificates", "get list watch c
 
 COMPONENT = "trainer"
 CONFIG_FILE = launch.CONFIG_FILE
-DEFAULT_WEIGHTS = {"synthetic": "bench"}
-DEFAULT_STORAGE = "10Gi"
 SOURCES_DIR = f"{launch.STATE_DIR}-sources"  # read-only claims that weights come from
 
 
@@ -87,19 +91,14 @@ def trainer_name(policy: str) -> str:
     return f"{policy}-trainer"
 
 
-def trainer_parameters(spec: Mapping[str, Any]) -> dict[str, Any]:
+def trainer_parameters(spec: AdaptationPolicySpec) -> dict[str, Any]:
     """What the trainers read from their ConfigMap (``--config``): the algorithm parameters."""
-    return {
-        "strategy": spec.get("strategy", "ams"),
-        "ams": dict(spec.get("ams") or {}),
-        "sampling": dict(spec.get("sampling") or {}),
-    }
+    return {"strategy": spec.strategy, "ams": dict(spec.ams), "sampling": dict(spec.sampling)}
 
 
-def weights_source(weights: Mapping[str, Any] | None) -> tuple[launch.WeightsSource, str | None]:
+def weights_source(w: Mapping[str, Any]) -> tuple[launch.WeightsSource, str | None]:
     """A policy's weights object as a source for the launch contract, and the claim it needs
     mounted (for ``persistentVolumeClaim``)."""
-    w = dict(weights or DEFAULT_WEIGHTS)
     if "torchvision" in w:
         return launch.WeightsSource("torchvision", str(w["torchvision"])), None
     if "url" in w:
@@ -108,26 +107,18 @@ def weights_source(weights: Mapping[str, Any] | None) -> tuple[launch.WeightsSou
         ref = w["persistentVolumeClaim"]
         claim, path = str(ref["claimName"]), str(ref["path"]).lstrip("/")
         return launch.WeightsSource("file", f"{SOURCES_DIR}/{claim}/{path}"), claim
-    return launch.WeightsSource("synthetic", str(w.get("synthetic", "bench"))), None
+    return launch.WeightsSource("synthetic", str(w["synthetic"])), None
 
 
-def model_ref(
-    section: Mapping[str, Any] | None, default_arch: str
-) -> tuple[launch.ModelRef, str | None]:
-    section = section or {}
-    source, claim = weights_source(section.get("weights"))
-    return launch.ModelRef(str(section.get("architecture", default_arch)), source), claim
+def model_ref(model: ModelSpec) -> tuple[launch.ModelRef, str | None]:
+    source, claim = weights_source(model.weights)
+    return launch.ModelRef(model.architecture, source), claim
 
 
-def mutual_tls(spec: Mapping[str, Any]) -> bool:
-    """Whether the policy's agents present per-device client certificates (spec.mutualTLS)."""
-    return bool(spec.get("mutualTLS"))
-
-
-def trainer_launch(spec: Mapping[str, Any]) -> tuple[launch.TrainerLaunch, list[str]]:
+def trainer_launch(spec: AdaptationPolicySpec) -> tuple[launch.TrainerLaunch, list[str]]:
     """The trainer's options, and the claims its weights sources need mounted."""
-    teacher, teacher_claim = model_ref(spec.get("teacher"), launch.TEACHER_ARCHS[0])
-    student, student_claim = model_ref(spec.get("student"), launch.STUDENT_ARCHS[0])
+    teacher, teacher_claim = model_ref(spec.teacher)
+    student, student_claim = model_ref(spec.student)
     options = launch.TrainerLaunch(
         state_dir=f"{launch.STATE_DIR}/devices",
         models_dir=f"{launch.STATE_DIR}/models",
@@ -139,7 +130,7 @@ def trainer_launch(spec: Mapping[str, Any]) -> tuple[launch.TrainerLaunch, list[
         tls_cert=f"{launch.TLS_DIR}/{launch.TLS_CERT}",
         tls_key=f"{launch.TLS_DIR}/{launch.TLS_KEY}",
         token_key_file=f"{launch.TOKEN_KEY_DIR}/{launch.TOKEN_KEY_FILE}",
-        client_ca=f"{launch.CLIENT_CA_DIR}/{launch.CA_CERT}" if mutual_tls(spec) else None,
+        client_ca=f"{launch.CLIENT_CA_DIR}/{launch.CA_CERT}" if spec.mutual_tls else None,
         log_format="json",
     )
     claims = sorted({c for c in (teacher_claim, student_claim) if c})
@@ -187,10 +178,10 @@ DEFAULT_REQUESTS = {"cpu": "2", "memory": "8Gi"}
 DEFAULT_LIMITS = {"memory": "16Gi"}
 
 
-def trainer_resources(spec: Mapping[str, Any], gpus: int) -> dict[str, dict[str, str]]:
+def trainer_resources(spec: AdaptationPolicySpec) -> dict[str, dict[str, str]]:
     """The trainer container's resources: spec.trainers.resources over the defaults, and the
     policy's GPUs as both request and limit."""
-    given = ((spec.get("trainers") or {}).get("resources")) or {}
+    given, gpus = spec.resources, spec.gpus_per_trainer
     requests = DEFAULT_REQUESTS | {k: str(v) for k, v in (given.get("requests") or {}).items()}
     limits = DEFAULT_LIMITS | {k: str(v) for k, v in (given.get("limits") or {}).items()}
     return {
@@ -199,27 +190,25 @@ def trainer_resources(spec: Mapping[str, Any], gpus: int) -> dict[str, dict[str,
     }
 
 
-def trainer_storage(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The trainers' claim template spec: spec.trainers.storage over the defaults."""
-    storage = (spec.get("trainers") or {}).get("storage") or {}
+def trainer_storage(spec: AdaptationPolicySpec) -> dict[str, Any]:
+    """The trainers' claim template spec (spec.trainers.storage)."""
     claim: dict[str, Any] = {
         "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": str(storage.get("size", DEFAULT_STORAGE))}},
+        "resources": {"requests": {"storage": spec.storage_size}},
     }
-    if storage.get("storageClassName"):
-        claim["storageClassName"] = str(storage["storageClassName"])
+    if spec.storage_class:
+        claim["storageClassName"] = spec.storage_class
     return claim
 
 
 def stateful_set(
     owner: Owner,
-    spec: Mapping[str, Any],
+    spec: AdaptationPolicySpec,
     replicas: int,
     config_hash: str,
     key_hash: str,
     images: Images,
 ) -> Body:
-    gpus = int((spec.get("gpu") or {}).get("gpusPerTrainer", 1))
     labels = selector_labels(keys.ADAPTATION_POLICY_LABEL, owner.name, COMPONENT)
     name = trainer_name(owner.name)
     options, claims = trainer_launch(spec)
@@ -245,7 +234,7 @@ def stateful_set(
         },
         {"name": "tmp", "emptyDir": {}},
     ]
-    if mutual_tls(spec):
+    if spec.mutual_tls:
         mounts.append({"name": "client-ca", "mountPath": launch.CLIENT_CA_DIR, "readOnly": True})
         volumes.append(
             {
@@ -302,7 +291,7 @@ def stateful_set(
                     "readinessProbe": http_probe("/readyz", period=5, failures=1),
                     "startupProbe": http_probe("/healthz", period=5, failures=24),
                     "livenessProbe": http_probe("/healthz", period=10, failures=3),
-                    "resources": trainer_resources(spec, gpus),
+                    "resources": trainer_resources(spec),
                     "securityContext": hardened(),
                     # A failed start leaves its reason (a weights source that cannot be read)
                     # where the operator shows it on the policy.
@@ -415,9 +404,9 @@ def decide(
     report. With ``images.cert_issuer`` a cert-manager Certificate replaces ``tls`` and
     ``issued_ca`` (the ``ca.crt`` its issuer wrote) is the agents' CA bundle."""
     owner = Owner.of(ADAPTATION_POLICY, policy)
-    spec = policy.get("spec") or {}
+    spec = AdaptationPolicySpec.of(policy.get("spec"))
     gen = owner.generation
-    suspended = bool(spec.get("suspend"))
+    suspended = spec.suspend
     replicas = 0 if suspended else trainers_wanted
 
     key = token_key or new_key
@@ -444,7 +433,7 @@ def decide(
     elif ca is not None and tls is not None:
         plan.apply.append(Apply(SECRET, security.tls_secret(owner, tls, ca)))
         plan.apply.append(Apply(CONFIG_MAP, security.ca_config_map(owner, ca.cert)))
-    if mutual_tls(spec) and ca is not None:  # devices' client certificates: the operator's CA
+    if spec.mutual_tls and ca is not None:  # devices' client certificates: the operator's CA
         plan.apply.append(Apply(CONFIG_MAP, security.client_ca_config_map(owner, ca.cert)))
 
     ready_trainers = int(((statefulset or {}).get("status") or {}).get("readyReplicas") or 0)
@@ -462,7 +451,7 @@ def decide(
             else "rolling out trainers",
         )
 
-    zoo_name = (spec.get("modelZooRef") or {}).get("name")
+    zoo_name = spec.model_zoo
     if not zoo_name:
         zoo_cond = ("True", Reason.NOT_REFERENCED, "the policy uses no ModelZoo")
     elif zoo is None:
@@ -477,45 +466,27 @@ def decide(
         zoo_cond = ("True", Reason.SUCCEEDED, f'ModelZoo "{zoo_name}" is Ready')
 
     failure = None if suspended else provisioning_failure(trainer_pods)
-    conds: list[Condition] = []
-    if suspended:
-        conds.append(
-            condition(READY, "False", Reason.SUSPENDED, "the policy is suspended", generation=gen)
+    checks = []
+    if failure is not None:
+        checks.append(Check("False", Reason.MODEL_PROVISIONING_FAILED, failure, stalled=True))
+    if issuer is None and ca is None:
+        checks.append(
+            Check("False", Reason.WAITING_FOR_CREDENTIALS, "the operator's CA is not loaded yet")
         )
-    elif failure is not None:
-        reason = Reason.MODEL_PROVISIONING_FAILED
-        conds.append(condition(READY, "False", reason, failure, generation=gen))
-        conds.append(condition(STALLED, "True", reason, failure, generation=gen))
-    elif issuer is None and ca is None:
-        reason, message = Reason.WAITING_FOR_CREDENTIALS, "the operator's CA is not loaded yet"
-        conds.append(condition(READY, "False", reason, message, generation=gen))
     elif issuer is not None and issued_ca is None:
-        reason = Reason.WAITING_FOR_CREDENTIALS
         message = (
             f'waiting for {issuer.kind} "{issuer.name}" to issue Secret '
             f'"{security.tls_secret_name(owner.name)}" with a ca.crt'
         )
-        conds.append(condition(READY, "False", reason, message, generation=gen))
-    elif zoo_cond[0] != "True":
-        conds.append(condition(READY, "False", zoo_cond[1], zoo_cond[2], generation=gen))
-        if zoo_cond[1] == Reason.MODEL_ZOO_NOT_FOUND:
-            conds.append(condition(STALLED, "True", zoo_cond[1], zoo_cond[2], generation=gen))
-    elif trainers[0] != "True":
-        conds.append(condition(READY, "False", trainers[1], trainers[2], generation=gen))
-    else:
-        conds.append(
-            condition(
-                READY,
-                "True",
-                Reason.SUCCEEDED,
-                f"{devices_bound} devices bound to {replicas} trainers",
-                generation=gen,
-            )
-        )
-    if not suspended and failure is None and trainers[0] != "True":
-        conds.append(
-            condition(RECONCILING, "True", Reason.PROGRESSING, trainers[2], generation=gen)
-        )
+        checks.append(Check("False", Reason.WAITING_FOR_CREDENTIALS, message))
+    zoo_missing = zoo_cond[1] == Reason.MODEL_ZOO_NOT_FOUND
+    checks += [Check(zoo_cond[0], zoo_cond[1], zoo_cond[2], zoo_missing), Check(*trainers)]
+    conds = summary_conditions(
+        checks,
+        ready=f"{devices_bound} devices bound to {replicas} trainers",
+        generation=gen,
+        suspended="the policy is suspended" if suspended else None,
+    )
     conds.append(condition(TRAINERS_AVAILABLE, *trainers, generation=gen))
     conds.append(condition(MODEL_ZOO_RESOLVED, *zoo_cond, generation=gen))
 
@@ -535,3 +506,106 @@ def decide(
         plan.status = status
         plan.events = transition_events(current, status, "AdaptationPolicy")
     return plan
+
+
+@dataclass
+class AdaptationPolicyController:
+    """AdaptationPolicies: sizes each policy's trainer pool (``Bindings``, shared with the
+    devices' controller) and observes its trainers, credentials, ModelZoo and the trainers'
+    ``/status`` for ``decide``."""
+
+    cache: Cache
+    bindings: Bindings
+    kind: Kind = ADAPTATION_POLICY
+    owner_label: str = keys.ADAPTATION_POLICY_LABEL
+    rbac: Sequence[Rule] = tuple(RBAC_RULES)
+    ignores: tuple[ChildKind, ...] = ()
+    issued: dict[tuple[str, str], KeyPair] = field(default_factory=dict)  # trainer certificates
+    generation: dict[tuple[str, str], int] = field(default_factory=dict)  # last sized at
+
+    def stored(self, obj: Body) -> None:
+        ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        if (ns, name) not in self.bindings.pools:
+            self._seed_pool(ns, name, obj)
+            self._queue_devices(ns, name)
+
+    def forgotten(self, namespace: str, name: str) -> None:
+        self.bindings.pools.pop((namespace, name), None)
+        self.generation.pop((namespace, name), None)
+        self.issued.pop((namespace, name), None)
+        self._queue_devices(namespace, name)
+
+    def primed(self) -> None:
+        """Pools seeded again now that every device is cached: a restart moves no device."""
+        for (plural, ns, name), policy in list(self.cache.objects.items()):
+            if plural == ADAPTATION_POLICY.plural:
+                self._seed_pool(ns, name, policy)
+
+    def reconcile(self, policy: Body) -> Plan:
+        cache, images = self.cache, self.cache.images
+        ns, name = policy["metadata"]["namespace"], policy["metadata"]["name"]
+        spec = AdaptationPolicySpec.of(policy["spec"])
+        pool = self.bindings.pools.get((ns, name))
+        if pool is None:
+            pool = self._seed_pool(ns, name, policy)
+        generation = int(policy["metadata"].get("generation", 1))
+        if self.generation.get((ns, name)) != generation:
+            # The spec changed (or this is the first look): capacity and selector may differ,
+            # so every device of the policy is looked at again.
+            self.generation[(ns, name)] = generation
+            pool.resize(Capacity.of(spec))
+            self._queue_devices(ns, name)
+        tls = issued_ca = None
+        observed = cache.child(SECRET, ns, security.tls_secret_name(name))
+        if images.cert_issuer is not None:
+            issued_ca = security.issued_ca(observed)
+        elif cache.ca is not None:
+            issued = self.issued.get((ns, name))
+            if observed is None and issued is not None:  # written, not seen back yet
+                observed = security.tls_secret(
+                    Owner.of(ADAPTATION_POLICY, policy), issued, cache.ca
+                )
+            hosts = security.trainer_hosts(name, ns, images.cluster_domain)
+            tls = security.tls_pair(observed, cache.ca, hosts)
+            self.issued[(ns, name)] = tls
+        trainer_pods = [
+            p
+            for i in range(max(pool.trainers_wanted, 1))
+            if (p := cache.child(POD, ns, edgedevice.trainer_pod_name(name, i)))
+        ]
+        observations = [o for (n, p, _), o in cache.observations.items() if (n, p) == (ns, name)]
+        members = len(self.bindings.devices(ns, name))
+        return decide(
+            policy,
+            zoo=cache.get(MODEL_ZOO, ns, spec.model_zoo),
+            trainers_wanted=pool.trainers_wanted,
+            devices_bound=pool.devices_bound,
+            devices_unbound=max(0, members - pool.devices_bound),
+            statefulset=cache.child(STATEFUL_SET, ns, trainer_name(name)),
+            token_key=cache.token_key(ns, name),
+            new_key=secrets.token_hex(32).encode(),
+            ca=cache.ca,
+            tls=tls,
+            trainer_pods=trainer_pods,
+            figures=observe.policy_figures(observations),
+            images=images,
+            now=now_rfc3339(),
+            issued_ca=issued_ca,
+        )
+
+    def _seed_pool(self, ns: str, name: str, policy: Body) -> TrainerPool:
+        """A pool for the policy, seeded with the bindings its devices' statuses show."""
+        pool = TrainerPool(Capacity.of(AdaptationPolicySpec.of(policy["spec"])))
+        self.bindings.pools[(ns, name)] = pool
+        for device_name in sorted(self.bindings.devices(ns, name)):
+            device = self.cache.get(EDGE_DEVICE, ns, device_name)
+            if device is None or EdgeDeviceSpec.of(device["spec"]).suspend:
+                continue
+            if (device.get("status") or {}).get("trainer"):
+                edgedevice.resolve_binding(device, policy, pool)
+                self.bindings.device_policy[(ns, device_name)] = name
+        return pool
+
+    def _queue_devices(self, ns: str, policy: str) -> None:
+        for device in self.bindings.devices(ns, policy):
+            self.cache.queue(EDGE_DEVICE, ns, device)

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgeadapt.api.specs import AdaptationPolicySpec
+
 
 @dataclass(frozen=True)
 class Capacity:
@@ -21,13 +23,8 @@ class Capacity:
     max_trainers: int
 
     @classmethod
-    def of(cls, policy_spec: Mapping[str, Any]) -> Capacity:
-        gpu = policy_spec.get("gpu") or {}
-        trainers = policy_spec.get("trainers") or {}
-        return cls(
-            slots_per_trainer=int(gpu.get("gpusPerTrainer", 1)) * int(gpu.get("devicesPerGPU", 8)),
-            max_trainers=int(trainers.get("maxReplicas", 4)),
-        )
+    def of(cls, spec: AdaptationPolicySpec) -> Capacity:
+        return cls(slots_per_trainer=spec.slots_per_trainer, max_trainers=spec.max_trainers)
 
     @property
     def total(self) -> int:
@@ -97,6 +94,50 @@ class TrainerPool:
         self.bound[device] = index
         self.load[index] = self.load.get(index, 0) + 1
         return index
+
+
+@dataclass
+class Bindings:
+    """Every policy's trainer pool and which policy each device names, per namespace: the state
+    the EdgeDevice and AdaptationPolicy controllers share (devices bind, policies resize)."""
+
+    pools: dict[tuple[str, str], TrainerPool] = field(default_factory=dict)
+    devices_by_policy: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    device_ref: dict[tuple[str, str], str] = field(default_factory=dict)  # spec.policyRef
+    device_policy: dict[tuple[str, str], str] = field(default_factory=dict)  # last bound under
+
+    def refer(self, namespace: str, device: str, policy: str) -> None:
+        """``device`` names ``policy`` in its spec now."""
+        previous = self.device_ref.get((namespace, device))
+        if previous == policy:
+            return
+        if previous is not None:
+            self.devices_by_policy.get((namespace, previous), set()).discard(device)
+        self.device_ref[(namespace, device)] = policy
+        self.devices_by_policy.setdefault((namespace, policy), set()).add(device)
+
+    def devices(self, namespace: str, policy: str) -> tuple[str, ...]:
+        """The devices that name ``policy`` (bound or not)."""
+        return tuple(self.devices_by_policy.get((namespace, policy), ()))
+
+    def move(self, namespace: str, device: str, policy: str) -> str | None:
+        """``device`` is decided under ``policy`` now; the policy whose pool released it by
+        that, if another one held it."""
+        old = self.device_policy.get((namespace, device))
+        self.device_policy[(namespace, device)] = policy
+        if old is None or old == policy:
+            return None
+        pool = self.pools.get((namespace, old))
+        return old if pool is not None and pool.release(device) else None
+
+    def forget_device(self, namespace: str, device: str) -> str | None:
+        """``device`` is gone; the policy whose pool released it, if one held it."""
+        ref = self.device_ref.pop((namespace, device), None)
+        if ref is not None:
+            self.devices_by_policy.get((namespace, ref), set()).discard(device)
+        old = self.device_policy.pop((namespace, device), None)
+        pool = self.pools.get((namespace, old)) if old is not None else None
+        return old if pool is not None and pool.release(device) else None
 
 
 def label_selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:

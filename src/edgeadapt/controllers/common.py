@@ -13,6 +13,7 @@ from edgeadapt.api.conditions import (
     READY,
     RECONCILING,
     STALLED,
+    Check,
     Condition,
     Reason,
     condition,
@@ -263,8 +264,38 @@ WARNING_REASONS = frozenset(
         Reason.NO_TRAINER_CAPACITY,
         Reason.AGENT_FAILED,
         Reason.CHILD_APPLY_FAILED,
+        Reason.MODEL_PROVISIONING_FAILED,
+        Reason.UNAUTHENTICATED,
     }
 )
+
+
+def summary_conditions(
+    checks: Sequence[Check], *, ready: str, generation: int, suspended: str | None = None
+) -> list[Condition]:
+    """Ready and kstatus's abnormal-true Reconciling or Stalled, the same way for every kind.
+
+    ``checks`` are what the kind's readiness depends on, most fundamental first. All True:
+    Ready=True with the ``ready`` message. Otherwise Ready=False with the first failing check's
+    reason and message, plus ``Stalled`` (the first check that needs a person) or else
+    ``Reconciling`` (reason ``Progressing``, or the check's own reason when it is an error that
+    may clear: a refused write, a refused token). ``suspended``: only Ready=False, Suspended."""
+    if suspended is not None:
+        return [condition(READY, "False", Reason.SUSPENDED, suspended, generation=generation)]
+    failing = [c for c in checks if not c.ok]
+    if not failing:
+        return [condition(READY, "True", Reason.SUCCEEDED, ready, generation=generation)]
+    first = failing[0]
+    out = [condition(READY, "False", first.reason, first.message, generation=generation)]
+    stalled = next((c for c in failing if c.stalled), None)
+    if stalled is not None:
+        out.append(
+            condition(STALLED, "True", stalled.reason, stalled.message, generation=generation)
+        )
+    else:
+        reason = first.reason if first.reason in WARNING_REASONS else Reason.PROGRESSING
+        out.append(condition(RECONCILING, "True", reason, first.message, generation=generation))
+    return out
 
 
 @dataclass(frozen=True)
@@ -307,12 +338,8 @@ def child_failure_status(
     message = "; ".join(f.describe() for f in failures)
     if len(message) > MAX_FAILURE_MESSAGE:
         message = message[: MAX_FAILURE_MESSAGE - 3] + "..."
-    kstatus = STALLED if all(f.refused for f in failures) else RECONCILING
-    reason = Reason.CHILD_APPLY_FAILED
-    conds = [
-        condition(READY, "False", reason, message, generation=generation),
-        condition(kstatus, "True", reason, message, generation=generation),
-    ]
+    failed = Check("False", Reason.CHILD_APPLY_FAILED, message, all(f.refused for f in failures))
+    conds = summary_conditions([failed], ready="", generation=generation)
     for c in base.get("conditions") or []:
         if c.get("type") not in (READY, RECONCILING, STALLED):
             kept = Condition(**c)  # type: ignore[typeddict-item]

@@ -20,8 +20,9 @@ whether the agent is connected (``AgentConnected``) and runs the trainer's curre
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from edgeadapt.api import keys, launch
@@ -30,27 +31,30 @@ from edgeadapt.api.conditions import (
     AGENT_READY,
     BANDWIDTH_LIMITED,
     MODEL_DEPLOYED,
-    READY,
-    RECONCILING,
-    STALLED,
     TRAINER_BOUND,
-    Condition,
+    Check,
     Reason,
     Status,
     condition,
+    now_rfc3339,
 )
-from edgeadapt.api.v1alpha1 import EDGE_DEVICE, GROUP
+from edgeadapt.api.specs import AdaptationPolicySpec, EdgeDeviceSpec
+from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE, GROUP, Kind
 from edgeadapt.controllers import observe, security
-from edgeadapt.controllers.binding import TrainerPool, label_selector_matches
+from edgeadapt.controllers.base import Cache
+from edgeadapt.controllers.binding import Bindings, TrainerPool, label_selector_matches
 from edgeadapt.controllers.common import (
+    CONFIG_MAP,
     POD,
     SECRET,
     Apply,
     Body,
+    ChildKind,
     Delete,
     Images,
     Owner,
     Plan,
+    Rule,
     child_metadata,
     hardened,
     http_probe,
@@ -59,6 +63,7 @@ from edgeadapt.controllers.common import (
     spec_hash_of,
     status_differs,
     status_with_conditions,
+    summary_conditions,
     transition_events,
 )
 from edgeadapt.pki import KeyPair
@@ -71,6 +76,9 @@ RBAC_RULES = rules(
 )
 
 COMPONENT = "edge-agent"
+# A device bound or released changes what its policy wants; policy reconciles of a burst of
+# device changes collapse into one.
+POLICY_DEBOUNCE_S = 0.5
 TOKEN_KEY = "token"
 
 
@@ -116,10 +124,10 @@ def resolve_binding(
     pool: TrainerPool | None,
 ) -> Binding:
     """Bind or release ``device`` in its policy's ``pool`` and say what came of it."""
-    meta, spec = device["metadata"], device.get("spec") or {}
+    meta, spec = device["metadata"], EdgeDeviceSpec.of(device.get("spec"))
     name, namespace = meta["name"], meta["namespace"]
-    policy_name = str((spec.get("policyRef") or {}).get("name", ""))
-    if spec.get("suspend"):
+    policy_name = spec.policy
+    if spec.suspend:
         if pool is not None:
             pool.release(name)
         return Binding(None, Reason.SUSPENDED, "the device is suspended", policy_name)
@@ -130,13 +138,13 @@ def resolve_binding(
             f'AdaptationPolicy "{policy_name}" not found in namespace "{namespace}"',
             policy_name,
         )
-    pspec = policy.get("spec") or {}
-    if pspec.get("suspend"):
+    pspec = AdaptationPolicySpec.of(policy.get("spec"))
+    if pspec.suspend:
         pool.release(name)
         return Binding(
             None, Reason.SUSPENDED, f'AdaptationPolicy "{policy_name}" is suspended', policy_name
         )
-    if not label_selector_matches(pspec.get("deviceSelector"), meta.get("labels") or {}):
+    if not label_selector_matches(pspec.device_selector, meta.get("labels") or {}):
         pool.release(name)
         return Binding(
             None,
@@ -176,16 +184,14 @@ def state_path(owner: Owner, images: Images) -> str:
 
 
 def agent_launch(
-    owner: Owner, spec: Mapping[str, Any], endpoint: str, mutual_tls: bool = False
+    owner: Owner, spec: EdgeDeviceSpec, endpoint: str, mutual_tls: bool = False
 ) -> launch.AgentLaunch:
-    video = spec.get("video") or {}
-    link = spec.get("link") or {}
     return launch.AgentLaunch(
         device_id=owner.name,
-        source=str(video.get("uri", "")),
+        source=spec.video_uri,
         trainer=endpoint,
-        uplink_kbps=link.get("uplinkKbps"),
-        downlink_kbps=link.get("downlinkKbps"),
+        uplink_kbps=spec.uplink_kbps,
+        downlink_kbps=spec.downlink_kbps,
         ca_file=f"{launch.CA_DIR}/{launch.CA_CERT}",
         token_file=f"{launch.TOKEN_DIR}/{launch.TOKEN_FILE}",
         cert_file=f"{launch.CLIENT_TLS_DIR}/{launch.TLS_CERT}" if mutual_tls else None,
@@ -199,13 +205,12 @@ def agent_launch(
 
 def agent_pod(
     owner: Owner,
-    spec: Mapping[str, Any],
+    spec: EdgeDeviceSpec,
     endpoint: str,
     policy: str,
     images: Images,
     mutual_tls: bool = False,
 ) -> Body:
-    node = spec.get("node") or {}
     options = agent_launch(owner, spec, endpoint, mutual_tls)
     pod_spec: Body = {
         "restartPolicy": "Always",
@@ -293,10 +298,10 @@ def agent_pod(
                 },
             }
         )
-    if node.get("name"):
-        pod_spec["nodeName"] = node["name"]
+    if spec.node_name:
+        pod_spec["nodeName"] = spec.node_name
     else:
-        pod_spec["nodeSelector"] = {keys.EDGE_NODE_ROLE: ""} | dict(node.get("selector") or {})
+        pod_spec["nodeSelector"] = {keys.EDGE_NODE_ROLE: ""} | dict(spec.node_selector)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -383,10 +388,10 @@ def decide(
     ``client_tls`` (the observed one while good, ``security.client_pair``) is kept in its Secret,
     and the agent pod waits for that Secret (``client_tls_published``)."""
     owner = Owner.of(EDGE_DEVICE, device)
-    spec = device.get("spec") or {}
+    spec = EdgeDeviceSpec.of(device.get("spec"))
     gen = owner.generation
     plan = Plan()
-    suspended = bool(spec.get("suspend"))
+    suspended = spec.suspend
     bound = binding.trainer is not None
 
     if policy_key is not None:
@@ -447,37 +452,17 @@ def decide(
     if suspended:
         connected = deployed = ("False", Reason.SUSPENDED, "the device is suspended")
 
-    conds: list[Condition] = []
-    not_ready = next(
-        (c for c in (agent, connected, deployed) if c[0] != "True"),
-        None,
+    bound_check = Check(
+        "True" if bound else "False", binding.reason, binding.message, binding.stalled
     )
-    if suspended:
-        ready = condition(
-            READY, "False", Reason.SUSPENDED, "the device is suspended", generation=gen
-        )
-    elif not bound:
-        ready = condition(READY, "False", binding.reason, binding.message, generation=gen)
-    elif not_ready is not None:
-        ready = condition(READY, "False", not_ready[1], not_ready[2], generation=gen)
-    else:
-        ready = condition(
-            READY,
-            "True",
-            Reason.SUCCEEDED,
-            f"{agent[2]}; {binding.message}; {deployed[2]}",
-            generation=gen,
-        )
-    conds.append(ready)
-    if not suspended and not_ready is not None and not binding.stalled:
-        conds.append(
-            condition(RECONCILING, "True", Reason.PROGRESSING, not_ready[2], generation=gen)
-        )
-    if not suspended and binding.stalled:
-        conds.append(condition(STALLED, "True", binding.reason, binding.message, generation=gen))
-    conds.append(condition(TRAINER_BOUND, "True" if bound else "False", binding.reason,
-                           binding.message, generation=gen))  # fmt: skip
-    conds.append(condition(AGENT_READY, agent[0], agent[1], agent[2], generation=gen))
+    conds = summary_conditions(
+        [bound_check, Check(*agent), Check(*connected), Check(*deployed)],
+        ready=f"{agent[2]}; {binding.message}; {deployed[2]}",
+        generation=gen,
+        suspended="the device is suspended" if suspended else None,
+    )
+    conds.append(condition(TRAINER_BOUND, *bound_check[:3], generation=gen))
+    conds.append(condition(AGENT_READY, *agent, generation=gen))
     conds.append(condition(AGENT_CONNECTED, *connected, generation=gen))
     conds.append(condition(MODEL_DEPLOYED, *deployed, generation=gen))
     limited = None if suspended else observe.bandwidth_limited(view)
@@ -521,3 +506,75 @@ def _pod_state(pod: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> str
 def _node_of(pod: Mapping[str, Any] | None) -> str | None:
     node = ((pod or {}).get("spec") or {}).get("nodeName")
     return str(node) if node else None
+
+
+@dataclass
+class EdgeDeviceController:
+    """EdgeDevices: binds each to a trainer of its policy (``Bindings``, shared with the
+    policies' controller), and observes its agent pod, token Secret, the policy's credentials and
+    its trainer's ``/status`` for ``decide``."""
+
+    cache: Cache
+    bindings: Bindings
+    kind: Kind = EDGE_DEVICE
+    owner_label: str = keys.EDGE_DEVICE_LABEL
+    rbac: Sequence[Rule] = tuple(RBAC_RULES)
+    ignores: tuple[ChildKind, ...] = ()
+    client_issued: dict[tuple[str, str], KeyPair] = field(default_factory=dict)
+
+    def stored(self, obj: Body) -> None:
+        meta = obj["metadata"]
+        self.bindings.refer(meta["namespace"], meta["name"], EdgeDeviceSpec.of(obj["spec"]).policy)
+
+    def forgotten(self, namespace: str, name: str) -> None:
+        self.client_issued.pop((namespace, name), None)
+        self._requeue_released(namespace, self.bindings.forget_device(namespace, name))
+
+    def primed(self) -> None:
+        pass
+
+    def reconcile(self, device: Body) -> Plan:
+        cache, images = self.cache, self.cache.images
+        ns, name = device["metadata"]["namespace"], device["metadata"]["name"]
+        policy_name = EdgeDeviceSpec.of(device["spec"]).policy
+        self._requeue_released(ns, self.bindings.move(ns, name, policy_name))
+        policy = cache.get(ADAPTATION_POLICY, ns, policy_name)
+        pool = self.bindings.pools.get((ns, policy_name)) if policy is not None else None
+        before = (pool.trainer_of(name), pool.trainers_wanted) if pool else None
+        binding = resolve_binding(device, policy, pool)
+        if pool is not None and before != (pool.trainer_of(name), pool.trainers_wanted):
+            cache.queue(ADAPTATION_POLICY, ns, policy_name, POLICY_DEBOUNCE_S)
+        observation = None
+        if binding.trainer is not None:
+            observation = cache.observations.get((ns, binding.policy, binding.trainer))
+        mutual = policy is not None and AdaptationPolicySpec.of(policy["spec"]).mutual_tls
+        client_tls = None
+        client_secret = cache.child(SECRET, ns, security.client_tls_secret_name(name))
+        if mutual and cache.ca is not None:
+            observed = client_secret
+            issued = self.client_issued.get((ns, name))
+            if observed is None and issued is not None:  # written, not seen back yet
+                observed = security.client_tls_secret(Owner.of(EDGE_DEVICE, device), issued)
+            client_tls = security.client_pair(observed, cache.ca, name)
+            self.client_issued[(ns, name)] = client_tls
+        ca_bundle = security.ca_config_map_name(policy_name)
+        return decide(
+            device,
+            binding,
+            pod=cache.child(POD, ns, agent_pod_name(name)),
+            token_secret=cache.child(SECRET, ns, token_secret_name(name)),
+            policy_key=cache.token_key(ns, policy_name) if policy is not None else None,
+            ca_published=cache.child(CONFIG_MAP, ns, ca_bundle) is not None,
+            observation=observation,
+            images=images,
+            now=now_rfc3339(),
+            now_ts=time.time(),
+            mutual_tls=mutual,
+            client_tls=client_tls,
+            client_tls_published=client_secret is not None,
+        )
+
+    def _requeue_released(self, namespace: str, policy: str | None) -> None:
+        """A policy's pool released a device: the policy may want fewer trainers."""
+        if policy is not None:
+            self.cache.queue(ADAPTATION_POLICY, namespace, policy, POLICY_DEBOUNCE_S)

@@ -9,30 +9,35 @@ Children (deterministic names, owned by the ModelZoo):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from edgeadapt.api import keys
 from edgeadapt.api.conditions import (
     GATING_AVAILABLE,
-    READY,
-    RECONCILING,
     STORAGE_BOUND,
-    Condition,
+    Check,
     Reason,
     Status,
     condition,
+    now_rfc3339,
 )
-from edgeadapt.api.v1alpha1 import GROUP, MODEL_ZOO
+from edgeadapt.api.specs import AdaptationPolicySpec, ModelZooSpec
+from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, GROUP, MODEL_ZOO, Kind
+from edgeadapt.controllers.base import Cache
 from edgeadapt.controllers.common import (
     DEPLOYMENT,
+    POD,
     PVC,
     SERVICE,
     Apply,
     Body,
+    ChildKind,
     Images,
     Owner,
     Plan,
+    Rule,
     child_metadata,
     hardened,
     rolled_out,
@@ -40,6 +45,7 @@ from edgeadapt.controllers.common import (
     selector_labels,
     status_differs,
     status_with_conditions,
+    summary_conditions,
     transition_events,
 )
 
@@ -67,14 +73,13 @@ def gating_endpoint(zoo: str, namespace: str, cluster_domain: str) -> str:
     return f"{gating_name(zoo)}.{namespace}.svc.{cluster_domain}:{keys.GATING_GRPC_PORT}"
 
 
-def claim(owner: Owner, spec: Mapping[str, Any]) -> Body:
-    storage = spec.get("storage") or {}
+def claim(owner: Owner, spec: ModelZooSpec) -> Body:
     pvc_spec: Body = {
-        "accessModes": [storage.get("accessMode", "ReadWriteOnce")],
-        "resources": {"requests": {"storage": storage.get("size", "10Gi")}},
+        "accessModes": [spec.access_mode],
+        "resources": {"requests": {"storage": spec.storage_size}},
     }
-    if storage.get("storageClassName"):
-        pvc_spec["storageClassName"] = storage["storageClassName"]
+    if spec.storage_class:
+        pvc_spec["storageClassName"] = spec.storage_class
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
@@ -85,27 +90,25 @@ def claim(owner: Owner, spec: Mapping[str, Any]) -> Body:
     }
 
 
-def deployment(owner: Owner, spec: Mapping[str, Any], images: Images) -> Body:
-    gating = spec.get("gating") or {}
-    pruning = spec.get("pruning") or {}
+def deployment(owner: Owner, spec: ModelZooSpec, images: Images) -> Body:
     labels = selector_labels(keys.MODEL_ZOO_LABEL, owner.name, COMPONENT)
     env = {
         "EDGEADAPT_MODEL_ZOO": owner.name,
         "EDGEADAPT_NAMESPACE": owner.namespace,
         "EDGEADAPT_ZOO_DIR": STORE_MOUNT,
-        "EDGEADAPT_TASK": str(spec.get("task", "segmentation")),
-        "EDGEADAPT_STUDENT": str(spec.get("studentArchitecture", "")),
-        "EDGEADAPT_GATING_TOP_K": str(gating.get("topK", 3)),
-        "EDGEADAPT_ADMISSION_MARGIN_ALPHA": str(spec.get("admissionMarginAlpha", 0.02)),
-        "EDGEADAPT_QUEUE_THRESHOLD_GAMMA": str(spec.get("queueThresholdGamma", 5)),
-        "EDGEADAPT_PRUNING_ETA": str(pruning.get("eta", 4)),
-        "EDGEADAPT_PRUNING_Q": str(pruning.get("q", 3000)),
+        "EDGEADAPT_TASK": spec.task,
+        "EDGEADAPT_STUDENT": spec.student_architecture,
+        "EDGEADAPT_GATING_TOP_K": str(spec.top_k),
+        "EDGEADAPT_ADMISSION_MARGIN_ALPHA": str(spec.admission_margin_alpha),
+        "EDGEADAPT_QUEUE_THRESHOLD_GAMMA": str(spec.queue_threshold_gamma),
+        "EDGEADAPT_PRUNING_ETA": str(spec.pruning_eta),
+        "EDGEADAPT_PRUNING_Q": str(spec.pruning_q),
     }
     dep_spec = {
-        "replicas": int(gating.get("replicas", 1)),
+        "replicas": spec.gating_replicas,
         "selector": {"matchLabels": labels},
         "strategy": {"type": "Recreate"}
-        if (spec.get("storage") or {}).get("accessMode", "ReadWriteOnce") != "ReadWriteMany"
+        if spec.access_mode != "ReadWriteMany"
         else {"type": "RollingUpdate"},
         "template": {
             "metadata": {"labels": labels | {keys.MANAGED_BY: keys.MANAGED_BY_VALUE}},
@@ -183,7 +186,7 @@ def decide(
 ) -> Plan:
     """Desired children and status of one ModelZoo."""
     owner = Owner.of(MODEL_ZOO, zoo)
-    spec = zoo.get("spec") or {}
+    spec = ModelZooSpec.of(zoo.get("spec"))
     gen = owner.generation
     dep = deployment(owner, spec, images)
     plan = Plan(
@@ -211,20 +214,11 @@ def decide(
     else:
         gating = ("False", Reason.GATING_PENDING, f"{available}/{want} gating pods available")
 
-    conds: list[Condition] = []
-    if storage[0] != "True":
-        conds.append(condition(READY, "False", storage[1], storage[2], generation=gen))
-    elif gating[0] != "True":
-        conds.append(condition(READY, "False", gating[1], gating[2], generation=gen))
-    else:
-        conds.append(
-            condition(
-                READY, "True", Reason.SUCCEEDED, "storage bound, gating available", generation=gen
-            )
-        )
-    if storage[0] != "True" or gating[0] != "True":
-        msg = storage[2] if storage[0] != "True" else gating[2]
-        conds.append(condition(RECONCILING, "True", Reason.PROGRESSING, msg, generation=gen))
+    conds = summary_conditions(
+        [Check(*storage), Check(*gating)],
+        ready="storage bound, gating available",
+        generation=gen,
+    )
     conds.append(condition(STORAGE_BOUND, *storage, generation=gen))
     conds.append(condition(GATING_AVAILABLE, *gating, generation=gen))
 
@@ -240,3 +234,43 @@ def decide(
         plan.status = status
         plan.events = transition_events(current, status, "ModelZoo")
     return plan
+
+
+@dataclass
+class ModelZooController:
+    """ModelZoos: observes the zoo's claim and gating Deployment for ``decide``; a zoo's change
+    makes the policies that name it look again (their ``ModelZooResolved``)."""
+
+    cache: Cache
+    kind: Kind = MODEL_ZOO
+    owner_label: str = keys.MODEL_ZOO_LABEL
+    rbac: Sequence[Rule] = tuple(RBAC_RULES)
+    ignores: tuple[ChildKind, ...] = (POD,)  # gating pods: their Deployment speaks for them
+
+    def stored(self, obj: Body) -> None:
+        self._queue_policies(obj["metadata"]["namespace"], obj["metadata"]["name"])
+
+    def forgotten(self, namespace: str, name: str) -> None:
+        self._queue_policies(namespace, name)
+
+    def primed(self) -> None:
+        pass
+
+    def reconcile(self, zoo: Body) -> Plan:
+        ns, name = zoo["metadata"]["namespace"], zoo["metadata"]["name"]
+        return decide(
+            zoo,
+            pvc=self.cache.child(PVC, ns, store_name(name)),
+            deployment_obs=self.cache.child(DEPLOYMENT, ns, gating_name(name)),
+            images=self.cache.images,
+            now=now_rfc3339(),
+        )
+
+    def _queue_policies(self, ns: str, zoo: str) -> None:
+        for (plural, pns, name), policy in list(self.cache.objects.items()):
+            if (
+                plural == ADAPTATION_POLICY.plural
+                and pns == ns
+                and AdaptationPolicySpec.of(policy["spec"]).model_zoo == zoo
+            ):
+                self.cache.queue(ADAPTATION_POLICY, ns, name)

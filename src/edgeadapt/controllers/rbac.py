@@ -1,12 +1,13 @@
-"""The API access the operator needs: every kind's RBAC_RULES plus kopf's own.
+"""The API access the operator needs: every controller's rules plus kopf's own.
 
 The Helm chart's ClusterRole grants exactly ``required_rules()``; a test compares them.
 """
 
 from __future__ import annotations
 
-from edgeadapt.controllers import adaptationpolicy, edgedevice, modelzoo
+from edgeadapt.controllers import adaptationpolicy
 from edgeadapt.controllers.common import Rule, rules
+from edgeadapt.controllers.registry import CONTROLLER_TYPES
 
 # kopf itself: it finds the CRDs it serves and posts Kubernetes events on transitions.
 KOPF_RULES = rules(
@@ -25,9 +26,7 @@ def required_rules(*, cluster_wide: bool = True, cert_manager: bool = False) -> 
     for rule in (
         *KOPF_RULES,
         *(() if cluster_wide else KOPF_NAMESPACED_RULES),
-        *edgedevice.RBAC_RULES,
-        *modelzoo.RBAC_RULES,
-        *adaptationpolicy.RBAC_RULES,
+        *(rule for controller in CONTROLLER_TYPES for rule in controller.rbac),
         *(adaptationpolicy.CERT_MANAGER_RULES if cert_manager else ()),
     ):
         for group in rule["apiGroups"]:

@@ -15,8 +15,9 @@ from typing import Any
 import kopf
 
 from edgeadapt.api import keys
-from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE, GROUP, MODEL_ZOO, VERSION
+from edgeadapt.api.v1alpha1 import GROUP, VERSION
 from edgeadapt.controllers.common import Images, IssuerRef
+from edgeadapt.controllers.registry import CONTROLLER_TYPES
 from edgeadapt.operator import metrics, poller
 from edgeadapt.operator.authority import operator_namespace
 from edgeadapt.operator.kube import Kube, login
@@ -92,7 +93,9 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     mgr.start()
     memo.manager = mgr
     log.info(
-        "edgeadapt operator started: %d objects, %d children", len(mgr.objects), len(mgr.children)
+        "edgeadapt operator started: %d objects, %d children",
+        len(mgr.cache.objects),
+        len(mgr.cache.children),
     )
 
 
@@ -112,7 +115,7 @@ def _queue_depth(memo: kopf.Memo, **_: Any) -> int:
 
 
 def _register() -> None:
-    for kind in (EDGE_DEVICE, MODEL_ZOO, ADAPTATION_POLICY):
+    for kind in (controller.kind for controller in CONTROLLER_TYPES):
 
         def on_custom(
             type: str | None,
