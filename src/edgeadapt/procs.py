@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeadapt.api.launch import AgentLaunch, TrainerLaunch
+from edgeadapt.api.launch import AgentLaunch, GatingLaunch, TrainerLaunch
 
 if TYPE_CHECKING:
     from edgeadapt.stream.tls import PKI
@@ -198,6 +198,33 @@ def start_trainer(
         tls_cert=str(credentials.pki.server_cert),
         tls_key=str(credentials.pki.server_key),
         token_key_file=str(credentials.secret_file),
+    )
+    proc = start(name, launch.MODULE, [*launch.args(), *extra], workdir)
+    proc.status_token = credentials.status_token
+    return proc
+
+
+def start_gating(
+    workdir: Path,
+    *,
+    zoo_dir: Path,
+    arch: str,
+    credentials: Credentials,
+    listen: str = "127.0.0.1:0",
+    extra: Sequence[str] = (),
+    name: str = "gating",
+    **params: float,
+) -> Proc:
+    """A gating service on loopback with TLS and tokens (``params``: top_k, alpha, gamma, ...)."""
+    launch = GatingLaunch(
+        zoo_dir=str(zoo_dir),
+        arch=arch,
+        listen=listen,
+        http_listen="127.0.0.1:0",
+        tls_cert=str(credentials.pki.server_cert),
+        tls_key=str(credentials.pki.server_key),
+        token_key_file=str(credentials.secret_file),
+        **params,  # type: ignore[arg-type]
     )
     proc = start(name, launch.MODULE, [*launch.args(), *extra], workdir)
     proc.status_token = credentials.status_token

@@ -20,6 +20,7 @@ from edgeadapt.devcluster.testing import (
     get,
     wait_until,
 )
+from edgeadapt.pki import dns_names, signed_by
 from edgeadapt.stream.auth import mint_token
 
 pytestmark = pytest.mark.integration
@@ -302,6 +303,9 @@ def test_missing_model_zoo_is_reported_and_recovers(
         ("pvc", "zoo-x-store"),
         ("deployment", "zoo-x-gating"),
         ("service", "zoo-x-gating"),
+        ("secret", "zoo-x-gating-key"),
+        ("secret", "zoo-x-gating-tls"),
+        ("configmap", "zoo-x-gating-ca"),
     ):
         child = get(cluster, resource, name, ns)
         assert child is not None, f"{resource}/{name}"
@@ -309,6 +313,12 @@ def test_missing_model_zoo_is_reported_and_recovers(
     deployment = must_get(cluster, "deployment", "zoo-x-gating", ns)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["python", "-m", "edgeadapt.gating"]
+    # The service's certificate names its Service; callers get the CA that signed it.
+    tls = must_get(cluster, "secret", "zoo-x-gating-tls", ns)
+    cert = base64.b64decode(tls["data"]["tls.crt"])
+    assert f"zoo-x-gating.{ns}.svc" in dns_names(cert)
+    bundle = must_get(cluster, "configmap", "zoo-x-gating-ca", ns)["data"]["ca.crt"]
+    assert signed_by(cert, bundle.encode())
 
 
 def test_children_deleted_by_hand_are_recreated(

@@ -129,12 +129,7 @@ def _command(workload: str) -> list[str]:
     [
         "trainer",
         "edge-agent",
-        pytest.param(
-            "gating",
-            marks=pytest.mark.xfail(
-                strict=True, reason="python -m edgeadapt.gating does not exist yet (RECL issue)"
-            ),
-        ),
+        "gating",
     ],
 )
 def test_the_runtime_image_carries_each_workloads_command(workload: str) -> None:

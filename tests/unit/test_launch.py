@@ -12,11 +12,13 @@ import yaml
 
 from edgeadapt.api import launch
 from edgeadapt.api.schema import CRD_DIR, defaulted
-from edgeadapt.api.specs import AdaptationPolicySpec, EdgeDeviceSpec
-from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE
-from edgeadapt.controllers import adaptationpolicy, edgedevice
+from edgeadapt.api.specs import AdaptationPolicySpec, EdgeDeviceSpec, ModelZooSpec
+from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE, MODEL_ZOO
+from edgeadapt.controllers import adaptationpolicy, edgedevice, modelzoo
 from edgeadapt.controllers.common import Images, Owner
 from edgeadapt.edge_agent.__main__ import build_parser as agent_parser
+from edgeadapt.gating.__main__ import ZOO_ARCHS
+from edgeadapt.gating.__main__ import build_parser as gating_parser
 from edgeadapt.trainer.__main__ import build_parser as trainer_parser
 from edgeadapt.video.source import open_source
 
@@ -140,6 +142,41 @@ def test_every_rendered_agent_parses_with_the_agents_parser(
     assert args.loop
 
 
+def zoo_variants() -> list[dict[str, Any]]:
+    """The examples' zoos, and one zoo per value of every enum."""
+    spec = crd_spec("modelzoos")["properties"]
+    out = [e["spec"] for e in examples("ModelZoo")]
+    out += [{"studentArchitecture": a} for a in spec["studentArchitecture"]["enum"]]
+    out += [
+        {"storage": {"accessMode": m}} for m in spec["storage"]["properties"]["accessMode"]["enum"]
+    ]
+    out += [{"gating": {"topK": 1}, "admissionMarginAlpha": 0.5, "pruning": {"eta": 0, "q": 1}}]
+    return out
+
+
+@pytest.mark.parametrize("spec", zoo_variants(), ids=lambda s: str(s)[:60])
+def test_every_rendered_gating_service_parses_with_its_parser(spec: dict[str, Any]) -> None:
+    zoo = meta({"metadata": {"name": "zoo"}, "spec": spec})
+    typed = ModelZooSpec.of(spec)
+    dep = modelzoo.deployment(Owner.of(MODEL_ZOO, zoo), typed, Images())
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    args = gating_parser().parse_args(container["args"])
+    assert container["command"] == ["python", "-m", "edgeadapt.gating"]
+    assert args.arch == typed.student_architecture
+    assert (args.top_k, args.alpha, args.gamma, args.eta, args.q) == (
+        typed.top_k,
+        typed.admission_margin_alpha,
+        typed.queue_threshold_gamma,
+        typed.pruning_eta,
+        typed.pruning_q,
+    )
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert str(args.zoo_dir) in mounts
+    for path in (args.tls_cert, args.tls_key, args.token_secret_file):
+        assert any(str(path).startswith(m + "/") for m in mounts), path
+    assert not args.insecure
+
+
 def test_the_examples_synthetic_sources_open() -> None:
     for dev in examples("EdgeDevice"):
         uri = dev["spec"]["video"]["uri"]
@@ -157,6 +194,9 @@ def test_the_crds_accept_exactly_what_the_processes_implement() -> None:
         assert tuple(weights["synthetic"]["enum"]) == launch.SYNTHETIC_PROFILES
     device = crd_spec("edgedevices")["properties"]
     assert tuple(device["task"]["enum"]) == launch.TASKS
+    zoo = crd_spec("modelzoos")["properties"]
+    assert set(zoo["studentArchitecture"]["enum"]) == set(ZOO_ARCHS)
+    assert tuple(zoo["task"]["enum"]) == launch.TASKS
 
 
 @pytest.mark.parametrize(

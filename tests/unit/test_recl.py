@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -202,6 +203,9 @@ def test_collecting_keeps_the_blobs_of_kept_versions(tmp_path: Path) -> None:
 # ----------------------------------------------------------------- the live zoo
 
 
+CONFIG = {"num_classes": 2}
+
+
 class _Constant(nn.Module):
     """A 'segmentation model' that labels every pixel with one class (its bias decides)."""
 
@@ -213,8 +217,8 @@ class _Constant(nn.Module):
         return {"out": self.conv(x)}
 
 
-def _model() -> SegmentationModel:
-    return SegmentationModel(_Constant(), "constant", {})
+def _model(arch: str = "constant", config: dict[str, Any] | None = None) -> SegmentationModel:
+    return SegmentationModel(_Constant(), arch, dict(config or {}))
 
 
 def _expert(cls: int) -> dict[str, torch.Tensor]:
@@ -232,16 +236,22 @@ def _window(kind: int, n: int = 12) -> tuple[np.ndarray, torch.Tensor]:
     return images, torch.full((n, 24, 32), kind, dtype=torch.uint8)
 
 
+def _zoo(path: Path, params: ReclParams, fit_steps: int = 200) -> Zoo:
+    return Zoo(ZooStore(path), arch="constant", params=params, new_model=_model,
+               history_size=64, fit_steps=fit_steps)  # fmt: skip
+
+
 def test_a_zoo_starts_empty_admits_selects_prunes_and_reopens(tmp_path: Path) -> None:
     torch.manual_seed(3)
     params = ReclParams(top_k=1, eta=1, q=4)
-    zoo = Zoo(ZooStore(tmp_path), arch="constant", new_model=_model, num_classes=2,
-              params=params, history_size=64, fit_steps=60)  # fmt: skip
+    zoo = _zoo(tmp_path, params, fit_steps=60)
     red, green = _window(0), _window(1)
     assert zoo.select(red[0]) == []  # cold start
-    zoo.admit([Candidate("red", _expert(0), "cam-a", 1, *red)])
+    zoo.admit([Candidate("red", _expert(0), CONFIG, "cam-a", 1, *red)])
     assert [e for e, _ in zoo.select(green[0])] == ["red"]  # one expert: it is the choice
-    v2 = zoo.admit([Candidate("green", _expert(1), "cam-b", 2, *green)])
+    with pytest.raises(ValueError, match="built as"):
+        zoo.admit([Candidate("x", _expert(1), {"num_classes": 3}, "cam-b", 2, *green)])
+    v2 = zoo.admit([Candidate("green", _expert(1), CONFIG, "cam-b", 2, *green)])
     assert v2.expert_ids() == ["red", "green"]
     assert v2.counters["admitted"] == 2
     assert zoo.snapshot.history.accuracy.shape == (24, 2)
@@ -254,20 +264,18 @@ def test_a_zoo_starts_empty_admits_selects_prunes_and_reopens(tmp_path: Path) ->
     assert v3 is not None
     assert v3.expert_ids() == ["red"]
     assert zoo.prune() is None
-    again = Zoo(ZooStore(tmp_path), arch="constant", new_model=_model, num_classes=2,
-                params=params)  # fmt: skip
+    again = _zoo(tmp_path, params)
     assert again.snapshot.version == v3
     assert [e for e, _ in again.select(green[0])] == ["red"]
     with pytest.raises(ValueError, match="constant"):
-        Zoo(ZooStore(tmp_path), arch="other", new_model=_model, num_classes=2, params=params)
+        Zoo(ZooStore(tmp_path), arch="other", new_model=_model, params=params)
 
 
 def test_a_selection_during_an_admission_sees_one_whole_version(tmp_path: Path) -> None:
-    zoo = Zoo(ZooStore(tmp_path), arch="constant", new_model=_model, num_classes=2,
-              params=ReclParams(), history_size=64, fit_steps=5)  # fmt: skip
-    zoo.admit([Candidate("red", _expert(0), "cam-a", 1, *_window(0))])
+    zoo = _zoo(tmp_path, ReclParams(), fit_steps=5)
+    zoo.admit([Candidate("red", _expert(0), CONFIG, "cam-a", 1, *_window(0))])
     before = zoo.snapshot
-    zoo.admit([Candidate("green", _expert(1), "cam-b", 2, *_window(1))])
+    zoo.admit([Candidate("green", _expert(1), CONFIG, "cam-b", 2, *_window(1))])
     # The old snapshot is untouched by the admission: its net scores one expert still.
     assert before.ids == ["red"]
     assert len(before.net.window_scores(torch.rand(2, 3, 24, 32))) == 1

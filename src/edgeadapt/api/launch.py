@@ -173,6 +173,51 @@ class TrainerLaunch:
 
 
 @dataclass(frozen=True)
+class GatingLaunch:
+    """``python -m edgeadapt.gating``: the options a ModelZoo's gating service is started with."""
+
+    MODULE = "edgeadapt.gating"
+
+    zoo_dir: str
+    arch: str
+    top_k: int = 10
+    alpha: float = 0.02
+    gamma: int = 5
+    eta: int = 4
+    q: int = 3000
+    listen: str = "0.0.0.0:50052"
+    http_listen: str = "0.0.0.0:9090"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    token_key_file: str | None = None
+    insecure: bool = False
+    ready_file: str | None = None
+    log_format: str = "text"
+
+    def args(self) -> list[str]:
+        out: list[str] = []
+        _flag(out, "--zoo-dir", self.zoo_dir)
+        _flag(out, "--arch", self.arch)
+        _flag(out, "--top-k", self.top_k)
+        _flag(out, "--alpha", self.alpha)
+        _flag(out, "--gamma", self.gamma)
+        _flag(out, "--eta", self.eta)
+        _flag(out, "--q", self.q)
+        _flag(out, "--listen", self.listen)
+        _flag(out, "--http-listen", self.http_listen)
+        _flag(out, "--tls-cert", self.tls_cert)
+        _flag(out, "--tls-key", self.tls_key)
+        _flag(out, "--token-secret-file", self.token_key_file)
+        _flag(out, "--insecure", self.insecure)
+        _flag(out, "--ready-file", self.ready_file)
+        _flag(out, "--log-format", self.log_format if self.log_format != "text" else None)
+        return out
+
+    def command(self, python: str = "python") -> list[str]:
+        return [python, "-m", self.MODULE]
+
+
+@dataclass(frozen=True)
 class AgentLaunch:
     """``python -m edgeadapt.edge_agent``: the options an edge agent is started with."""
 

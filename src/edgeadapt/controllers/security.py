@@ -108,26 +108,37 @@ def _secret(
     }
 
 
-def _ca_config_map(owner: Owner, name: str, ca_cert: bytes) -> Body:
-    """A policy's ConfigMap holding one CA certificate (``ca.crt``)."""
+def ca_bundle(
+    owner: Owner,
+    name: str,
+    ca_cert: bytes,
+    label: str = keys.ADAPTATION_POLICY_LABEL,
+    component: str = "trainer",
+) -> Body:
+    """A ConfigMap holding one CA certificate (``ca.crt``)."""
     data = {CA_CERT: ca_cert.decode()}
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": child_metadata(owner, name, keys.ADAPTATION_POLICY_LABEL, "trainer", data),
+        "metadata": child_metadata(owner, name, label, component, data),
         "data": data,
     }
 
 
+def key_secret(
+    owner: Owner,
+    name: str,
+    key: bytes,
+    label: str = keys.ADAPTATION_POLICY_LABEL,
+    component: str = "trainer",
+) -> Body:
+    """A token key (create-once: an existing key is never replaced)."""
+    return _secret(owner, name, label, component, {TOKEN_KEY_FILE: b64(key)})
+
+
 def token_key_secret(owner: Owner, key: bytes) -> Body:
-    """The policy's token key (create-once: an existing key is never replaced)."""
-    return _secret(
-        owner,
-        token_key_secret_name(owner.name),
-        keys.ADAPTATION_POLICY_LABEL,
-        "trainer",
-        {TOKEN_KEY_FILE: b64(key)},
-    )
+    """The policy's token key."""
+    return key_secret(owner, token_key_secret_name(owner.name), key)
 
 
 def token_key_of(secret: Mapping[str, Any] | None) -> bytes | None:
@@ -146,6 +157,11 @@ def device_token_secret(owner: Owner, policy_key: bytes) -> Body:
         "edge-agent",
         {TOKEN_FILE: b64(token.encode())},
     )
+
+
+def service_hosts(service: str, namespace: str, cluster_domain: str) -> tuple[str, ...]:
+    """Names a ClusterIP Service's certificate covers."""
+    return (f"{service}.{namespace}.svc.{cluster_domain}", f"{service}.{namespace}.svc", service)
 
 
 def trainer_hosts(policy: str, namespace: str, cluster_domain: str) -> tuple[str, ...]:
@@ -223,26 +239,49 @@ def client_tls_secret(owner: Owner, pair: KeyPair) -> Body:
 
 def client_ca_config_map(owner: Owner, ca_cert: bytes) -> Body:
     """The CA trainers check devices' client certificates with."""
-    return _ca_config_map(owner, client_ca_config_map_name(owner.name), ca_cert)
+    return ca_bundle(owner, client_ca_config_map_name(owner.name), ca_cert)
 
 
-def tls_secret(owner: Owner, pair: KeyPair, ca: KeyPair) -> Body:
+def server_tls_secret(
+    owner: Owner,
+    name: str,
+    pair: KeyPair,
+    ca: KeyPair,
+    label: str = keys.ADAPTATION_POLICY_LABEL,
+    component: str = "trainer",
+) -> Body:
+    """A server's certificate, key and the CA that signed it."""
     return _secret(
         owner,
-        tls_secret_name(owner.name),
-        keys.ADAPTATION_POLICY_LABEL,
-        "trainer",
+        name,
+        label,
+        component,
         {TLS_CERT: b64(pair.cert), TLS_KEY: b64(pair.key), CA_CERT: b64(ca.cert)},
         kind="kubernetes.io/tls",
     )
 
 
+def tls_secret(owner: Owner, pair: KeyPair, ca: KeyPair) -> Body:
+    return server_tls_secret(owner, tls_secret_name(owner.name), pair, ca)
+
+
 def trainer_certificate(owner: Owner, hosts: tuple[str, ...], issuer: IssuerRef) -> Body:
-    """The cert-manager Certificate for the trainers' names; its Secret carries our labels, so
+    return server_certificate(owner, tls_secret_name(owner.name), hosts, issuer)
+
+
+def server_certificate(
+    owner: Owner,
+    name: str,
+    hosts: tuple[str, ...],
+    issuer: IssuerRef,
+    label: str = keys.ADAPTATION_POLICY_LABEL,
+    component: str = "trainer",
+) -> Body:
+    """The cert-manager Certificate for a server's names; its Secret carries our labels, so
     the operator sees it like the Secret it would have written itself."""
-    labels = child_metadata(owner, "", keys.ADAPTATION_POLICY_LABEL, "trainer", None)["labels"]
+    labels = child_metadata(owner, "", label, component, None)["labels"]
     spec = {
-        "secretName": tls_secret_name(owner.name),
+        "secretName": name,
         "secretTemplate": {"labels": labels},
         "dnsNames": list(hosts),
         "duration": f"{CERT_DAYS * 24}h",
@@ -254,9 +293,7 @@ def trainer_certificate(owner: Owner, hosts: tuple[str, ...], issuer: IssuerRef)
     return {
         "apiVersion": "cert-manager.io/v1",
         "kind": "Certificate",
-        "metadata": child_metadata(
-            owner, tls_secret_name(owner.name), keys.ADAPTATION_POLICY_LABEL, "trainer", spec
-        ),
+        "metadata": child_metadata(owner, name, label, component, spec),
         "spec": spec,
     }
 
@@ -275,4 +312,4 @@ def issued_ca(secret: Mapping[str, Any] | None) -> bytes | None:
 
 def ca_config_map(owner: Owner, ca_cert: bytes) -> Body:
     """The CA bundle agents verify trainers with."""
-    return _ca_config_map(owner, ca_config_map_name(owner.name), ca_cert)
+    return ca_bundle(owner, ca_config_map_name(owner.name), ca_cert)

@@ -62,6 +62,7 @@ class ZooVersion:
     version: int
     created: float
     arch: str
+    config: Mapping[str, Any] = field(default_factory=dict)  # the experts' builder config
     experts: tuple[Expert, ...] = ()
     gating: Blob | None = None
     history: Blob | None = None
@@ -72,6 +73,8 @@ class ZooVersion:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
+        out["config"] = dict(self.config)
+        out["counters"] = dict(self.counters)
         out["format"] = MANIFEST_FORMAT
         return out
 
@@ -87,6 +90,7 @@ class ZooVersion:
             version=int(data["version"]),
             created=float(data["created"]),
             arch=str(data["arch"]),
+            config=dict(data.get("config") or {}),
             experts=tuple(
                 Expert(
                     id=str(e["id"]),

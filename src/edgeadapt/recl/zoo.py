@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
 from edgeadapt.adapt.metrics import batch_miou
+from edgeadapt.durable import write_atomically
 from edgeadapt.models.data import to_tensor
-from edgeadapt.models.zoo import SegmentationModel
+from edgeadapt.models.zoo import SegmentationModel, build_model
 from edgeadapt.recl import gating
 from edgeadapt.recl.rules import ReclParams, SelectionLog, top_k
 from edgeadapt.recl.store import Expert, ZooStore, ZooVersion
@@ -36,8 +38,9 @@ from edgeadapt.recl.store import Expert, ZooStore, ZooVersion
 HISTORY_SIZE = 512
 FRAMES_PER_CANDIDATE = 32  # of a candidate's window, kept in the history on admission
 MODEL_CACHE = 16  # experts kept loaded
+SELECTIONS_FILE = "selections.json"
 
-ModelFactory = Callable[[], SegmentationModel]
+ModelFactory = Callable[[str, dict[str, Any]], SegmentationModel]
 
 
 @torch.no_grad()
@@ -96,6 +99,7 @@ class Candidate:
 
     id: str
     state: dict[str, torch.Tensor]
+    config: dict[str, Any]  # its builder config (a checkpoint's ids.config)
     source_device: str
     window: int
     images: np.ndarray
@@ -108,9 +112,8 @@ class Zoo:
         store: ZooStore,
         *,
         arch: str,
-        new_model: ModelFactory,
-        num_classes: int,
         params: ReclParams,
+        new_model: ModelFactory = build_model,
         history_size: int = HISTORY_SIZE,
         fit_steps: int = 200,
         seed: int = 0,
@@ -118,12 +121,11 @@ class Zoo:
         self.store = store
         self.arch = arch
         self.new_model = new_model
-        self.num_classes = num_classes
         self.params = params
         self.history_size = history_size
         self.fit_steps = fit_steps
         self.seed = seed
-        self.log = SelectionLog(params.q)
+        self.log = self._load_log()
         self._models: OrderedDict[str, SegmentationModel] = OrderedDict()
         self._write = threading.Lock()  # one admission or prune at a time
         version = store.load()
@@ -133,6 +135,18 @@ class Zoo:
             raise ValueError(f"the zoo holds {version.arch} experts, not {arch}")
         self._snapshot = self._load(version)
         self.log.admit(self._snapshot.ids)
+
+    def _load_log(self) -> SelectionLog:
+        path = self.store.root / SELECTIONS_FILE
+        try:
+            return SelectionLog.from_json(json.loads(path.read_text()), self.params.q)
+        except (OSError, ValueError, TypeError, AttributeError):
+            return SelectionLog(self.params.q)  # none yet, or unreadable: counting starts again
+
+    def save_log(self) -> None:
+        """Keep the selection counts across restarts (a bounded file: the last q picks)."""
+        body = json.dumps(self.log.to_json()).encode()
+        write_atomically(self.store.root / SELECTIONS_FILE, lambda f: _write(f, body))
 
     @property
     def snapshot(self) -> Snapshot:
@@ -171,7 +185,7 @@ class Zoo:
         expert = next((e for e in snap.version.experts if e.id == expert_id), None)
         if expert is None:
             raise KeyError(f"no expert {expert_id} in zoo version {snap.version.version}")
-        model = self.new_model()
+        model = self.new_model(self.arch, dict(snap.version.config))
         model.load_state_dict(self.store.get_tensors(expert.blob))
         model.eval()
         self._models[expert_id] = model
@@ -187,9 +201,20 @@ class Zoo:
 
     def admit(self, candidates: Sequence[Candidate]) -> ZooVersion:
         """Admit promising models together (recl.md §2.8) and make that the current version."""
+        if not candidates:
+            raise ValueError("nothing to admit")
         with self._write:
             snap = self._snapshot
             old_ids = snap.ids
+            config = dict(snap.version.config) or dict(candidates[0].config)
+            for c in candidates:
+                if c.id in old_ids:
+                    raise ValueError(f"expert {c.id} is in the zoo already")
+                if dict(c.config) != config:
+                    raise ValueError(f"candidate {c.id} is built as {c.config}, the zoo's {config}")
+            if int(config.get("num_classes") or 0) < 2:
+                raise ValueError(f"the experts' config {config} names no num_classes")
+            self._classes = int(config["num_classes"])
             rng = np.random.default_rng([self.seed, snap.version.version])
             new_images, new_labels = [], []
             for c in candidates:
@@ -198,7 +223,7 @@ class Zoo:
                 new_labels.append(c.labels[keep].to(torch.uint8))
             f_images = np.concatenate(new_images)
             f_labels = torch.cat(new_labels)
-            models = [self._from_state(c.state) for c in candidates]
+            models = [self._from_state(c.state, config) for c in candidates]
             hist = snap.history
             # A[F_new, old], A[H, new], A[F_new, new]
             a_new_old = torch.stack(
@@ -241,6 +266,7 @@ class Zoo:
                     snap.version,
                     version=snap.version.version + 1,
                     created=now,
+                    config=config,
                     experts=tuple(experts),
                     gating=self.store.put_tensors(net.state_dict()),
                     history=self.store.put_tensors(history.to_tensors()),
@@ -286,8 +312,8 @@ class Zoo:
                 self._models.pop(e, None)
             return version
 
-    def _from_state(self, state: dict[str, Any]) -> SegmentationModel:
-        model = self.new_model()
+    def _from_state(self, state: dict[str, Any], config: dict[str, Any]) -> SegmentationModel:
+        model = self.new_model(self.arch, config)
         buf = io.BytesIO()  # a copy: the candidate's tensors stay the trainer's
         torch.save(state, buf)
         buf.seek(0)
@@ -297,4 +323,8 @@ class Zoo:
     def _acc(
         self, model: SegmentationModel, images: np.ndarray, labels: torch.Tensor
     ) -> torch.Tensor:
-        return per_frame_miou(model, images, labels.long(), self.num_classes)
+        return per_frame_miou(model, images, labels.long(), self._classes)
+
+
+def _write(f: BinaryIO, data: bytes) -> None:
+    f.write(data)
