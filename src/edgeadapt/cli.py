@@ -20,6 +20,10 @@ COMMANDS: dict[tuple[str | None, str], tuple[str, str]] = {
         "edgeadapt.bench.ams",
         "AMS against its baselines on one drifting video",
     ),
+    ("bench", "recl"): (
+        "edgeadapt.bench.recl",
+        "RECL (model zoo, gating, safety checker) against AMS on devices whose scenes recur",
+    ),
     ("bench", "stream"): (
         "edgeadapt.bench.stream",
         "devices one trainer process serves in real time, over gRPC",

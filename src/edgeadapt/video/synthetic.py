@@ -470,7 +470,8 @@ def build_timeline(
 
 
 class SyntheticVideo(VideoSource):
-    """The drifting synthetic video ``synthetic:seed=N,duration=S,size=WxH,fps=F``."""
+    """The drifting synthetic video ``synthetic:seed=N,duration=S,size=WxH,fps=F``; ``types=T``
+    scene types per video (4) drawn from the first ``library=L`` of the shared library (16)."""
 
     def __init__(
         self,
@@ -491,6 +492,8 @@ class SyntheticVideo(VideoSource):
         self._starts = [s.start for s in self.segments]
         self._phase = float(np.random.default_rng([seed, 2]).uniform(0, 2 * math.pi))
         self.spec = f"synthetic:seed={seed},duration={duration:g},size={width}x{height},fps={fps:g}"
+        if (library_size, types_per_video) != (LIBRARY_SIZE, 4):
+            self.spec += f",library={library_size},types={types_per_video}"
 
     @classmethod
     def from_spec(cls, spec: str) -> SyntheticVideo:
@@ -505,8 +508,9 @@ class SyntheticVideo(VideoSource):
                 if key == "size":
                     w, _, h = value.lower().partition("x")
                     kwargs["width"], kwargs["height"] = int(w), int(h)
-                elif key in ("seed", "types"):
-                    kwargs["seed" if key == "seed" else "types_per_video"] = int(value)
+                elif key in ("seed", "types", "library"):
+                    name = {"seed": "seed", "types": "types_per_video", "library": "library_size"}
+                    kwargs[name[key]] = int(value)
                 elif key in ("duration", "fps"):
                     kwargs[key] = float(value)
                 else:

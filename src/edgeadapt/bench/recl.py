@@ -1,0 +1,705 @@
+"""RECL against retraining alone on several devices whose scenes recur, within a link budget.
+
+    edgeadapt bench recl [--quick] [--devices N] --out FILE.json
+
+N devices (4) each watch their own synthetic video whose segments are drawn from a small shared
+scene library (``library=6,types=3``), so scene types recur on a device and across devices.
+Time advances in RECL's windows (30 s); every variant spends the same training compute per
+device and window (``iterations`` Adam steps of ``batch_size`` frames), and every model a device
+receives travels over its downlink budget (250 kbps): an update or a switch reaches the device
+only once its bytes have (a paced link), and a switch to a model the device holds in its cache of
+recent models costs a message.
+
+- ``ams``: AMS alone (its sampling of the window at 1 fps, 10 s update phases, sparse updates);
+- ``recl``: at each window's end the gating network's top-K experts, the device's model and its
+  last retrained model are scored on the window's teacher-labelled frames and the best is sent;
+  a retraining job warm-started from it trains on the window and sends its sparse delta (the
+  top ``gamma`` fraction of the change, as AMS would) to the trainer's copy; models that beat the
+  others by alpha are admitted to the shared zoo past gamma, and unused ones pruned;
+- ``recl_no_reuse``: the same without the zoo (the device's model and its last retrained one);
+- ``ams+recl``: RECL's selection at window boundaries, AMS's streaming within windows;
+- ``oracle_reuse``: ``recl`` with the safety checker trying every expert (no gating);
+- ``recl_unpruned``: ``recl`` with pruning off (the zoo-size comparison).
+
+Reported per variant: mean and p10 mIoU against the teacher over every device's scored frames,
+median and p90 seconds to recover after a cut (until within 2 points of the best 10 s mean the
+variant reaches in that segment), over all cuts and over cuts to scene types seen before,
+downlink and uplink kbps per device, zoo size over time, selection accuracy (the top-K holds the
+expert the exhaustive check would pick, once the zoo holds more than K) and CPU seconds spent on
+selection, retraining and zoo updates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeadapt.adapt.ams import AMSConfig, AMSSession, Teacher, freeze_batchnorm
+from edgeadapt.adapt.metrics import frame_miou
+from edgeadapt.adapt.update import ModelUpdate, encode_update
+from edgeadapt.models.data import to_tensor
+from edgeadapt.models.zoo import SegmentationModel
+from edgeadapt.recl.rules import ReclParams, safety_check
+from edgeadapt.recl.store import ZooStore
+from edgeadapt.recl.zoo import Candidate, Zoo, per_frame_miou
+from edgeadapt.video.codec import decode_h264, encode_h264
+from edgeadapt.video.source import open_source
+from edgeadapt.video.synthetic import NUM_CLASSES, SyntheticVideo
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("ams", "recl", "recl_no_reuse", "ams+recl", "oracle_reuse", "recl_unpruned")
+SWITCH_MESSAGE_BYTES = 64  # a switch to a model the device holds: its id and checksum
+BUDGET_SHARE = 0.85  # of a window's downlink budget one switch may take (as the trainer plans)
+
+
+@dataclass(frozen=True)
+class ReclBenchConfig:
+    devices: int = 4
+    duration: float = 480.0
+    library: int = 6
+    types: int = 3
+    seed: int = 1
+    window_s: float = 30.0
+    sample_fps: float = 1.0
+    eval_stride: float = 2.0
+    iterations: int = 15  # Adam steps per device and window, every variant
+    batch_size: int = 8
+    lr: float = 1e-3
+    update_fraction: float = 0.05  # coordinates a retraining job or AMS phase changes
+    downlink_kbps: float = 250.0
+    cache_size: int = 8
+    recl: ReclParams = field(default_factory=lambda: ReclParams(top_k=5, gamma=2, eta=2, q=48))
+    gating_fit_steps: int = 60
+    variants: tuple[str, ...] = VARIANTS
+
+
+@dataclass
+class Window:
+    """One device's upload for one window: frames, the teacher's labels, bytes on the wire."""
+
+    images: np.ndarray
+    labels: torch.Tensor
+    times: list[float]
+    nbytes: int
+
+
+@dataclass
+class DeviceData:
+    video: SyntheticVideo
+    windows: list[Window]
+    eval_times: list[float]
+    eval_images: np.ndarray
+    eval_labels: torch.Tensor
+    cuts: list[tuple[float, float, bool]]  # (start, end, recurring scene type)
+
+
+@dataclass
+class Link:
+    """A device's paced downlink and its cache of recent models."""
+
+    bps: float
+    cache_size: int
+    busy_until: float = 0.0
+    bytes: int = 0
+    cache: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    pending: list[tuple[float, Callable[[], None]]] = field(default_factory=list)
+
+    def send(self, now: float, nbytes: int, apply: Callable[[], None]) -> float:
+        arrival = max(now, self.busy_until) + nbytes * 8 / self.bps
+        self.busy_until = arrival
+        self.bytes += nbytes
+        self.pending.append((arrival, apply))
+        return arrival
+
+    def deliver(self, until: float) -> None:
+        due = [p for p in self.pending if p[0] <= until]
+        self.pending = [p for p in self.pending if p[0] > until]
+        for _, apply in sorted(due, key=lambda p: p[0]):
+            apply()
+
+    def remember(self, model_id: str | None) -> None:
+        if model_id is None:
+            return
+        self.cache[model_id] = None
+        self.cache.move_to_end(model_id)
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+
+
+@dataclass
+class Device:
+    """What one device runs (``weights``, as the device holds them) and what its trainer keeps."""
+
+    weights: torch.Tensor  # what it runs now
+    planned: torch.Tensor  # what it will run once its link has delivered what was sent
+    planned_id: str | None  # that model's id; None for a streamed or partly switched one
+    link: Link
+    scores: list[tuple[float, float]] = field(default_factory=list)
+    current: tuple[str, torch.Tensor] | None = None  # the trainer's view of the device's model
+    retrained: tuple[str, torch.Tensor] | None = None
+    session: AMSSession | None = None
+
+
+@dataclass
+class VariantResult:
+    scores: list[list[tuple[float, float]]]
+    downlink_bytes: list[int]
+    zoo_sizes: list[tuple[float, int]] = field(default_factory=list)
+    selections: int = 0
+    oracle_hits: int = 0
+    oracle_checks: int = 0
+    switches: int = 0
+    cached_switches: int = 0
+    partial_switches: int = 0
+    cpu: dict[str, float] = field(
+        default_factory=lambda: {"selection": 0.0, "retraining": 0.0, "zoo": 0.0}
+    )
+    seconds: float = 0.0
+
+
+class Harness:
+    def __init__(
+        self,
+        cfg: ReclBenchConfig,
+        teacher: SegmentationModel,
+        student: SegmentationModel,
+        workdir: Path,
+    ) -> None:
+        self.cfg = cfg
+        self.teacher = Teacher(teacher, torch.device("cpu"))
+        self.student = student.eval()
+        freeze_batchnorm(self.student)
+        self.student.eval()
+        self.workdir = workdir
+        self.params = list(self.student.parameters())
+        self.base = nn.utils.parameters_to_vector(self.params).detach().clone()
+        self.num_windows = int(cfg.duration // cfg.window_s)
+        self.data = [self._prepare(d) for d in range(cfg.devices)]
+        self._mark_recurring()
+        self.work = copy.deepcopy(self.student).eval()
+
+    # -- data ---------------------------------------------------------------------------------
+    def _prepare(self, d: int) -> DeviceData:
+        cfg = self.cfg
+        spec = (
+            f"synthetic:seed={cfg.seed * 100 + d},duration={cfg.duration:g},"
+            f"library={cfg.library},types={cfg.types}"
+        )
+        video = open_source(spec)
+        assert isinstance(video, SyntheticVideo)
+        windows = []
+        for w in range(self.num_windows):
+            t0 = w * cfg.window_s
+            times = [t0 + i / cfg.sample_fps for i in range(int(cfg.window_s * cfg.sample_fps))]
+            idx = [min(round(t * video.fps), video.num_frames - 1) for t in times]
+            data = encode_h264([video.frame(i).image for i in idx])
+            decoded = np.stack(decode_h264(data))
+            windows.append(Window(decoded, self.teacher.label(decoded), times, len(data)))
+        eval_times = list(np.arange(0.0, self.num_windows * cfg.window_s, cfg.eval_stride))
+        frames = [video.frame(min(round(t * video.fps), video.num_frames - 1)) for t in eval_times]
+        eval_images = np.stack([f.image for f in frames])
+        cuts = [(s.start, s.end, False) for s in video.segments[1:] if s.start < eval_times[-1]]
+        return DeviceData(
+            video, windows, eval_times, eval_images, self.teacher.label(eval_images), cuts
+        )
+
+    def _mark_recurring(self) -> None:
+        """A cut is to a recurring scene when its type played before, on any device."""
+        first_seen: dict[int, float] = {}
+        for dd in self.data:
+            for s in dd.video.segments:
+                first_seen[s.style_index] = min(first_seen.get(s.style_index, math.inf), s.start)
+        for dd in self.data:
+            styles = {s.start: s.style_index for s in dd.video.segments}
+            dd.cuts = [(a, b, first_seen[styles[a]] < a) for a, b, _ in dd.cuts]
+
+    # -- models -------------------------------------------------------------------------------
+    def load(self, weights: torch.Tensor) -> SegmentationModel:
+        nn.utils.vector_to_parameters(weights, self.work.parameters())
+        return self.work
+
+    def accuracy(self, weights: torch.Tensor, window: Window) -> float:
+        return float(
+            per_frame_miou(self.load(weights), window.images, window.labels, NUM_CLASSES).mean()
+        )
+
+    def retrain(self, start: torch.Tensor, window: Window, seed: int) -> torch.Tensor:
+        """``iterations`` Adam steps from ``start`` on the window; the top fraction of the
+        change is kept (rounded to float16, as it travels), the rest reverts."""
+        cfg = self.cfg
+        model = self.load(start.clone())
+        freeze_batchnorm(model)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        gen = torch.Generator().manual_seed(seed)
+        frames = to_tensor(window.images)
+        criterion = nn.CrossEntropyLoss()
+        for _ in range(cfg.iterations):
+            pick = torch.randint(len(frames), (cfg.batch_size,), generator=gen)
+            loss = criterion(model(frames[pick]), window.labels[pick])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        after = nn.utils.parameters_to_vector(model.parameters()).detach()
+        delta = after - start
+        k = max(1, int(cfg.update_fraction * len(delta)))
+        keep = torch.topk(delta.abs(), k).indices
+        out = start.clone()
+        out[keep] = after[keep].half().float()
+        return out
+
+    def deploy(
+        self,
+        device: Device,
+        now: float,
+        target: torch.Tensor,
+        target_id: str | None,
+        result: VariantResult,
+    ) -> tuple[torch.Tensor, str | None]:
+        """Send ``target`` to the device over its paced link; returns what the device will run.
+
+        A model the device holds (its cache of recent models) costs a message. Otherwise the
+        smaller of the difference from what the device will run and a snapshot travels, when it
+        fits one window's share of the budget; when it does not, the largest changes that fit
+        do (as AMS's updates would), and the next windows carry the rest."""
+        if target_id is not None and device.planned_id == target_id:
+            return device.planned, target_id
+        result.switches += 1
+        n = len(target)
+        running: str | None
+        if target_id is not None and target_id in device.link.cache:
+            result.cached_switches += 1
+            nbytes, weights, running = SWITCH_MESSAGE_BYTES, target.clone(), target_id
+        else:
+            changed = torch.nonzero(target.half() != device.planned.half()).squeeze(1)
+            diff = ModelUpdate(1, 0, n, changed.numpy().astype(np.int64),
+                               target[changed].half().numpy())  # fmt: skip
+            full = ModelUpdate(1, 0, n, np.arange(n, dtype=np.int64), target.half().numpy())
+            nbytes = min(len(encode_update(diff)), len(encode_update(full)))
+            weights, running = target.half().float(), target_id
+            budget = self.cfg.downlink_kbps * 1000 / 8 * self.cfg.window_s * BUDGET_SHARE
+            if nbytes > budget and len(changed):
+                per = len(encode_update(diff)) / len(changed)
+                k = max(1, int(budget / per))
+                gap = (target - device.planned).abs()[changed]
+                pick = changed[torch.topk(gap, min(k, len(changed))).indices].sort().values
+                part = ModelUpdate(1, 0, n, pick.numpy().astype(np.int64),
+                                   target[pick].half().numpy())  # fmt: skip
+                nbytes = len(encode_update(part))
+                weights = device.planned.clone()
+                weights[pick] = target[pick].half().float()
+                running = None
+                result.partial_switches += 1
+        device.planned, device.planned_id = weights, running
+
+        def apply() -> None:
+            device.weights = weights
+            device.link.remember(running)
+
+        device.link.send(now, nbytes, apply)
+        return weights, running
+
+    def score(self, d: int, device: Device, start: float, end: float) -> None:
+        dd = self.data[d]
+        for k, t in enumerate(dd.eval_times):
+            if start <= t < end:
+                device.link.deliver(t)
+                with torch.no_grad():
+                    pred = self.load(device.weights)(to_tensor(dd.eval_images[k : k + 1]))
+                device.scores.append(
+                    (t, frame_miou(pred.argmax(1)[0], dd.eval_labels[k], NUM_CLASSES))
+                )
+
+    # -- variants -----------------------------------------------------------------------------
+    def run(self, variant: str) -> VariantResult:
+        cfg = self.cfg
+        started = time.monotonic()
+        devices = [
+            Device(
+                self.base.clone(),
+                self.base.clone(),
+                "base",
+                Link(cfg.downlink_kbps * 1000, cfg.cache_size),
+            )
+            for _ in range(cfg.devices)
+        ]
+        for dev in devices:
+            dev.link.remember("base")
+            dev.current = ("base", self.base.clone())
+        result = VariantResult([], [])
+        uses_zoo = variant in ("recl", "ams+recl", "oracle_reuse", "recl_unpruned")
+        zoo = None
+        if uses_zoo:
+            params = cfg.recl if variant != "recl_unpruned" else replace(cfg.recl, eta=0)
+            zoo = Zoo(
+                ZooStore(
+                    tempfile.mkdtemp(prefix=f"zoo-{variant.replace('+', '-')}-", dir=self.workdir)
+                ),
+                arch=self.student.arch,
+                params=params,
+                history_size=256,
+                fit_steps=cfg.gating_fit_steps,
+                seed=cfg.seed,
+            )
+        if variant in ("ams", "ams+recl"):
+            ams = AMSConfig(
+                t_update=10.0,
+                iterations=cfg.iterations // 3,
+                gamma=cfg.update_fraction,
+                lr=cfg.lr,
+                batch_size=cfg.batch_size,
+                atr=False,
+            )
+            for dev in devices:
+                dev.session = AMSSession(self.student, ams, NUM_CLASSES)
+        queue: list[Candidate] = []
+        for w in range(self.num_windows):
+            t0, t1 = w * cfg.window_s, (w + 1) * cfg.window_s
+            for d, dev in enumerate(devices):
+                window = self.data[d].windows[w]
+                if dev.session is not None:
+                    self._ams_window(d, dev, window, t0, t1, result)
+                else:
+                    self.score(d, dev, t0, t1)
+                if variant == "ams":
+                    continue
+                self._select(variant, zoo, d, w, dev, window, t1, result, queue)
+            if zoo is not None:
+                c0 = time.process_time()
+                if len(queue) > zoo.params.gamma:
+                    zoo.admit(queue)
+                    queue = []
+                zoo.prune()
+                result.cpu["zoo"] += time.process_time() - c0
+                result.zoo_sizes.append((t1, len(zoo.snapshot.ids)))
+        result.scores = [dev.scores for dev in devices]
+        result.downlink_bytes = [dev.link.bytes for dev in devices]
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _ams_window(
+        self, d: int, dev: Device, window: Window, t0: float, t1: float, result: VariantResult
+    ) -> None:
+        """Three AMS phases over the window: ingest 10 s of frames, train, send the update."""
+        assert dev.session is not None
+        phase = (t1 - t0) / 3
+        for p in range(3):
+            a, b = t0 + p * phase, t0 + (p + 1) * phase
+            sel = [i for i, t in enumerate(window.times) if a <= t < b]
+            self.score(d, dev, a, b)
+            if sel:
+                dev.session.ingest(
+                    window.images[sel], window.labels[sel], [window.times[i] for i in sel]
+                )
+            c0 = time.process_time()
+            update = dev.session.train_phase(b)
+            result.cpu["retraining"] += time.process_time() - c0
+            if update is None:
+                continue
+            data = encode_update(update)
+            idx = torch.from_numpy(update.indices)
+            vals = torch.from_numpy(update.values.astype(np.float32))
+
+            def apply(idx: torch.Tensor = idx, vals: torch.Tensor = vals) -> None:
+                weights = dev.weights.clone()
+                weights[idx] = vals
+                dev.weights = weights
+
+            dev.planned = dev.planned.clone()
+            dev.planned[idx] = vals
+            dev.planned_id = None
+            dev.link.send(b, len(data), apply)
+        flat = dev.session.optimizer.flat_params().detach().clone()
+        dev.current = (f"d{d}-ams", flat)
+
+    def _select(
+        self,
+        variant: str,
+        zoo: Zoo | None,
+        d: int,
+        w: int,
+        dev: Device,
+        window: Window,
+        now: float,
+        result: VariantResult,
+        queue: list[Candidate],
+    ) -> None:
+        """The window's end: the safety checker picks the device's next model."""
+        assert dev.current is not None
+        c0 = time.process_time()
+        candidates: dict[str, torch.Tensor] = {dev.current[0]: dev.current[1]}
+        if dev.retrained is not None and variant != "ams+recl":
+            candidates[dev.retrained[0]] = dev.retrained[1]
+        if zoo is not None and zoo.snapshot.ids:
+            ids = (
+                zoo.snapshot.ids
+                if variant == "oracle_reuse"
+                else [e for e, _ in zoo.select(window.images)]
+            )
+            for e in ids:
+                candidates.setdefault(
+                    e, nn.utils.parameters_to_vector(zoo.model(e).parameters()).detach().clone()
+                )
+        scores = {c: self.accuracy(v, window) for c, v in candidates.items()}
+        retrained_id = dev.retrained[0] if dev.retrained is not None else None
+        if variant == "ams+recl":  # the streamed model, trained through this window
+            retrained_id = dev.current[0]
+        verdict = safety_check(
+            scores,
+            current=dev.current[0],
+            retrained=retrained_id,
+            alpha=zoo.params.alpha if zoo else 0.02,
+        )
+        result.cpu["selection"] += time.process_time() - c0
+        result.selections += 1
+        if zoo is not None:
+            zoo.record(verdict.winner)
+            if variant == "recl" and len(zoo.snapshot.ids) > zoo.params.top_k:
+                everyone = {
+                    e: self.accuracy(
+                        nn.utils.parameters_to_vector(zoo.model(e).parameters()).detach(), window
+                    )
+                    for e in zoo.snapshot.ids
+                }
+                best = max(everyone, key=lambda e: everyone[e])
+                result.oracle_checks += 1
+                result.oracle_hits += best in scores
+            if verdict.promising and variant == "ams+recl":
+                queue.append(self._candidate((f"d{d}-w{w}", dev.current[1]), d, w, window))
+            elif verdict.promising and dev.retrained is not None and w > 0:
+                queue.append(self._candidate(dev.retrained, d, w - 1, self.data[d].windows[w - 1]))
+        winner = candidates[verdict.winner]
+        if variant == "ams+recl":
+            assert dev.session is not None
+            if verdict.winner != dev.current[0]:
+                weights, _ = self.deploy(dev, now, winner, verdict.winner, result)
+                dev.session.optimizer.set_flat_params(weights.clone())
+            return
+        weights, running = self.deploy(dev, now, winner, verdict.winner, result)
+        dev.current = (running or f"d{d}-w{w}-partial", weights)
+        c0 = time.process_time()
+        dev.retrained = (f"d{d}-w{w}", self.retrain(winner, window, seed=w * 100 + d))
+        result.cpu["retraining"] += time.process_time() - c0
+
+    def _candidate(
+        self, model: tuple[str, torch.Tensor], d: int, w: int, window: Window
+    ) -> Candidate:
+        state = {k: v.clone() for k, v in self.load(model[1]).state_dict().items()}
+        return Candidate(
+            model[0],
+            state,
+            dict(self.student.config),
+            f"device-{d}",
+            w,
+            window.images,
+            window.labels.to(torch.uint8),
+        )
+
+
+# -- figures -------------------------------------------------------------------------------------
+
+
+def recovery_seconds(
+    scores: list[tuple[float, float]], cuts: list[tuple[float, float, bool]], smooth_s: float = 10.0
+) -> list[tuple[float, bool]]:
+    """Per cut: seconds until the 10 s mean comes within 2 points of the best 10 s mean the
+    variant reaches in that segment (the segment's length when it never does)."""
+    times = np.array([t for t, _ in scores])
+    values = np.array([v for _, v in scores])
+    out = []
+    for start, end, recurring in cuts:
+        sel = (times >= start) & (times < end)
+        if sel.sum() < 2:
+            continue
+        t, v = times[sel], values[sel]
+        rolling = np.array([v[(t >= x) & (t < x + smooth_s)].mean() for x in t])
+        target = rolling.max() - 0.02
+        reached = t[np.argmax(rolling >= target)]
+        out.append((float(reached - start), recurring))
+    return out
+
+
+def summarize(harness: Harness, result: VariantResult) -> dict[str, Any]:
+    cfg = harness.cfg
+    seconds = harness.num_windows * cfg.window_s
+    values = np.array([v for dev in result.scores for _, v in dev])
+    recoveries = [
+        r
+        for d, dev in enumerate(result.scores)
+        for r in recovery_seconds(dev, harness.data[d].cuts)
+    ]
+    all_cuts = [s for s, _ in recoveries]
+    recurring = [s for s, rec in recoveries if rec]
+    uplink = [sum(w.nbytes for w in dd.windows) for dd in harness.data]
+
+    def pct(xs: list[float], q: float) -> float | None:
+        return round(float(np.percentile(xs, q)), 1) if xs else None
+
+    out: dict[str, Any] = {
+        "miou_mean": round(100 * float(values.mean()), 2),
+        "miou_p10": round(100 * float(np.percentile(values, 10)), 2),
+        "recovery_s": {
+            "median": pct(all_cuts, 50),
+            "p90": pct(all_cuts, 90),
+            "cuts": len(all_cuts),
+        },
+        "recovery_recurring_s": {
+            "median": pct(recurring, 50),
+            "p90": pct(recurring, 90),
+            "cuts": len(recurring),
+        },
+        "downlink_kbps": [round(b * 8 / seconds / 1000, 1) for b in result.downlink_bytes],
+        "uplink_kbps": [round(b * 8 / seconds / 1000, 1) for b in uplink],
+        "switches": result.switches,
+        "cached_switches": result.cached_switches,
+        "partial_switches": result.partial_switches,
+        "cpu_seconds": {k: round(v, 1) for k, v in result.cpu.items()},
+        "seconds": round(result.seconds, 1),
+    }
+    if result.zoo_sizes:
+        out["zoo_size"] = {
+            "final": result.zoo_sizes[-1][1],
+            "max": max(n for _, n in result.zoo_sizes),
+            "over_time": result.zoo_sizes,
+        }
+    if result.oracle_checks:
+        out["selection_accuracy"] = round(result.oracle_hits / result.oracle_checks, 3)
+        out["selection_checks"] = result.oracle_checks
+    return out
+
+
+def targets(variants: dict[str, dict[str, Any]], budget: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    ams, recl = variants.get("ams"), variants.get("recl")
+    if ams and recl:
+        a, r = ams["recovery_recurring_s"]["median"], recl["recovery_recurring_s"]["median"]
+        out["recl_recovery_le_third_of_ams"] = None if a is None or r is None else r <= a / 3
+        out["recl_miou_ge_ams_plus_2"] = recl["miou_mean"] >= ams["miou_mean"] + 2
+        both = variants.get("ams+recl")
+        if both:
+            out["ams+recl_ge_both"] = both["miou_mean"] >= max(ams["miou_mean"], recl["miou_mean"])
+    if recl and "selection_accuracy" in recl:
+        out["topk_holds_oracle_ge_80pct"] = recl["selection_accuracy"] >= 0.8
+    pruned, unpruned = variants.get("recl"), variants.get("recl_unpruned")
+    if pruned and unpruned and "zoo_size" in pruned and "zoo_size" in unpruned:
+        out["pruned_zoo_le_third"] = pruned["zoo_size"]["final"] * 3 <= max(
+            unpruned["zoo_size"]["final"], 1
+        )
+        out["pruning_costs_le_half_point"] = unpruned["miou_mean"] - pruned["miou_mean"] <= 0.5
+    out["downlink_within_budget"] = all(
+        max(v["downlink_kbps"]) <= budget for v in variants.values()
+    )
+    return out
+
+
+def run_benchmark(
+    cfg: ReclBenchConfig, teacher: SegmentationModel, student: SegmentationModel, workdir: Path
+) -> dict[str, Any]:
+    t0 = time.monotonic()
+    harness = Harness(cfg, teacher, student, workdir)
+    log.info(
+        "prepared %d devices x %d windows in %.0fs",
+        cfg.devices,
+        harness.num_windows,
+        time.monotonic() - t0,
+    )
+    variants: dict[str, dict[str, Any]] = {}
+    for name in cfg.variants:
+        result = harness.run(name)
+        variants[name] = summarize(harness, result)
+        s = variants[name]
+        log.info(
+            "%-14s mIoU %6.2f p10 %6.2f recovery(recurring) %s down %s kbps (%.0fs)",
+            name,
+            s["miou_mean"],
+            s["miou_p10"],
+            s["recovery_recurring_s"]["median"],
+            s["downlink_kbps"],
+            result.seconds,
+        )
+    return {
+        "devices": [
+            {
+                "video": dd.video.spec,
+                "cuts": len(dd.cuts),
+                "recurring_cuts": sum(1 for c in dd.cuts if c[2]),
+            }
+            for dd in harness.data
+        ],
+        "variants": variants,
+        "targets": targets(variants, cfg.downlink_kbps),
+        "student_parameters": int(harness.base.numel()),
+        "seconds": round(time.monotonic() - t0, 1),
+        "config": json.loads(json.dumps(asdict(cfg), default=str)),
+    }
+
+
+# -- command line --------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument("--quick", action="store_true", help="8 minutes of video instead of 20")
+    parser.add_argument("--devices", type=int, default=4)
+    parser.add_argument("--duration", type=float, help="seconds of video per device (override)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", type=Path, required=True, help="JSON output; a .png beside it")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
+    parser.add_argument("--profile", default="bench", help="model training profile (bench, tiny)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgeadapt.models.cache import ensure_checkpoint, training_args
+    from edgeadapt.models.train import make_model
+    from edgeadapt.models.zoo import load_weights
+
+    variants = tuple(v for v in args.variants.split(",") if v)
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
+    cfg = ReclBenchConfig(
+        devices=args.devices,
+        duration=args.duration or (480.0 if args.quick else 1200.0),
+        seed=args.seed,
+        variants=variants,
+    )
+    models = {}
+    for role in ("teacher", "student"):
+        path = ensure_checkpoint(role, args.profile)
+        models[role] = load_weights(make_model(training_args(role, args.profile)), path)
+    torch.manual_seed(cfg.seed)
+    with tempfile.TemporaryDirectory(prefix="edgeadapt-bench-recl-") as tmp:
+        report = run_benchmark(cfg, models["teacher"], models["student"], Path(tmp))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(
+        json.dumps(
+            {
+                "variants": {
+                    k: {
+                        m: v[m]
+                        for m in ("miou_mean", "miou_p10", "recovery_recurring_s", "downlink_kbps")
+                    }
+                    for k, v in report["variants"].items()
+                },
+                "targets": report["targets"],
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {args.out}")
+    return 0

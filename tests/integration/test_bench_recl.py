@@ -1,0 +1,57 @@
+"""One small end-to-end run of the RECL benchmark, as a real process through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_bench_recl_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "recl.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    variants = ["ams", "recl", "ams+recl"]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeadapt",
+            "bench",
+            "recl",
+            "--profile",
+            "tiny",
+            "--devices",
+            "2",
+            "--duration",
+            "90",
+            "--variants",
+            ",".join(variants),
+            "--out",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert list(report["variants"]) == variants
+    for name, v in report["variants"].items():
+        assert 0 < v["miou_mean"] <= 100, name
+        assert v["miou_p10"] <= v["miou_mean"]
+        assert len(v["downlink_kbps"]) == len(v["uplink_kbps"]) == 2
+        # Every model reached its device over the paced link.
+        assert max(v["downlink_kbps"]) <= report["config"]["downlink_kbps"]
+        assert set(v["cpu_seconds"]) == {"selection", "retraining", "zoo"}
+    assert report["variants"]["ams"]["switches"] == 0
+    assert "zoo_size" in report["variants"]["recl"]
+    assert report["targets"]["downlink_within_budget"] is True
