@@ -126,6 +126,10 @@ class Link:
         self.pending.append((arrival, apply))
         return arrival
 
+    def room(self, now: float, horizon: float) -> float:
+        """Bytes that can still arrive by ``now + horizon`` after what is queued."""
+        return max(0.0, now + horizon - max(now, self.busy_until)) * self.bps / 8
+
     def deliver(self, until: float) -> None:
         due = [p for p in self.pending if p[0] <= until]
         self.pending = [p for p in self.pending if p[0] > until]
@@ -153,6 +157,7 @@ class Device:
     current: tuple[str, torch.Tensor] | None = None  # the trainer's view of the device's model
     retrained: tuple[str, torch.Tensor] | None = None
     session: AMSSession | None = None
+    bytes_per_coordinate: float = 2.5  # of AMS updates, measured after the first
 
 
 @dataclass
@@ -292,10 +297,14 @@ class Harness:
             full = ModelUpdate(1, 0, n, np.arange(n, dtype=np.int64), target.half().numpy())
             nbytes = min(len(encode_update(diff)), len(encode_update(full)))
             weights, running = target.half().float(), target_id
-            budget = self.cfg.downlink_kbps * 1000 / 8 * self.cfg.window_s * BUDGET_SHARE
+            # What the link can carry in the next window after what is queued on it.
+            budget = device.link.room(now, self.cfg.window_s) * BUDGET_SHARE
             if nbytes > budget and len(changed):
                 per = len(encode_update(diff)) / len(changed)
-                k = max(1, int(budget / per))
+                k = int(budget / per)
+                if k == 0:  # the link is full: the device keeps its model this window
+                    result.switches -= 1
+                    return device.planned, device.planned_id
                 gap = (target - device.planned).abs()[changed]
                 pick = changed[torch.topk(gap, min(k, len(changed))).indices].sort().values
                 part = ModelUpdate(1, 0, n, pick.numpy().astype(np.int64),
@@ -406,12 +415,20 @@ class Harness:
                 dev.session.ingest(
                     window.images[sel], window.labels[sel], [window.times[i] for i in sel]
                 )
+            # The update fraction the link can carry by the next phase's end (as the trainer's
+            # link planner does); below a tenth of it the phase waits, its frames kept.
+            n = dev.session.num_params
+            room = dev.link.room(b, phase) * BUDGET_SHARE
+            fraction = min(self.cfg.update_fraction, room / (dev.bytes_per_coordinate * n))
+            if fraction < self.cfg.update_fraction / 10:
+                continue
             c0 = time.process_time()
-            update = dev.session.train_phase(b)
+            update = dev.session.train_phase(b, gamma=fraction)
             result.cpu["retraining"] += time.process_time() - c0
             if update is None:
                 continue
             data = encode_update(update)
+            dev.bytes_per_coordinate = len(data) / max(len(update.indices), 1)
             idx = torch.from_numpy(update.indices)
             vals = torch.from_numpy(update.values.astype(np.float32))
 
