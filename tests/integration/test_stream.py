@@ -779,11 +779,12 @@ def test_an_agent_offline_with_a_full_queue_keeps_inferring_and_exits(
     late = samples[-1]
     assert late["batches_dropped"] >= 5, late
     assert late["batches_pending"] <= 2
-    assert late["connection"] in ("connecting", "disconnected")
     # Inference at the source's 10 fps all through the run (after the first 5 s window filled;
-    # the last samples may fall into the drain after the duration, when inference has stopped).
+    # the last samples may fall into the drain after the duration, when inference has stopped
+    # and the link may already show "stopped").
     running = [st for st in samples if 6.0 <= st["elapsed_s"] <= 13.0]
     assert len(running) >= 4, samples
+    assert all(st["connection"] in ("connecting", "disconnected") for st in running), running
     assert min(st["inference_fps_5s"] for st in running) >= 9.0, running
     summary = json.loads((cluster.workdir / "cam-offline.summary.json").read_text())
     assert summary["frames_inferred"] >= 130
