@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import io
 import logging
-import signal
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -22,12 +21,14 @@ from typing import Any
 import grpc
 import numpy as np
 import torch
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 
+from edgeadapt import serving
 from edgeadapt._proto.gating.v1 import gating_pb2 as pb
 from edgeadapt._proto.gating.v1 import gating_pb2_grpc as pb_grpc
 from edgeadapt.recl.rules import AdmissionQueue
 from edgeadapt.recl.zoo import Candidate, Zoo
+from edgeadapt.serving import bind, set_health
 from edgeadapt.stream.auth import from_metadata, verify_token
 from edgeadapt.video.codec import CodecError, decode_h264_bounded
 
@@ -317,22 +318,15 @@ class GatingServer:
             self.servicer, self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        if self.credentials is None:
-            self.port = self.server.add_insecure_port(self.listen)
-        else:
-            self.port = self.server.add_secure_port(self.listen, self.credentials)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.listen}")
+        self.port = bind(self.server, self.listen, self.credentials)
         await self.server.start()
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await set_health(self.health, [SERVICE_NAME], serving=True)
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking calls, let a running admission finish (or be cut: the zoo stays at its
         last committed version), keep the selection counts."""
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await set_health(self.health, [SERVICE_NAME], serving=False)
         if self.server is not None:
             await self.server.stop(grace)
         task = self.servicer.admission
@@ -341,19 +335,6 @@ class GatingServer:
         await asyncio.to_thread(self.servicer.zoo.save_log)
 
 
-async def serve(
-    server: GatingServer, on_started: Any = None, shutdown_timeout: float = 20.0
-) -> None:
+async def serve(server: Any, on_started: Any = None, shutdown_timeout: float = 20.0) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    port = await server.start()
-    log.info("gating service serving", extra={"port": port, "listen": server.listen})
-    if on_started is not None:
-        on_started(port)
-    await stop.wait()
-    log.info("shutting down")
-    await asyncio.wait_for(server.stop(), shutdown_timeout)
-    log.info("stopped")
+    await serving.serve(server, "gating service", on_started, shutdown_timeout)

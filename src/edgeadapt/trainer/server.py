@@ -13,7 +13,6 @@ import asyncio
 import collections
 import hashlib
 import logging
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,10 +21,12 @@ from typing import Any, NoReturn
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 
+from edgeadapt import serving
 from edgeadapt._proto.stream.v1 import stream_pb2 as pb
 from edgeadapt._proto.stream.v1 import stream_pb2_grpc as pb_grpc
+from edgeadapt.serving import bind, set_health
 from edgeadapt.stream.auth import from_metadata, valid_device_id, verify_token
 from edgeadapt.stream.messages import (
     REJECTED_BATCH_KEY,
@@ -469,22 +470,15 @@ class TrainerServer:
             self.servicer, self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        if self.credentials is None:
-            self.port = self.server.add_insecure_port(self.listen)
-        else:
-            self.port = self.server.add_secure_port(self.listen, self.credentials)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.listen}")
+        self.port = bind(self.server, self.listen, self.credentials)
         await self.server.start()
         self.hub.start()
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await set_health(self.health, [SERVICE_NAME], serving=True)
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking streams, let the worker finish and persist, close streams, stop."""
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await set_health(self.health, [SERVICE_NAME], serving=False)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.hub.stop)
         if self.server is not None:
@@ -492,19 +486,6 @@ class TrainerServer:
         self.servicer.shutdown()
 
 
-async def serve(
-    server: TrainerServer, on_started: Any = None, shutdown_timeout: float = 20.0
-) -> None:
+async def serve(server: Any, on_started: Any = None, shutdown_timeout: float = 20.0) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    port = await server.start()
-    log.info("trainer serving", extra={"port": port, "listen": server.listen})
-    if on_started is not None:
-        on_started(port)
-    await stop.wait()
-    log.info("shutting down")
-    await asyncio.wait_for(server.stop(), shutdown_timeout)
-    log.info("stopped")
+    await serving.serve(server, "trainer", on_started, shutdown_timeout)
