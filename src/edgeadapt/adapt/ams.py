@@ -317,6 +317,36 @@ class EdgeModel:
             self.version = version
             self._checksum = None
 
+    @torch.no_grad()
+    def switch(self, params: torch.Tensor, version: int, base_version: int, checksum: int) -> bool:
+        """Run another whole model (a cached zoo expert) as ``version``; False (counted) if the
+        agent is not at ``base_version`` or ``params`` do not have ``checksum``.
+
+        Like :meth:`apply`: written into the inactive copy, swapped in between frames, then
+        copied into the new inactive one.
+        """
+        with self._apply_lock:
+            if base_version != self.version:
+                return self._reject(
+                    f"switch from version {base_version}, edge is at {self.version}"
+                )
+            if params.numel() != self.num_params:
+                return self._reject(
+                    f"switch to {params.numel()} parameters, model has {self.num_params}"
+                )
+            got = model_checksum(params)
+            if got != checksum:
+                return self._reject(f"expert checksum {got:08x}, trainer has {checksum:08x}")
+            torch.nn.utils.vector_to_parameters(params.to(self.device), self._params(self.inactive))
+            with self._swap_lock:
+                self.active, self.inactive = self.inactive, self.active
+                self.version = version
+            self._checksum = got
+            torch.nn.utils.vector_to_parameters(params.to(self.device), self._params(self.inactive))
+            self.applied += 1
+            self.last_error = ""
+            return True
+
     def _reject(self, reason: str) -> bool:
         self.rejected += 1
         self.last_error = reason

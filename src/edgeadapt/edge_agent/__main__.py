@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, help="keep the model in use here across restarts")
     p.add_argument("--max-pending", type=int, default=60, help="sample batches kept offline")
     p.add_argument(
+        "--expert-cache",
+        type=int,
+        default=4,
+        help="zoo experts kept on disk (under --state-dir) for RECL switches; 0: none",
+    )
+    p.add_argument(
         "--uplink-kbps",
         type=_kbps,
         default=None,
@@ -139,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if not valid_device_id(args.device_id):
         log.error("--device-id must be a DNS-1123 name, got %r", args.device_id)
+        return 2
+    if args.expert_cache < 0:
+        log.error("--expert-cache must be 0 or more, got %d", args.expert_cache)
         return 2
     env_token = os.environ.get("EDGEADAPT_TOKEN", "")
     if (
@@ -204,6 +213,7 @@ def _run(
 ) -> int:
     from edgeadapt.adapt.ams import EdgeModel
     from edgeadapt.edge_agent.agent import Agent, AgentOptions, load_state, restore_edge
+    from edgeadapt.edge_agent.experts import ExpertCache
     from edgeadapt.models.zoo import load_checkpoint_model
     from edgeadapt.stream.messages import register_message
     from edgeadapt.video.av_source import NETWORK_SCHEMES
@@ -235,6 +245,11 @@ def _run(
             register.link.uplink_kbps = args.uplink_kbps or 0.0
             register.link.downlink_kbps = args.downlink_kbps or 0.0
         link = link_config(register)
+        link.experts = ExpertCache(
+            args.expert_cache,
+            edge.num_params,
+            args.state_dir / "experts" if args.state_dir is not None else None,
+        )
     agent = Agent(
         AgentOptions(
             device_id=args.device_id,

@@ -37,6 +37,7 @@ from edgeadapt._proto.stream.v1 import stream_pb2 as pb
 from edgeadapt.adapt.ams import EdgeModel
 from edgeadapt.adapt.update import parameter_vector
 from edgeadapt.durable import write_atomically
+from edgeadapt.edge_agent.experts import ExpertCache
 from edgeadapt.edge_agent.link import EncodedBatch, Link, LinkConfig, LinkEvents, LinkState
 from edgeadapt.stream.messages import MAX_BATCH_BYTES
 from edgeadapt.video.codec import encode_h264
@@ -545,7 +546,20 @@ class Agent(LinkEvents):
             "connection": link.state.value if link is not None else "none",
             "connects": link.connects if link is not None else 0,
             "last_link_error": link.last_error if link is not None else "",
+            "expert_cache": _cache_view(link.cfg.experts if link is not None else None),
         }
+
+
+def _cache_view(cache: ExpertCache | None) -> dict[str, Any] | None:
+    if cache is None:
+        return None
+    return {
+        "capacity": cache.capacity,
+        "experts": [expert_id for expert_id, _ in cache.entries()],
+        "hits": cache.hits,
+        "misses": cache.misses,
+        "corrupt": cache.corrupt,
+    }
 
 
 def load_state(path: Path, device_id: str, num_params: int) -> tuple[int, torch.Tensor] | None:

@@ -27,7 +27,8 @@ import grpc
 from edgeadapt._proto.stream.v1 import stream_pb2 as pb
 from edgeadapt._proto.stream.v1 import stream_pb2_grpc as pb_grpc
 from edgeadapt.adapt.ams import EdgeModel
-from edgeadapt.adapt.update import UpdateError
+from edgeadapt.adapt.update import UpdateError, parameter_vector
+from edgeadapt.edge_agent.experts import ExpertCache
 from edgeadapt.stream.auth import call_metadata
 from edgeadapt.stream.messages import (
     CHANNEL_OPTIONS,
@@ -70,6 +71,7 @@ class LinkConfig:
     backoff_max: float = 30.0
     server_name: str | None = None  # TLS name override
     token_file: Path | None = None  # read again on every connect (a re-minted token is used)
+    experts: ExpertCache | None = None  # recently run zoo experts (RECL switches)
 
     def current_token(self) -> str:
         if self.token_file is None:
@@ -232,6 +234,11 @@ class Link(threading.Thread):
         register.CopyFrom(self.cfg.register)
         register.model_version = self.edge.version
         register.model_checksum = self.edge.checksum()
+        if self.cfg.experts is not None:
+            register.expert_cache_size = self.cfg.experts.capacity
+            del register.cached_experts[:]
+            for expert_id, checksum in self.cfg.experts.entries():
+                register.cached_experts.add(id=expert_id, model_checksum=checksum)
         out.put(pb.AgentMessage(register=register))
         self._out = out
         with open_channel(self.cfg) as channel:
@@ -310,6 +317,8 @@ class Link(threading.Thread):
                 self._send(out, pb.AgentMessage(samples=self._samples(b)))
         elif kind == "update":
             self._apply(out, message.update)
+        elif kind == "switch_expert":
+            self._switch(out, message.switch_expert)
         elif kind == "settings":
             self.events.settings(message.settings)
         elif kind == "batch_ack":
@@ -344,14 +353,11 @@ class Link(threading.Thread):
             self.edge.last_error = f"internal error: {exc!r}"
             self.events.failure("link", exc)
             applied = False
+        if applied and update.expert_id and self.cfg.experts is not None:
+            # The model is now that zoo expert: keep it, so switching back costs a message.
+            self.cfg.experts.put(update.expert_id, parameter_vector(self.edge.active))
         reason = "" if applied else self.edge.last_error
-        self.events.update(applied, reason)
-        self._send(
-            out,
-            pb.AgentMessage(
-                ack=pb.UpdateAck(version=self.edge.version, applied=applied, reason=reason)
-            ),
-        )
+        self._answer(out, applied, reason)
         if applied:
             log.info(
                 "update applied",
@@ -372,11 +378,52 @@ class Link(threading.Thread):
                     "base_version": update.base_version,
                 },
             )
-            self._send(
-                out,
-                pb.AgentMessage(
-                    resync=pb.ResyncRequest(
-                        have_version=self.edge.version, have_checksum=self.edge.checksum()
-                    )
-                ),
+            self._resync(out)
+
+    def _answer(self, out: queue.Queue[object], applied: bool, reason: str) -> None:
+        self.events.update(applied, reason)
+        self._send(
+            out,
+            pb.AgentMessage(
+                ack=pb.UpdateAck(version=self.edge.version, applied=applied, reason=reason)
+            ),
+        )
+
+    def _resync(self, out: queue.Queue[object]) -> None:
+        self._send(
+            out,
+            pb.AgentMessage(
+                resync=pb.ResyncRequest(
+                    have_version=self.edge.version, have_checksum=self.edge.checksum()
+                )
+            ),
+        )
+
+    def _switch(self, out: queue.Queue[object], message: pb.SwitchExpert) -> None:
+        """Run a cached expert; a miss or a mismatch is rejected and answered with a resync."""
+        cache = self.cfg.experts
+        params = None
+        if cache is not None:
+            params = cache.get(message.expert_id, message.model_checksum)
+        if params is None:
+            self.edge.rejected += 1
+            self.edge.last_error = f"expert {message.expert_id!r} is not in the expert cache"
+            applied = False
+        else:
+            applied = self.edge.switch(
+                params, message.version, message.base_version, message.model_checksum
             )
+        reason = "" if applied else self.edge.last_error
+        self._answer(out, applied, reason)
+        if applied:
+            log.info(
+                "switched to a cached expert",
+                extra={
+                    "device": self.cfg.device_id,
+                    "expert": message.expert_id,
+                    "version": self.edge.version,
+                },
+            )
+        else:
+            log.warning("switch rejected: %s", reason, extra={"device": self.cfg.device_id})
+            self._resync(out)

@@ -77,7 +77,9 @@ def wire_size(message: Message) -> int:
     return message.ByteSize() + GRPC_FRAME_BYTES
 
 
-def update_message(data: bytes, model_checksum: int, snapshot: bool = False) -> pb.ModelUpdate:
+def update_message(
+    data: bytes, model_checksum: int, snapshot: bool = False, expert_id: str = ""
+) -> pb.ModelUpdate:
     """Split an encoded update into the message's fields."""
     if len(data) < HEADER.size:
         raise UpdateError("update shorter than its header")
@@ -94,6 +96,7 @@ def update_message(data: bytes, model_checksum: int, snapshot: bool = False) -> 
         checksum=crc,
         model_checksum=model_checksum,
         snapshot=snapshot,
+        expert_id=expert_id,
     )
 
 
@@ -183,6 +186,7 @@ class UpdateJoiner:
             msg.model_checksum,
             msg.snapshot,
             msg.parts,
+            msg.expert_id,
         )
 
     def add(self, msg: pb.ModelUpdate) -> pb.ModelUpdate | None:

@@ -51,6 +51,7 @@ HUB_THREADS = 8  # attach, resync (may wait for a training phase) and ack
 DECODE_THREADS = 2
 SUBMIT_RETRY = 0.05  # seconds between tries to queue a batch while the hub's queue is full
 MODEL_CHUNK = 256 * 1024  # bytes per ModelChunk of the starting model
+MAX_EXPERT_CACHE = 64  # experts an agent may say it caches (EdgeDevice spec.expertCache maximum)
 REFUSALS_KEPT = 1024  # device ids whose last refused call /status remembers
 
 
@@ -291,6 +292,15 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
             )
         if not valid_device_id(register.device_id):
             await self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid device id")
+        if register.expert_cache_size > MAX_EXPERT_CACHE or len(register.cached_experts) > max(
+            register.expert_cache_size, 0
+        ):
+            await self._fail(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"expert cache of {register.expert_cache_size} holding "
+                f"{len(register.cached_experts)} experts (at most {MAX_EXPERT_CACHE})",
+            )
         device_id = register.device_id
         loop = asyncio.get_running_loop()
         handler = asyncio.current_task()

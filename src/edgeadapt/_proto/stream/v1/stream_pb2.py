@@ -24,49 +24,53 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n edgeadapt/stream/v1/stream.proto\x12\x13\x65\x64geadapt.stream.v1\"\xe3\x01\n\x0c\x41gentMessage\x12\x31\n\x08register\x18\x01 \x01(\x0b\x32\x1d.edgeadapt.stream.v1.RegisterH\x00\x12\x33\n\x07samples\x18\x02 \x01(\x0b\x32 .edgeadapt.stream.v1.SampleBatchH\x00\x12-\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x1e.edgeadapt.stream.v1.UpdateAckH\x00\x12\x34\n\x06resync\x18\x04 \x01(\x0b\x32\".edgeadapt.stream.v1.ResyncRequestH\x00\x42\x06\n\x04\x62ody\"V\n\tModelSpec\x12\x0c\n\x04\x61rch\x18\x01 \x01(\t\x12\x13\n\x0bnum_classes\x18\x02 \x01(\r\x12\x12\n\nwidth_mult\x18\x03 \x01(\x02\x12\x12\n\nnum_params\x18\x04 \x01(\x04\"\xf9\x01\n\x08Register\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\'\n\x04task\x18\x02 \x01(\x0e\x32\x19.edgeadapt.stream.v1.Task\x12-\n\x05model\x18\x03 \x01(\x0b\x32\x1e.edgeadapt.stream.v1.ModelSpec\x12\x15\n\rmodel_version\x18\x04 \x01(\x04\x12\x16\n\x0emodel_checksum\x18\x05 \x01(\x07\x12\r\n\x05\x61\x64\x61pt\x18\x06 \x01(\x08\x12\x15\n\ragent_version\x18\x07 \x01(\t\x12-\n\x04link\x18\x08 \x01(\x0b\x32\x1f.edgeadapt.stream.v1.LinkBudget\"8\n\nLinkBudget\x12\x13\n\x0buplink_kbps\x18\x01 \x01(\x01\x12\x15\n\rdownlink_kbps\x18\x02 \x01(\x01\"\x9d\x01\n\x0bSampleBatch\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12)\n\x05\x63odec\x18\x02 \x01(\x0e\x32\x1a.edgeadapt.stream.v1.Codec\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x12\n\ntimestamps\x18\x04 \x03(\x01\x12\r\n\x05width\x18\x05 \x01(\r\x12\x0e\n\x06height\x18\x06 \x01(\r\x12\x15\n\rmodel_version\x18\x07 \x01(\x04\"=\n\tUpdateAck\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"<\n\rResyncRequest\x12\x14\n\x0chave_version\x18\x01 \x01(\x04\x12\x15\n\rhave_checksum\x18\x02 \x01(\x07\"\xe4\x01\n\x0eTrainerMessage\x12/\n\x07welcome\x18\x01 \x01(\x0b\x32\x1c.edgeadapt.stream.v1.WelcomeH\x00\x12\x32\n\x06update\x18\x02 \x01(\x0b\x32 .edgeadapt.stream.v1.ModelUpdateH\x00\x12\x31\n\x08settings\x18\x03 \x01(\x0b\x32\x1d.edgeadapt.stream.v1.SettingsH\x00\x12\x32\n\tbatch_ack\x18\x04 \x01(\x0b\x32\x1d.edgeadapt.stream.v1.BatchAckH\x00\x42\x06\n\x04\x62ody\"e\n\x07Welcome\x12\x15\n\rmodel_version\x18\x01 \x01(\x04\x12/\n\x08settings\x18\x02 \x01(\x0b\x32\x1d.edgeadapt.stream.v1.Settings\x12\x12\n\ntrainer_id\x18\x03 \x01(\t\"s\n\x08Settings\x12\x19\n\x11sampling_rate_fps\x18\x01 \x01(\x01\x12\x19\n\x11update_interval_s\x18\x02 \x01(\x01\x12\x18\n\x10max_batch_frames\x18\x03 \x01(\r\x12\x17\n\x0fmax_batch_bytes\x18\x04 \x01(\x04\"\'\n\x08\x42\x61tchAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06\x66rames\x18\x02 \x01(\r\"\xad\x02\n\x0bModelUpdate\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x04\x12\x12\n\nnum_params\x18\x03 \x01(\x04\x12\x38\n\rmask_encoding\x18\x04 \x01(\x0e\x32!.edgeadapt.stream.v1.MaskEncoding\x12\x32\n\nvalue_type\x18\x05 \x01(\x0e\x32\x1e.edgeadapt.stream.v1.ValueType\x12\x0c\n\x04mask\x18\x06 \x01(\x0c\x12\x0e\n\x06values\x18\x07 \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x08 \x01(\x07\x12\x16\n\x0emodel_checksum\x18\t \x01(\x07\x12\x10\n\x08snapshot\x18\n \x01(\x08\x12\x0c\n\x04part\x18\x0b \x01(\r\x12\r\n\x05parts\x18\x0c \x01(\r\">\n\x14StartingModelRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x13\n\x0bhave_sha256\x18\x02 \x01(\t\"N\n\nModelChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t*<\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x1e\n\x1aTASK_SEMANTIC_SEGMENTATION\x10\x01*.\n\x05\x43odec\x12\x15\n\x11\x43ODEC_UNSPECIFIED\x10\x00\x12\x0e\n\nCODEC_H264\x10\x01*:\n\x0cMaskEncoding\x12\x0c\n\x08MASK_ALL\x10\x00\x12\r\n\tMASK_BITS\x10\x01\x12\r\n\tMASK_GAPS\x10\x02*1\n\tValueType\x12\x11\n\rVALUE_FLOAT16\x10\x00\x12\x11\n\rVALUE_FLOAT32\x10\x01\x32\xcc\x01\n\x11\x41\x64\x61ptationService\x12U\n\x07\x43onnect\x12!.edgeadapt.stream.v1.AgentMessage\x1a#.edgeadapt.stream.v1.TrainerMessage(\x01\x30\x01\x12`\n\x10GetStartingModel\x12).edgeadapt.stream.v1.StartingModelRequest\x1a\x1f.edgeadapt.stream.v1.ModelChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n edgeadapt/stream/v1/stream.proto\x12\x13\x65\x64geadapt.stream.v1\"\xe3\x01\n\x0c\x41gentMessage\x12\x31\n\x08register\x18\x01 \x01(\x0b\x32\x1d.edgeadapt.stream.v1.RegisterH\x00\x12\x33\n\x07samples\x18\x02 \x01(\x0b\x32 .edgeadapt.stream.v1.SampleBatchH\x00\x12-\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x1e.edgeadapt.stream.v1.UpdateAckH\x00\x12\x34\n\x06resync\x18\x04 \x01(\x0b\x32\".edgeadapt.stream.v1.ResyncRequestH\x00\x42\x06\n\x04\x62ody\"V\n\tModelSpec\x12\x0c\n\x04\x61rch\x18\x01 \x01(\t\x12\x13\n\x0bnum_classes\x18\x02 \x01(\r\x12\x12\n\nwidth_mult\x18\x03 \x01(\x02\x12\x12\n\nnum_params\x18\x04 \x01(\x04\"\xcf\x02\n\x08Register\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\'\n\x04task\x18\x02 \x01(\x0e\x32\x19.edgeadapt.stream.v1.Task\x12-\n\x05model\x18\x03 \x01(\x0b\x32\x1e.edgeadapt.stream.v1.ModelSpec\x12\x15\n\rmodel_version\x18\x04 \x01(\x04\x12\x16\n\x0emodel_checksum\x18\x05 \x01(\x07\x12\r\n\x05\x61\x64\x61pt\x18\x06 \x01(\x08\x12\x15\n\ragent_version\x18\x07 \x01(\t\x12-\n\x04link\x18\x08 \x01(\x0b\x32\x1f.edgeadapt.stream.v1.LinkBudget\x12\x19\n\x11\x65xpert_cache_size\x18\t \x01(\r\x12\x39\n\x0e\x63\x61\x63hed_experts\x18\n \x03(\x0b\x32!.edgeadapt.stream.v1.CachedExpert\"2\n\x0c\x43\x61\x63hedExpert\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0emodel_checksum\x18\x02 \x01(\x07\"8\n\nLinkBudget\x12\x13\n\x0buplink_kbps\x18\x01 \x01(\x01\x12\x15\n\rdownlink_kbps\x18\x02 \x01(\x01\"\x9d\x01\n\x0bSampleBatch\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12)\n\x05\x63odec\x18\x02 \x01(\x0e\x32\x1a.edgeadapt.stream.v1.Codec\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x12\n\ntimestamps\x18\x04 \x03(\x01\x12\r\n\x05width\x18\x05 \x01(\r\x12\x0e\n\x06height\x18\x06 \x01(\r\x12\x15\n\rmodel_version\x18\x07 \x01(\x04\"=\n\tUpdateAck\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"<\n\rResyncRequest\x12\x14\n\x0chave_version\x18\x01 \x01(\x04\x12\x15\n\rhave_checksum\x18\x02 \x01(\x07\"\xa0\x02\n\x0eTrainerMessage\x12/\n\x07welcome\x18\x01 \x01(\x0b\x32\x1c.edgeadapt.stream.v1.WelcomeH\x00\x12\x32\n\x06update\x18\x02 \x01(\x0b\x32 .edgeadapt.stream.v1.ModelUpdateH\x00\x12\x31\n\x08settings\x18\x03 \x01(\x0b\x32\x1d.edgeadapt.stream.v1.SettingsH\x00\x12\x32\n\tbatch_ack\x18\x04 \x01(\x0b\x32\x1d.edgeadapt.stream.v1.BatchAckH\x00\x12:\n\rswitch_expert\x18\x05 \x01(\x0b\x32!.edgeadapt.stream.v1.SwitchExpertH\x00\x42\x06\n\x04\x62ody\"`\n\x0cSwitchExpert\x12\x11\n\texpert_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x04\x12\x16\n\x0emodel_checksum\x18\x04 \x01(\x07\"e\n\x07Welcome\x12\x15\n\rmodel_version\x18\x01 \x01(\x04\x12/\n\x08settings\x18\x02 \x01(\x0b\x32\x1d.edgeadapt.stream.v1.Settings\x12\x12\n\ntrainer_id\x18\x03 \x01(\t\"s\n\x08Settings\x12\x19\n\x11sampling_rate_fps\x18\x01 \x01(\x01\x12\x19\n\x11update_interval_s\x18\x02 \x01(\x01\x12\x18\n\x10max_batch_frames\x18\x03 \x01(\r\x12\x17\n\x0fmax_batch_bytes\x18\x04 \x01(\x04\"\'\n\x08\x42\x61tchAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06\x66rames\x18\x02 \x01(\r\"\xc0\x02\n\x0bModelUpdate\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x04\x12\x12\n\nnum_params\x18\x03 \x01(\x04\x12\x38\n\rmask_encoding\x18\x04 \x01(\x0e\x32!.edgeadapt.stream.v1.MaskEncoding\x12\x32\n\nvalue_type\x18\x05 \x01(\x0e\x32\x1e.edgeadapt.stream.v1.ValueType\x12\x0c\n\x04mask\x18\x06 \x01(\x0c\x12\x0e\n\x06values\x18\x07 \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x08 \x01(\x07\x12\x16\n\x0emodel_checksum\x18\t \x01(\x07\x12\x10\n\x08snapshot\x18\n \x01(\x08\x12\x0c\n\x04part\x18\x0b \x01(\r\x12\r\n\x05parts\x18\x0c \x01(\r\x12\x11\n\texpert_id\x18\r \x01(\t\">\n\x14StartingModelRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x13\n\x0bhave_sha256\x18\x02 \x01(\t\"N\n\nModelChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t*<\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x1e\n\x1aTASK_SEMANTIC_SEGMENTATION\x10\x01*.\n\x05\x43odec\x12\x15\n\x11\x43ODEC_UNSPECIFIED\x10\x00\x12\x0e\n\nCODEC_H264\x10\x01*:\n\x0cMaskEncoding\x12\x0c\n\x08MASK_ALL\x10\x00\x12\r\n\tMASK_BITS\x10\x01\x12\r\n\tMASK_GAPS\x10\x02*1\n\tValueType\x12\x11\n\rVALUE_FLOAT16\x10\x00\x12\x11\n\rVALUE_FLOAT32\x10\x01\x32\xcc\x01\n\x11\x41\x64\x61ptationService\x12U\n\x07\x43onnect\x12!.edgeadapt.stream.v1.AgentMessage\x1a#.edgeadapt.stream.v1.TrainerMessage(\x01\x30\x01\x12`\n\x10GetStartingModel\x12).edgeadapt.stream.v1.StartingModelRequest\x1a\x1f.edgeadapt.stream.v1.ModelChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgeadapt.stream.v1.stream_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASK']._serialized_start=1910
-  _globals['_TASK']._serialized_end=1970
-  _globals['_CODEC']._serialized_start=1972
-  _globals['_CODEC']._serialized_end=2018
-  _globals['_MASKENCODING']._serialized_start=2020
-  _globals['_MASKENCODING']._serialized_end=2078
-  _globals['_VALUETYPE']._serialized_start=2080
-  _globals['_VALUETYPE']._serialized_end=2129
+  _globals['_TASK']._serialized_start=2225
+  _globals['_TASK']._serialized_end=2285
+  _globals['_CODEC']._serialized_start=2287
+  _globals['_CODEC']._serialized_end=2333
+  _globals['_MASKENCODING']._serialized_start=2335
+  _globals['_MASKENCODING']._serialized_end=2393
+  _globals['_VALUETYPE']._serialized_start=2395
+  _globals['_VALUETYPE']._serialized_end=2444
   _globals['_AGENTMESSAGE']._serialized_start=58
   _globals['_AGENTMESSAGE']._serialized_end=285
   _globals['_MODELSPEC']._serialized_start=287
   _globals['_MODELSPEC']._serialized_end=373
   _globals['_REGISTER']._serialized_start=376
-  _globals['_REGISTER']._serialized_end=625
-  _globals['_LINKBUDGET']._serialized_start=627
-  _globals['_LINKBUDGET']._serialized_end=683
-  _globals['_SAMPLEBATCH']._serialized_start=686
-  _globals['_SAMPLEBATCH']._serialized_end=843
-  _globals['_UPDATEACK']._serialized_start=845
-  _globals['_UPDATEACK']._serialized_end=906
-  _globals['_RESYNCREQUEST']._serialized_start=908
-  _globals['_RESYNCREQUEST']._serialized_end=968
-  _globals['_TRAINERMESSAGE']._serialized_start=971
-  _globals['_TRAINERMESSAGE']._serialized_end=1199
-  _globals['_WELCOME']._serialized_start=1201
-  _globals['_WELCOME']._serialized_end=1302
-  _globals['_SETTINGS']._serialized_start=1304
-  _globals['_SETTINGS']._serialized_end=1419
-  _globals['_BATCHACK']._serialized_start=1421
-  _globals['_BATCHACK']._serialized_end=1460
-  _globals['_MODELUPDATE']._serialized_start=1463
-  _globals['_MODELUPDATE']._serialized_end=1764
-  _globals['_STARTINGMODELREQUEST']._serialized_start=1766
-  _globals['_STARTINGMODELREQUEST']._serialized_end=1828
-  _globals['_MODELCHUNK']._serialized_start=1830
-  _globals['_MODELCHUNK']._serialized_end=1908
-  _globals['_ADAPTATIONSERVICE']._serialized_start=2132
-  _globals['_ADAPTATIONSERVICE']._serialized_end=2336
+  _globals['_REGISTER']._serialized_end=711
+  _globals['_CACHEDEXPERT']._serialized_start=713
+  _globals['_CACHEDEXPERT']._serialized_end=763
+  _globals['_LINKBUDGET']._serialized_start=765
+  _globals['_LINKBUDGET']._serialized_end=821
+  _globals['_SAMPLEBATCH']._serialized_start=824
+  _globals['_SAMPLEBATCH']._serialized_end=981
+  _globals['_UPDATEACK']._serialized_start=983
+  _globals['_UPDATEACK']._serialized_end=1044
+  _globals['_RESYNCREQUEST']._serialized_start=1046
+  _globals['_RESYNCREQUEST']._serialized_end=1106
+  _globals['_TRAINERMESSAGE']._serialized_start=1109
+  _globals['_TRAINERMESSAGE']._serialized_end=1397
+  _globals['_SWITCHEXPERT']._serialized_start=1399
+  _globals['_SWITCHEXPERT']._serialized_end=1495
+  _globals['_WELCOME']._serialized_start=1497
+  _globals['_WELCOME']._serialized_end=1598
+  _globals['_SETTINGS']._serialized_start=1600
+  _globals['_SETTINGS']._serialized_end=1715
+  _globals['_BATCHACK']._serialized_start=1717
+  _globals['_BATCHACK']._serialized_end=1756
+  _globals['_MODELUPDATE']._serialized_start=1759
+  _globals['_MODELUPDATE']._serialized_end=2079
+  _globals['_STARTINGMODELREQUEST']._serialized_start=2081
+  _globals['_STARTINGMODELREQUEST']._serialized_end=2143
+  _globals['_MODELCHUNK']._serialized_start=2145
+  _globals['_MODELCHUNK']._serialized_end=2223
+  _globals['_ADAPTATIONSERVICE']._serialized_start=2447
+  _globals['_ADAPTATIONSERVICE']._serialized_end=2651
 # @@protoc_insertion_point(module_scope)

@@ -62,7 +62,7 @@ class ModelSpec(_message.Message):
     def __init__(self, arch: _Optional[str] = ..., num_classes: _Optional[int] = ..., width_mult: _Optional[float] = ..., num_params: _Optional[int] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("device_id", "task", "model", "model_version", "model_checksum", "adapt", "agent_version", "link")
+    __slots__ = ("device_id", "task", "model", "model_version", "model_checksum", "adapt", "agent_version", "link", "expert_cache_size", "cached_experts")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,8 @@ class Register(_message.Message):
     ADAPT_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     LINK_FIELD_NUMBER: _ClassVar[int]
+    EXPERT_CACHE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CACHED_EXPERTS_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     task: Task
     model: ModelSpec
@@ -79,7 +81,17 @@ class Register(_message.Message):
     adapt: bool
     agent_version: str
     link: LinkBudget
-    def __init__(self, device_id: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., model_version: _Optional[int] = ..., model_checksum: _Optional[int] = ..., adapt: _Optional[bool] = ..., agent_version: _Optional[str] = ..., link: _Optional[_Union[LinkBudget, _Mapping]] = ...) -> None: ...
+    expert_cache_size: int
+    cached_experts: _containers.RepeatedCompositeFieldContainer[CachedExpert]
+    def __init__(self, device_id: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., model_version: _Optional[int] = ..., model_checksum: _Optional[int] = ..., adapt: _Optional[bool] = ..., agent_version: _Optional[str] = ..., link: _Optional[_Union[LinkBudget, _Mapping]] = ..., expert_cache_size: _Optional[int] = ..., cached_experts: _Optional[_Iterable[_Union[CachedExpert, _Mapping]]] = ...) -> None: ...
+
+class CachedExpert(_message.Message):
+    __slots__ = ("id", "model_checksum")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    model_checksum: int
+    def __init__(self, id: _Optional[str] = ..., model_checksum: _Optional[int] = ...) -> None: ...
 
 class LinkBudget(_message.Message):
     __slots__ = ("uplink_kbps", "downlink_kbps")
@@ -126,16 +138,30 @@ class ResyncRequest(_message.Message):
     def __init__(self, have_version: _Optional[int] = ..., have_checksum: _Optional[int] = ...) -> None: ...
 
 class TrainerMessage(_message.Message):
-    __slots__ = ("welcome", "update", "settings", "batch_ack")
+    __slots__ = ("welcome", "update", "settings", "batch_ack", "switch_expert")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     BATCH_ACK_FIELD_NUMBER: _ClassVar[int]
+    SWITCH_EXPERT_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     update: ModelUpdate
     settings: Settings
     batch_ack: BatchAck
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., update: _Optional[_Union[ModelUpdate, _Mapping]] = ..., settings: _Optional[_Union[Settings, _Mapping]] = ..., batch_ack: _Optional[_Union[BatchAck, _Mapping]] = ...) -> None: ...
+    switch_expert: SwitchExpert
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., update: _Optional[_Union[ModelUpdate, _Mapping]] = ..., settings: _Optional[_Union[Settings, _Mapping]] = ..., batch_ack: _Optional[_Union[BatchAck, _Mapping]] = ..., switch_expert: _Optional[_Union[SwitchExpert, _Mapping]] = ...) -> None: ...
+
+class SwitchExpert(_message.Message):
+    __slots__ = ("expert_id", "version", "base_version", "model_checksum")
+    EXPERT_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    expert_id: str
+    version: int
+    base_version: int
+    model_checksum: int
+    def __init__(self, expert_id: _Optional[str] = ..., version: _Optional[int] = ..., base_version: _Optional[int] = ..., model_checksum: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("model_version", "settings", "trainer_id")
@@ -168,7 +194,7 @@ class BatchAck(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., frames: _Optional[int] = ...) -> None: ...
 
 class ModelUpdate(_message.Message):
-    __slots__ = ("version", "base_version", "num_params", "mask_encoding", "value_type", "mask", "values", "checksum", "model_checksum", "snapshot", "part", "parts")
+    __slots__ = ("version", "base_version", "num_params", "mask_encoding", "value_type", "mask", "values", "checksum", "model_checksum", "snapshot", "part", "parts", "expert_id")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     NUM_PARAMS_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +207,7 @@ class ModelUpdate(_message.Message):
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
     PARTS_FIELD_NUMBER: _ClassVar[int]
+    EXPERT_ID_FIELD_NUMBER: _ClassVar[int]
     version: int
     base_version: int
     num_params: int
@@ -193,7 +220,8 @@ class ModelUpdate(_message.Message):
     snapshot: bool
     part: int
     parts: int
-    def __init__(self, version: _Optional[int] = ..., base_version: _Optional[int] = ..., num_params: _Optional[int] = ..., mask_encoding: _Optional[_Union[MaskEncoding, str]] = ..., value_type: _Optional[_Union[ValueType, str]] = ..., mask: _Optional[bytes] = ..., values: _Optional[bytes] = ..., checksum: _Optional[int] = ..., model_checksum: _Optional[int] = ..., snapshot: _Optional[bool] = ..., part: _Optional[int] = ..., parts: _Optional[int] = ...) -> None: ...
+    expert_id: str
+    def __init__(self, version: _Optional[int] = ..., base_version: _Optional[int] = ..., num_params: _Optional[int] = ..., mask_encoding: _Optional[_Union[MaskEncoding, str]] = ..., value_type: _Optional[_Union[ValueType, str]] = ..., mask: _Optional[bytes] = ..., values: _Optional[bytes] = ..., checksum: _Optional[int] = ..., model_checksum: _Optional[int] = ..., snapshot: _Optional[bool] = ..., part: _Optional[int] = ..., parts: _Optional[int] = ..., expert_id: _Optional[str] = ...) -> None: ...
 
 class StartingModelRequest(_message.Message):
     __slots__ = ("device_id", "have_sha256")
