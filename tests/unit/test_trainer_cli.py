@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeadapt.trainer.__main__ import parse_args, policy_defaults
+from edgeadapt.trainer.__main__ import _check_args, parse_args, policy_defaults
 
 
 def test_policy_parameters_become_defaults_and_flags_win(tmp_path: Path) -> None:
@@ -25,6 +25,7 @@ def test_policy_parameters_become_defaults_and_flags_win(tmp_path: Path) -> None
                     "adaptiveInterval": "Disabled",
                 },
                 "sampling": {"rMinFps": 0.2, "rMaxFps": 2.0, "phiTarget": 0.25},
+                "recl": {"windowSeconds": 45},
             }
         )
     )
@@ -36,8 +37,22 @@ def test_policy_parameters_become_defaults_and_flags_win(tmp_path: Path) -> None
     assert args.lr == 0.0005
     assert args.adaptive_interval == "Disabled"
     assert (args.r_min, args.r_max, args.phi_target) == (0.2, 2.0, 0.25)
+    assert args.strategy == "ams+recl"
+    assert args.window_seconds == 45
 
 
-def test_a_policy_without_ams_is_refused() -> None:
-    with pytest.raises(ValueError, match="implements ams only"):
-        policy_defaults({"strategy": "recl"})
+def test_an_unknown_strategy_is_refused() -> None:
+    with pytest.raises(ValueError, match="implements ams, recl, ams\\+recl"):
+        policy_defaults({"strategy": "ekya"})
+
+
+def test_recl_needs_a_gating_service_and_its_ca(tmp_path: Path) -> None:
+    base = ["--tls-cert", "c", "--tls-key", "k", "--token-secret-file", "t"]
+    args = parse_args([*base, "--strategy", "recl"])
+    assert _check_args(args) == "strategy recl needs --gating (the ModelZoo's gating service)"
+    args = parse_args([*base, "--strategy", "recl", "--gating", "zoo:50052"])
+    assert _check_args(args) == "--gating needs --gating-ca (or --insecure)"
+    args = parse_args([*base, "--strategy", "recl", "--gating", "z:1", "--gating-ca", "ca"])
+    assert _check_args(args) is None
+    args = parse_args([*base, "--window-seconds", "0"])
+    assert _check_args(args) == "--window-seconds must be positive"

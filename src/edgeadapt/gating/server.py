@@ -282,6 +282,7 @@ class GatingServicer(pb_grpc.GatingServiceServicer):
     def status(self) -> dict[str, Any]:
         """The ``/status`` view."""
         s = self.status_message()
+        counts = self.zoo.log.counts()
         return {
             "zoo_version": s.zoo_version,
             "experts": s.experts,
@@ -292,6 +293,18 @@ class GatingServicer(pb_grpc.GatingServiceServicer):
             "selections": s.selections,
             "arch": s.arch,
             "admitting": s.admitting,
+            "top_k": s.top_k,
+            "alpha": round(s.alpha, 4),
+            "expert_list": [
+                {
+                    "id": e.id,
+                    "source_device": e.source_device,
+                    "window": e.window,
+                    "created_unix": round(e.created, 3),
+                    "picks": counts.get(e.id, 0),
+                }
+                for e in self.zoo.snapshot.version.experts
+            ],
         }
 
 

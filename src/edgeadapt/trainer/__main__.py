@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeadapt.adapt.ams import AMSConfig
-from edgeadapt.api.launch import STUDENT_ARCHS, TEACHER_ARCHS, ModelRef
+from edgeadapt.api.launch import STRATEGIES, STUDENT_ARCHS, TEACHER_ARCHS, ModelRef
 from edgeadapt.telemetry import HTTPEndpoint, setup_logging, write_ready_file
 
 log = logging.getLogger("edgeadapt.trainer")
@@ -87,6 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--adaptive-interval", choices=("Enabled", "Disabled"), default="Enabled", help="ATR"
     )
     p.add_argument(
+        "--strategy",
+        choices=("ams", "recl", "ams+recl"),
+        default="ams",
+        help="ams: sparse streaming; recl: zoo reuse per window; ams+recl: both",
+    )
+    p.add_argument(
+        "--window-seconds", type=float, default=30.0, help="RECL's window T (capture time)"
+    )
+    p.add_argument("--gating", help="HOST:PORT of the ModelZoo's gating service (RECL)")
+    p.add_argument("--gating-ca", type=Path, help="CA that signs the gating service's certificate")
+    p.add_argument("--gating-token-file", type=Path, help="this trainer's token for the zoo")
+    p.add_argument(
+        "--gating-caller", help="the id the gating token is for (default: the trainer's name)"
+    )
+    p.add_argument("--gating-server-name", help="TLS name to expect from the gating service")
+    p.add_argument(
         "--input-size",
         help="WxH uploaded frames are brought to (default: the student's training size)",
     )
@@ -131,15 +147,16 @@ POLICY_FIELDS = {
     ("sampling", "rMinFps"): "r_min",
     ("sampling", "rMaxFps"): "r_max",
     ("sampling", "phiTarget"): "phi_target",
+    ("recl", "windowSeconds"): "window_seconds",
 }
 
 
 def policy_defaults(config: dict[str, Any]) -> dict[str, Any]:
     """Trainer option defaults from the operator's rendering of an AdaptationPolicy."""
     strategy = str(config.get("strategy", "ams"))
-    if "ams" not in strategy.split("+"):
-        raise ValueError(f"strategy {strategy!r}: this trainer implements ams only")
-    out = {}
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy {strategy!r}: this trainer implements {', '.join(STRATEGIES)}")
+    out: dict[str, Any] = {"strategy": strategy}
     for (section, key), option in POLICY_FIELDS.items():
         value = (config.get(section) or {}).get(key)
         if value is not None:
@@ -153,8 +170,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if first.config is not None:
         config = json.loads(first.config.read_text())
         parser.set_defaults(**policy_defaults(config))
-        if "+" in str(config.get("strategy", "ams")):
-            log.warning("strategy %s: only its ams part runs in this trainer", config["strategy"])
     return parser.parse_args(argv)
 
 
@@ -168,6 +183,31 @@ def _terminate_with(message: str) -> None:
         TERMINATION_LOG.write_text(message[-4096:])
 
 
+def _check_args(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options, if anything."""
+    problems = [
+        ((args.tls_cert is None) != (args.tls_key is None), "--tls-cert and --tls-key go together"),
+        (
+            (args.tls_cert is None or args.token_secret_file is None) and not args.insecure,
+            "refusing to serve without TLS and device tokens; pass --insecure to allow it",
+        ),
+        (
+            args.strategy != "ams" and not args.gating,
+            f"strategy {args.strategy} needs --gating (the ModelZoo's gating service)",
+        ),
+        (
+            bool(args.gating) and args.gating_ca is None and not args.insecure,
+            "--gating needs --gating-ca (or --insecure)",
+        ),
+        (args.window_seconds <= 0, "--window-seconds must be positive"),
+        (
+            bool(args.teacher_model or args.student_model) and args.models_dir is None,
+            "--teacher-model and --student-model need --models-dir",
+        ),
+    ]
+    return next((message for bad, message in problems if bad), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
@@ -176,14 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     setup_logging(args.log_format, args.verbose, "trainer")
-    if (args.tls_cert is None) != (args.tls_key is None):
-        log.error("--tls-cert and --tls-key go together")
-        return 2
-    if (args.tls_cert is None or args.token_secret_file is None) and not args.insecure:
-        log.error("refusing to serve without TLS and device tokens; pass --insecure to allow it")
-        return 2
-    if (args.teacher_model or args.student_model) and args.models_dir is None:
-        log.error("--teacher-model and --student-model need --models-dir")
+    problem = _check_args(args)
+    if problem is not None:
+        log.error("%s", problem)
         return 2
 
     from edgeadapt.stream.auth import load_secret, status_token
@@ -246,6 +281,7 @@ def _serve(
     )
     from edgeadapt.stream.tls import server_credentials
     from edgeadapt.trainer.hub import Hub, HubConfig
+    from edgeadapt.trainer.recl import GatingClient, ReclConfig
     from edgeadapt.trainer.server import TrainerServer, serve
     from edgeadapt.trainer.store import DeviceStore
 
@@ -301,7 +337,20 @@ def _serve(
         max_queued_bytes=int(args.max_queued_mb * 2**20),
         checkpoint_interval=args.checkpoint_interval,
         idle_evict_after=args.idle_evict_after,
+        recl=ReclConfig(args.strategy, args.window_seconds, lr=args.lr, batch_size=args.batch_size)
+        if args.strategy != "ams"
+        else None,
     )
+    gating = None
+    if args.strategy != "ams":
+        token = args.gating_token_file.read_text().strip() if args.gating_token_file else ""
+        gating = GatingClient(
+            args.gating,
+            caller=args.gating_caller or trainer_id,
+            token=token,
+            ca_file=args.gating_ca,
+            server_name=args.gating_server_name,
+        )
     hub = Hub(
         teacher,
         student,
@@ -310,6 +359,7 @@ def _serve(
         device,
         metrics,
         trainer_id=trainer_id,
+        gating=gating,
     )
     credentials = (
         server_credentials(args.tls_cert, args.tls_key, args.client_ca) if args.tls_cert else None

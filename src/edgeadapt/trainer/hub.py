@@ -29,7 +29,9 @@ At most one snapshot per device is in flight, and resync requests are served at 
 from __future__ import annotations
 
 import collections
+import copy
 import enum
+import io
 import itertools
 import logging
 import math
@@ -44,9 +46,11 @@ import numpy as np
 import torch
 
 from edgeadapt._proto.stream.v1 import stream_pb2 as pb
-from edgeadapt.adapt.ams import AMSConfig, AMSSession, Teacher
+from edgeadapt.adapt.ams import AMSConfig, AMSSession, Teacher, freeze_batchnorm
 from edgeadapt.adapt.metrics import frame_miou
+from edgeadapt.adapt.optim import MaskedAdam
 from edgeadapt.adapt.update import (
+    ModelUpdate,
     apply_update,
     decode_update,
     encode_update,
@@ -56,6 +60,7 @@ from edgeadapt.adapt.update import (
 )
 from edgeadapt.models.data import to_tensor
 from edgeadapt.models.zoo import SegmentationModel
+from edgeadapt.recl.rules import safety_check
 from edgeadapt.stream.messages import MAX_BATCH_BYTES, update_message
 from edgeadapt.trainer.budget import (
     LIMITED_FRACTION,
@@ -64,6 +69,13 @@ from edgeadapt.trainer.budget import (
     prior_bytes_per_frame,
 )
 from edgeadapt.trainer.metrics import TrainerMetrics
+from edgeadapt.trainer.recl import (
+    SELECT_FRAMES,
+    DeviceRecl,
+    GatingClient,
+    GatingError,
+    ReclConfig,
+)
 from edgeadapt.trainer.store import DeviceStore, UpdateRecord, pack_tensor, unpack_tensor
 
 log = logging.getLogger(__name__)
@@ -173,6 +185,7 @@ class Device:
     last_active: float = field(default_factory=time.monotonic)
     state_bytes: int = 0
     evicted: bool = False
+    recl: DeviceRecl | None = None  # RECL's window state (strategies recl and ams+recl)
 
     @property
     def version(self) -> int:
@@ -196,6 +209,8 @@ class HubConfig:
     idle_evict_after: float = 600.0  # a device disconnected this long leaves memory
     resync_interval: float = 1.0  # at most one resync served per device per interval
     score_chunk: int = 8  # frames scored per forward pass
+    recl: ReclConfig | None = None  # RECL windows (strategies recl, ams+recl); None: AMS only
+    admit_frames: int = 64  # of a window, sent with a model offered to the zoo
 
 
 class Hub:
@@ -209,6 +224,7 @@ class Hub:
         metrics: TrainerMetrics | None = None,
         num_classes: int | None = None,
         trainer_id: str = "",
+        gating: GatingClient | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -244,6 +260,11 @@ class Hub:
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
         self._last_housekeeping = 0.0
+        self.gating = gating
+        self._alpha = 0.02  # the zoo's margin, until the gating service has told us
+        self._scratch = copy.deepcopy(self.student).eval()  # the safety checker's evaluations
+        if config.recl is not None and gating is None:
+            raise ValueError(f"strategy {config.recl.strategy} needs a gating service")
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -324,6 +345,15 @@ class Hub:
         dev.agent_version, dev.agent_checksum = register.model_version, register.model_checksum
         if dev.adapt and dev.session is None:
             dev.session = self._new_session()
+        if self.config.recl is not None:
+            if dev.recl is None:
+                dev.recl = DeviceRecl()
+            with dev.chain_lock:
+                dev.recl.cache_size = register.expert_cache_size
+                dev.recl.cached = collections.OrderedDict(
+                    (e.id, e.model_checksum) for e in register.cached_experts
+                )
+                dev.recl.switch_pending = ""
         with dev.conn_lock:
             if dev.close is not None:
                 dev.close(CloseReason.REPLACED)
@@ -393,6 +423,10 @@ class Hub:
         if dev is None:
             return
         with dev.chain_lock:
+            if dev.recl is not None and dev.recl.switch_pending:
+                if not ack.applied:  # the agent did not hold that expert after all
+                    dev.recl.cached.pop(dev.recl.switch_pending, None)
+                dev.recl.switch_pending = ""
             if ack.applied:
                 known = {k.version: k.checksum for k in dev.chain} | {dev.version: dev.checksum}
                 dev.agent_version, dev.agent_checksum = ack.version, known.get(ack.version)
@@ -815,10 +849,31 @@ class Hub:
                 dev.batches += 1
                 dev.last_frame_time = max(times)
                 dev.dirty = True
+                if dev.recl is not None and dev.adapt:
+                    # RECL holds some frames out of training for its safety checker.
+                    train = dev.recl.window.add(images, kept, times)
+                    if not train:
+                        continue
+                    images, kept, times = images[train], kept[train], [times[i] for i in train]
                 learned.append((images, kept, times))
             update = None
+            recl = self.config.recl
             if learned and dev.session is not None and dev.adapt:
-                update = self._train(dev, learned)
+                if recl is None or recl.streams:
+                    update = self._train(dev, learned)
+                    if update is not None and dev.recl is not None:
+                        dev.recl.expert = ""  # the model moved off the expert it was
+                else:
+                    self._retrain(dev, learned, recl)
+            window_end: list[pb.TrainerMessage] = []
+            if (
+                recl is not None
+                and dev.recl is not None
+                and dev.session is not None
+                and dev.adapt
+                and dev.recl.window.due(dev.last_frame_time, recl.window_s)
+            ):
+                window_end = self._end_window(dev, recl)
             if time.monotonic() - dev.last_checkpoint >= self.config.checkpoint_interval:
                 self._checkpoint_quietly(dev)
             for seq, frames in acks:
@@ -827,6 +882,8 @@ class Hub:
                 dev.updates_sent += 1
                 self.metrics.updates.labels("sparse").inc()
                 dev.deliver(pb.TrainerMessage(update=update_message(update.data, update.checksum)))
+            for message in window_end:
+                dev.deliver(message)
             settings = self._settings(dev)
             dev.view = self._view(dev)
             if settings != dev.settings:
@@ -862,6 +919,11 @@ class Hub:
         if dev.planner is not None:
             dev.planner.update_sent(len(link.data), len(update.indices))
             dev.planner.last_fraction = gamma
+        return link if self._log_update(dev, link) else None
+
+    def _log_update(self, dev: Device, link: PendingUpdate) -> bool:
+        """Append an update to the device's log and chain; False if it cannot be logged (then it
+        must not be sent: the device catches up later)."""
         if self.store is not None:
             t0 = time.perf_counter()
             try:
@@ -882,13 +944,248 @@ class Hub:
                     "cannot log an update; holding it back", extra={"device": dev.device_id}
                 )
                 self.metrics.thread_failures.labels("process").inc()
-                return None
+                return False
             finally:
                 self.metrics.persist_seconds.observe(time.perf_counter() - t0)
         with dev.chain_lock:
             dev.chain.append(link)
             dev.chain = dev.chain[-self.config.chain_length :]
-        return link
+        return True
+
+    # -- RECL ---------------------------------------------------------------------------
+    def _retrain(
+        self,
+        dev: Device,
+        learned: list[tuple[np.ndarray, torch.Tensor, list[float]]],
+        recl: ReclConfig,
+    ) -> None:
+        """Strategy recl: the frames join the AMS horizon (its controller still sets the
+        sampling rate), and the retraining job takes ``iterations`` Adam steps on the last
+        window's frames; nothing is sent before the window ends."""
+        session, state = dev.session, dev.recl
+        assert session is not None
+        assert state is not None
+        for images, labels, times in learned:
+            session.ingest(images, labels, times)
+        session.control(max(t for _, _, times in learned for t in times))
+        if state.retrain is None or state.optimizer is None or state.job is None:
+            return
+        t0 = time.perf_counter()
+        images, labels = state.job
+        model = state.retrain
+        model.train()
+        freeze_batchnorm(model)
+        criterion = torch.nn.CrossEntropyLoss()
+        for _ in range(recl.iterations):
+            pick = torch.randint(len(images), (min(recl.batch_size, len(images)),),
+                                 generator=session.generator)  # fmt: skip
+            x = to_tensor(images[pick.numpy()], self.device)
+            loss = criterion(model(x), labels[pick].long().to(self.device))
+            state.optimizer.zero_grad()
+            loss.backward()
+            state.optimizer.step()
+        model.eval()
+        state.job_steps += recl.iterations
+        self.metrics.train_seconds.observe(time.perf_counter() - t0)
+
+    @torch.no_grad()
+    def _holdout_miou(self, flat: torch.Tensor, images: np.ndarray, labels: torch.Tensor) -> float:
+        """Mean per-frame mIoU against the teacher of the model with parameters ``flat``."""
+        torch.nn.utils.vector_to_parameters(
+            flat.to(self.device), [p for p in self._scratch.parameters() if p.requires_grad]
+        )
+        total = 0.0
+        step = max(1, self.config.score_chunk)
+        for i in range(0, len(images), step):
+            pred = self._scratch(to_tensor(images[i : i + step], self.device)).argmax(1).cpu()
+            total += sum(
+                frame_miou(p, t, self.num_classes)
+                for p, t in zip(pred, labels[i : i + step], strict=True)
+            )
+        return total / max(1, len(images))
+
+    def _end_window(self, dev: Device, recl: ReclConfig) -> list[pb.TrainerMessage]:
+        """Select, check, switch, offer, record; then start the next window (see trainer.recl)."""
+        session, state = dev.session, dev.recl
+        assert session is not None
+        assert state is not None
+        assert self.gating is not None
+        t0 = time.perf_counter()
+        window = state.window
+        images, labels = window.held_out()
+        current = session.optimizer.flat_params().detach().cpu().clone()
+        candidates: dict[str, torch.Tensor] = {"current": current}
+        retrained: str | None = None
+        if recl.streams:
+            retrained = "current"  # AMS retrained the device's own model during the window
+            if state.start is not None:
+                candidates["start"] = state.start
+        elif state.retrain is not None and state.job_steps:
+            retrained = "retrained"
+            candidates["retrained"] = parameter_vector(state.retrain).detach().cpu().clone()
+        experts: dict[str, str] = {}  # candidate key -> expert id
+        reachable = True
+        try:
+            top_k, self._alpha = self.gating.zoo_params()
+            _, choices = self.gating.select(window.all_frames(SELECT_FRAMES)[0], top_k)
+            for choice in choices:
+                key = f"expert:{choice.id}"
+                candidates[key] = self.gating.expert(choice, self.student.arch, self.student)
+                experts[key] = choice.id
+        except GatingError as exc:
+            reachable = False
+            state.gating_errors += 1
+            self.metrics.thread_failures.labels("gating").inc()
+            log.warning(
+                "gating service unavailable; the window ends without reuse",
+                extra={"device": dev.device_id, "error": str(exc)},
+            )
+        scores = {key: self._holdout_miou(flat, images, labels) for key, flat in candidates.items()}
+        verdict = safety_check(scores, current="current", retrained=retrained, alpha=self._alpha)
+        messages: list[pb.TrainerMessage] = []
+        if verdict.winner == "current":
+            pick = state.expert
+        else:
+            pick = experts.get(verdict.winner, "")
+            message = self._deploy(dev, candidates[verdict.winner], pick)
+            if message is not None:
+                messages.append(message)
+        if reachable:
+            try:
+                if verdict.promising and retrained is not None:
+                    self._offer(dev, window, candidates[retrained])
+                self.gating.record([pick])
+            except GatingError as exc:
+                state.gating_errors += 1
+                log.warning(
+                    "cannot reach the gating service at the window's end",
+                    extra={"device": dev.device_id, "error": str(exc)},
+                )
+        state.windows += 1
+        state.history.append(
+            {
+                "window": window.index,
+                "start": window.start,
+                "end": dev.last_frame_time,
+                "winner": verdict.winner,
+                "expert": state.expert or None,
+            }
+        )
+        state.last_pick = verdict.winner
+        state.last_scores = dict(verdict.scores)
+        if pick:
+            state.picks[pick] += 1
+        # The next window's retraining starts from the winner.
+        state.window = window.next()
+        state.start = session.optimizer.flat_params().detach().cpu().clone()
+        if not recl.streams:
+            state.retrain = copy.deepcopy(session.model)
+            freeze_batchnorm(state.retrain)
+            state.optimizer = torch.optim.Adam(state.retrain.parameters(), lr=recl.lr)
+            state.job, state.job_steps = window.training(), 0
+        self.metrics.recl_seconds.observe(time.perf_counter() - t0)
+        log.info(
+            "window ended",
+            extra={
+                "device": dev.device_id,
+                "window": window.index,
+                "winner": verdict.winner,
+                "scores": {k: round(100 * v, 2) for k, v in scores.items()},
+                "promising": verdict.promising,
+                "version": dev.version,
+            },
+        )
+        return messages
+
+    def _offer(self, dev: Device, window: Any, flat: torch.Tensor) -> None:
+        """Offer a promising retrained model to the zoo, with the window it learned."""
+        assert dev.recl is not None
+        assert self.gating is not None
+        model = copy.deepcopy(self.student)
+        torch.nn.utils.vector_to_parameters(
+            flat.to(self.device), [p for p in model.parameters() if p.requires_grad]
+        )
+        buf = io.BytesIO()
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        torch.save({"model": state, "ids": {"arch": model.arch, "config": model.config}}, buf)
+        images, labels = window.all_frames(self.config.admit_frames)
+        reply = self.gating.admit(
+            f"{dev.device_id}-w{window.index}-{self.trainer_id or 'trainer'}",
+            buf.getvalue(),
+            dev.device_id,
+            window.index,
+            images,
+            labels,
+        )
+        dev.recl.offered += 1
+        log.info(
+            "offered a retrained model to the zoo",
+            extra={"device": dev.device_id, "window": window.index, "queued": reply.queued},
+        )
+
+    def _deploy(self, dev: Device, flat: torch.Tensor, expert_id: str) -> pb.TrainerMessage | None:
+        """Make ``flat`` the device's model: one versioned, logged update, or a cached switch.
+
+        The model is rounded to float16 whatever way it travels, so the device holds exactly
+        the trainer's copy: as a switch to the agent's cached copy, as the coordinates that
+        differ, or as every coordinate (the update encoder picks the smaller coding).
+        """
+        session, state = dev.session, dev.recl
+        assert session is not None
+        assert state is not None
+        target = flat.detach().cpu().to(torch.float16).to(torch.float32)
+        before = session.optimizer.flat_params().detach().cpu()
+        changed = torch.nonzero(target != before).squeeze(1)
+        if len(changed) == 0:
+            state.expert = expert_id
+            return None
+        base = session.version
+        update = ModelUpdate(
+            version=base + 1,
+            base_version=base,
+            num_params=int(target.numel()),
+            indices=changed.numpy().astype(np.int64),
+            values=target[changed].half().numpy(),
+        )
+        checksum = model_checksum(target)
+        link = PendingUpdate(base + 1, base, encode_update(update), dev.checksum, checksum)
+        if not self._log_update(dev, link):
+            return None
+        session.optimizer.set_flat_params(target.to(self.device))
+        # A new starting point: AMS's moments and last update belong to the old one.
+        session.optimizer = MaskedAdam(session.model.parameters(), lr=self.config.ams.lr)
+        session.version = base + 1
+        dev.checksum = checksum
+        dev.updates_sent += 1
+        state.expert = expert_id
+        state.switches += 1
+        with dev.chain_lock:
+            cached = bool(expert_id) and state.cached.get(expert_id) == checksum
+            if cached:
+                state.cached.move_to_end(expert_id)
+                state.switch_pending = expert_id
+            else:
+                state.remember(expert_id, checksum)
+        if cached:
+            state.switches_cached += 1
+            self.metrics.updates.labels("switch").inc()
+            message = pb.TrainerMessage(
+                switch_expert=pb.SwitchExpert(
+                    expert_id=expert_id,
+                    version=base + 1,
+                    base_version=base,
+                    model_checksum=checksum,
+                )
+            )
+        else:
+            self.metrics.updates.labels("expert" if expert_id else "retrained").inc()
+            message = pb.TrainerMessage(
+                update=update_message(link.data, checksum, expert_id=expert_id)
+            )
+            if dev.planner is not None:
+                dev.planner.update_sent(len(link.data), len(changed))
+        state.switch_bytes += message.ByteSize()
+        return message
 
     def _checkpoint_quietly(self, dev: Device) -> None:
         try:
@@ -1031,6 +1328,7 @@ class Hub:
             "downlink_kbps": down_kbps,
             "link": _link_view(dev.planner, self.config.ams.gamma),
             "state_bytes": dev.state_bytes,
+            "recl": dev.recl.view() if dev.recl is not None else None,
             "history": [
                 [
                     round(s.time, 2),

@@ -26,7 +26,8 @@ class TrainerMetrics:
         )
         self.updates = Counter(
             "edgeadapt_trainer_updates_sent_total",
-            "Model updates written to device streams, by kind (sparse, snapshot)",
+            "Model updates written to device streams, by kind (sparse, snapshot; RECL: switch to"
+            " a cached expert, expert or retrained model sent)",
             ["kind"],
             registry=r,
         )
@@ -80,7 +81,8 @@ class TrainerMetrics:
         )
         self.thread_failures = Counter(
             "edgeadapt_trainer_thread_failures_total",
-            "Unexpected exceptions caught in the worker, by stage (label, process, housekeeping)",
+            "Unexpected exceptions caught in the worker, by stage (label, process, housekeeping,"
+            " gating: the gating service could not be reached)",
             ["stage"],
             registry=r,
         )
@@ -107,13 +109,19 @@ class TrainerMetrics:
         )
         for counter, values in (
             (self.batches, ("accepted", "rejected", "failed")),
-            (self.updates, ("sparse", "snapshot")),
+            (self.updates, ("sparse", "snapshot", "switch", "expert", "retrained")),
             (self.stream_bytes, ("up", "down")),
             (self.resyncs, ("served", "coalesced", "deferred")),
-            (self.thread_failures, ("label", "process", "housekeeping")),
+            (self.thread_failures, ("label", "process", "housekeeping", "gating")),
         ):
             for value in values:
                 counter.labels(value)  # exported from the start, at zero
+        self.recl_seconds = Histogram(
+            "edgeadapt_trainer_recl_window_seconds",
+            "Time to end one device's RECL window (selection, safety check, switch, offer)",
+            buckets=(0.1, 0.3, 1, 2, 4, 8, 16, 32),
+            registry=r,
+        )
         self.persist_seconds = Histogram(
             "edgeadapt_trainer_persist_seconds",
             "Time to write one device's checkpoint, or to log one update before it is sent",

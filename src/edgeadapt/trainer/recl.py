@@ -1,0 +1,334 @@
+"""The trainer's side of RECL: windows, the gating service client and the safety checker.
+
+For a policy with ``strategy: recl`` or ``ams+recl`` the hub cuts each device's teacher-labelled
+frames into windows of ``window_s`` seconds (capture time). Every ``HOLDOUT_EVERY``-th frame is
+held out: never trained on, it is what the safety checker scores candidates on. At the end of a
+window (recl.md §2.1 to 2.9):
+
+1. the window's frames go to the zoo's gating service, which answers the top-K experts;
+2. the safety checker scores those experts, the model the device runs and the model retrained
+   for it during the window on the held-out frames against the teacher's labels;
+3. the device is switched to the winner: a zoo expert the agent holds in its expert cache costs
+   one ``SwitchExpert`` message; any other model travels as one update (only the coordinates
+   that differ, as float16, or every coordinate when that is smaller);
+4. the retrained model is offered to the zoo (``Admit``) when it beats every other candidate by
+   the zoo's alpha, and the pick is recorded (it decides pruning);
+5. a retraining job starts from the winner (warm start) on the window's training frames; it
+   runs while the next window fills (``iterations`` steps per processed batch), and its model is
+   that window's "last retrained model".
+
+``recl`` sends nothing between window ends; ``ams+recl`` keeps AMS's sparse updates within
+windows (the AMS session's model, trained on the horizon, is then both the device's model and
+its retrained one, and the model it started the window with is a candidate too).
+
+A gating service that cannot be reached costs reuse, never adaptation: the window ends with the
+current and the retrained models only, and the failure is counted.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import torch
+
+from edgeadapt._proto.gating.v1 import gating_pb2 as gpb
+from edgeadapt._proto.gating.v1 import gating_pb2_grpc as gpb_grpc
+from edgeadapt.adapt.update import parameter_vector
+from edgeadapt.gating.server import encode_labels, parse_checkpoint
+from edgeadapt.models.zoo import SegmentationModel
+from edgeadapt.stream.auth import call_metadata
+from edgeadapt.stream.tls import channel_credentials
+from edgeadapt.video.codec import encode_h264
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("recl", "ams+recl")
+HOLDOUT_EVERY = 5  # every fifth frame of a window is held out for the safety checker
+SELECT_FRAMES = 32  # frames of a window sent to Select (evenly spaced)
+RPC_TIMEOUT = 30.0
+EXPERTS_KEPT = 32  # expert parameter vectors kept in the trainer's memory
+MAX_EXPERT_BYTES = 256 << 20
+CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+]
+
+
+class GatingError(Exception):
+    """The gating service could not answer (unreachable, refused, or a malformed reply)."""
+
+
+@dataclass(frozen=True)
+class ReclConfig:
+    strategy: str = "recl"
+    window_s: float = 30.0
+    iterations: int = 10  # retraining iterations per processed batch (strategy recl)
+    lr: float = 1e-3
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy {self.strategy!r}: RECL strategies are {STRATEGIES}")
+        if self.window_s <= 0:
+            raise ValueError(f"window must be positive, got {self.window_s}")
+
+    @property
+    def streams(self) -> bool:
+        """AMS's sparse updates run within windows."""
+        return self.strategy == "ams+recl"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One expert the gating network proposed."""
+
+    id: str
+    score: float
+    sha256: str
+    source_device: str
+
+
+class GatingClient:
+    """A trainer's connection to its ModelZoo's gating service (TLS and token unless insecure)."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        caller: str,
+        token: str = "",
+        ca_file: Path | None = None,
+        server_name: str | None = None,
+        timeout: float = RPC_TIMEOUT,
+    ) -> None:
+        options: list[tuple[str, int | str]] = list(CHANNEL_OPTIONS)
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        if ca_file is None:
+            self.channel = grpc.insecure_channel(target, options=options)
+        else:
+            self.channel = grpc.secure_channel(
+                target, channel_credentials(ca_file), options=options
+            )
+        self.stub = gpb_grpc.GatingServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        self.metadata = call_metadata(caller, token)
+        self.timeout = timeout
+        self.target = target
+        self._experts: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.params: tuple[int, float] | None = None  # the zoo's (top K, alpha), once known
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, metadata=self.metadata, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            raise GatingError(f"{getattr(code, 'name', code)}: {details}") from exc
+
+    def zoo_params(self) -> tuple[int, float]:
+        """The zoo's top K and alpha (asked once; they come from the ModelZoo spec)."""
+        if self.params is None:
+            status = self._call(self.stub.Status, gpb.StatusRequest())
+            self.params = (int(status.top_k) or 10, float(status.alpha))
+        return self.params
+
+    def status(self) -> gpb.ZooStatus:
+        status: gpb.ZooStatus = self._call(self.stub.Status, gpb.StatusRequest())
+        return status
+
+    def select(self, images: np.ndarray, k: int) -> tuple[int, list[Choice]]:
+        """(zoo version, the top-``k`` experts best first) for a window's frames."""
+        frames = gpb.Frames(h264=encode_h264(list(images), crf=18), count=len(images))
+        reply = self._call(self.stub.Select, gpb.SelectRequest(frames=frames, k=k))
+        return int(reply.zoo_version), [
+            Choice(e.id, float(e.score), e.sha256, e.source_device) for e in reply.experts
+        ]
+
+    def expert(self, choice: Choice, arch: str, template: SegmentationModel) -> torch.Tensor:
+        """The expert's trainable parameters as one float32 vector (kept in memory by digest)."""
+        with self._lock:
+            flat = self._experts.get(choice.sha256)
+            if flat is not None:
+                self._experts.move_to_end(choice.sha256)
+                return flat
+        chunks: list[bytes] = []
+        size = 0
+        digest = ""
+        try:
+            for chunk in self.stub.GetExpert(
+                gpb.ExpertRequest(id=choice.id), metadata=self.metadata, timeout=self.timeout
+            ):
+                if chunk.sha256:
+                    digest = chunk.sha256
+                size += len(chunk.data)
+                if size > MAX_EXPERT_BYTES:
+                    raise GatingError(f"expert {choice.id!r} is larger than {MAX_EXPERT_BYTES}")
+                chunks.append(chunk.data)
+        except grpc.RpcError as exc:
+            raise GatingError(f"expert {choice.id!r}: {exc.details()}") from exc
+        data = b"".join(chunks)
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise GatingError(f"expert {choice.id!r} does not match its SHA-256")
+        try:
+            state, _ = parse_checkpoint(data, arch)
+            model = _scratch(template)
+            model.load_state_dict(state)
+        except Exception as exc:
+            raise GatingError(f"expert {choice.id!r} does not load: {exc}") from exc
+        flat = parameter_vector(model).detach().cpu().clone()
+        with self._lock:
+            self._experts[choice.sha256] = flat
+            while len(self._experts) > EXPERTS_KEPT:
+                self._experts.popitem(last=False)
+        return flat
+
+    def record(self, picks: Sequence[str]) -> None:
+        self._call(self.stub.Record, gpb.RecordRequest(picks=list(picks)))
+
+    def admit(
+        self,
+        candidate_id: str,
+        checkpoint: bytes,
+        source_device: str,
+        window: int,
+        images: np.ndarray,
+        labels: torch.Tensor,
+    ) -> gpb.AdmitResponse:
+        request = gpb.AdmitRequest(
+            candidate_id=candidate_id,
+            checkpoint=checkpoint,
+            source_device=source_device,
+            window=window,
+            frames=gpb.Frames(h264=encode_h264(list(images), crf=18), count=len(images)),
+            labels=encode_labels(labels),
+        )
+        reply: gpb.AdmitResponse = self._call(self.stub.Admit, request)
+        return reply
+
+
+def _scratch(template: SegmentationModel) -> SegmentationModel:
+    import copy
+
+    return copy.deepcopy(template)
+
+
+@dataclass
+class Window:
+    """One device's current window: its frames, split into training and held-out ones."""
+
+    index: int = 0
+    start: float | None = None  # capture time of its first frame
+    images: list[np.ndarray] = field(default_factory=list)
+    labels: list[torch.Tensor] = field(default_factory=list)
+    holdout: list[int] = field(default_factory=list)  # positions in images/labels
+    seen: int = 0  # frames of the window so far (the held-out choice counts them)
+
+    def add(self, images: np.ndarray, labels: torch.Tensor, times: Sequence[float]) -> list[int]:
+        """Keep a batch's frames; the positions (in the batch) that are for training."""
+        train = []
+        for i in range(len(images)):
+            if self.start is None:
+                self.start = float(times[i])
+            if self.seen % HOLDOUT_EVERY == HOLDOUT_EVERY - 1:
+                self.holdout.append(len(self.images))
+            else:
+                train.append(i)
+            self.images.append(images[i])
+            self.labels.append(labels[i])
+            self.seen += 1
+        return train
+
+    def due(self, now: float, length: float) -> bool:
+        return self.start is not None and now - self.start >= length and bool(self.holdout)
+
+    def held_out(self) -> tuple[np.ndarray, torch.Tensor]:
+        return (
+            np.stack([self.images[i] for i in self.holdout]),
+            torch.stack([self.labels[i] for i in self.holdout]),
+        )
+
+    def training(self) -> tuple[np.ndarray, torch.Tensor] | None:
+        """The frames that are not held out (None if there are none)."""
+        held = set(self.holdout)
+        idx = [i for i in range(len(self.images)) if i not in held]
+        if not idx:
+            return None
+        return np.stack([self.images[i] for i in idx]), torch.stack([self.labels[i] for i in idx])
+
+    def all_frames(self, limit: int | None = None) -> tuple[np.ndarray, torch.Tensor]:
+        idx = list(range(len(self.images)))
+        if limit is not None and len(idx) > limit:
+            idx = [int(i) for i in np.linspace(0, len(idx) - 1, limit).round()]
+        return np.stack([self.images[i] for i in idx]), torch.stack([self.labels[i] for i in idx])
+
+    def next(self) -> Window:
+        return Window(index=self.index + 1)
+
+
+@dataclass
+class DeviceRecl:
+    """A device's RECL state in the trainer (kept in memory: a restart starts a new window)."""
+
+    window: Window = field(default_factory=Window)
+    # Strategy recl: the retraining job started at the last window's end, warm-started from
+    # that window's winner and trained on that window's frames while the next one fills.
+    retrain: SegmentationModel | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    job: tuple[np.ndarray, torch.Tensor] | None = None  # the frames it trains on
+    job_steps: int = 0
+    start: torch.Tensor | None = None  # the device's model when the window began (ams+recl)
+    expert: str = ""  # the zoo expert the device runs, if it runs one unchanged
+    cache_size: int = 0  # the agent's expert cache: its size, and what it holds (LRU order)
+    cached: collections.OrderedDict[str, int] = field(default_factory=collections.OrderedDict)
+    switch_pending: str = ""  # a SwitchExpert sent and not acknowledged
+    windows: int = 0
+    switches: int = 0
+    switches_cached: int = 0
+    switch_bytes: int = 0
+    offered: int = 0
+    gating_errors: int = 0
+    last_pick: str = ""
+    last_scores: dict[str, float] = field(default_factory=dict)
+    picks: collections.Counter[str] = field(default_factory=collections.Counter)
+    # the last windows' outcomes: index, capture-time span, winner, the expert run after it
+    history: collections.deque[dict[str, Any]] = field(
+        default_factory=lambda: collections.deque(maxlen=16)
+    )
+
+    def remember(self, expert_id: str, checksum: int) -> None:
+        """The agent now caches ``expert_id`` (as its LRU does: most recent last, then trim)."""
+        if not self.cache_size or not expert_id:
+            return
+        self.cached[expert_id] = checksum
+        self.cached.move_to_end(expert_id)
+        while len(self.cached) > self.cache_size:
+            self.cached.popitem(last=False)
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "window": self.window.index,
+            "windows": self.windows,
+            "expert": self.expert or None,
+            "switches": self.switches,
+            "switches_cached": self.switches_cached,
+            "switch_bytes": self.switch_bytes,
+            "offered": self.offered,
+            "gating_errors": self.gating_errors,
+            "last_pick": self.last_pick,
+            "last_scores": {k: round(100 * v, 2) for k, v in self.last_scores.items()},
+            "agent_cache": list(self.cached),
+            "recent_windows": list(self.history),
+        }
