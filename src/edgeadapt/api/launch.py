@@ -22,6 +22,8 @@ CA_DIR = "/etc/edgeadapt/ca"  # ca.crt the agent trusts (a ConfigMap)
 TOKEN_DIR = "/etc/edgeadapt/token"  # the device's token (a Secret)
 CLIENT_CA_DIR = "/etc/edgeadapt/client-ca"  # ca.crt that signs devices' client certificates
 CLIENT_TLS_DIR = "/etc/edgeadapt/client-tls"  # the device's client tls.crt, tls.key (a Secret)
+GATING_CA_DIR = "/etc/edgeadapt/gating-ca"  # ca.crt of the ModelZoo's gating service (ConfigMap)
+GATING_TOKEN_DIR = "/etc/edgeadapt/gating-token"  # the trainers' token for the zoo (a Secret)
 STATE_DIR = "/var/lib/edgeadapt"  # the pod's claim: models and per-device state
 TMP_DIR = "/tmp"  # an emptyDir: the root file system is read-only
 
@@ -34,7 +36,7 @@ CONFIG_FILE = "policy.json"
 TEACHER_ARCHS = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50")
 STUDENT_ARCHS = ("lraspp_mobilenet_v3_large",)
 SYNTHETIC_PROFILES = ("bench", "tiny")
-STRATEGIES = ("ams",)
+STRATEGIES = ("ams", "recl", "ams+recl")
 TASKS = ("segmentation",)
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -145,6 +147,11 @@ class TrainerLaunch:
     client_ca: str | None = None
     token_key_file: str | None = None
     insecure: bool = False
+    # RECL (strategy recl or ams+recl, from the config): the ModelZoo's gating service
+    gating: str | None = None
+    gating_ca: str | None = None
+    gating_token_file: str | None = None
+    gating_caller: str | None = None
     ready_file: str | None = None
     log_format: str = "text"
 
@@ -164,6 +171,10 @@ class TrainerLaunch:
         _flag(out, "--client-ca", self.client_ca)
         _flag(out, "--token-secret-file", self.token_key_file)
         _flag(out, "--insecure", self.insecure)
+        _flag(out, "--gating", self.gating)
+        _flag(out, "--gating-ca", self.gating_ca)
+        _flag(out, "--gating-token-file", self.gating_token_file)
+        _flag(out, "--gating-caller", self.gating_caller)
         _flag(out, "--ready-file", self.ready_file)
         _flag(out, "--log-format", self.log_format if self.log_format != "text" else None)
         return out
@@ -238,6 +249,7 @@ class AgentLaunch:
     loop: bool = False  # a video that ends starts again (a device runs until it is deleted)
     http_listen: str = "0.0.0.0:9090"
     max_pending: int | None = None
+    expert_cache: int | None = None  # the EdgeDevice's spec.expertCache.experts
     uplink_kbps: float | None = None  # the EdgeDevice's spec.link budgets
     downlink_kbps: float | None = None
     backoff_max: float | None = None
@@ -265,6 +277,7 @@ class AgentLaunch:
         _flag(out, "--loop", self.loop)
         _flag(out, "--http-listen", self.http_listen)
         _flag(out, "--max-pending", self.max_pending)
+        _flag(out, "--expert-cache", self.expert_cache)
         _flag(out, "--uplink-kbps", self.uplink_kbps)
         _flag(out, "--downlink-kbps", self.downlink_kbps)
         _flag(out, "--backoff-max", self.backoff_max)

@@ -24,6 +24,7 @@ class EdgeDeviceSpec:
     task: str
     uplink_kbps: int
     downlink_kbps: int
+    expert_cache: int
     node_name: str | None
     node_selector: Mapping[str, str]
     suspend: bool
@@ -38,6 +39,7 @@ class EdgeDeviceSpec:
             task=str(s["task"]),
             uplink_kbps=int(s["link"]["uplinkKbps"]),
             downlink_kbps=int(s["link"]["downlinkKbps"]),
+            expert_cache=int(s["expertCache"]["experts"]),
             node_name=str(node["name"]) if node.get("name") else None,
             node_selector={str(k): str(v) for k, v in (node.get("selector") or {}).items()},
             suspend=bool(s["suspend"]),
@@ -60,6 +62,7 @@ class ModelSpec:
 class AdaptationPolicySpec:
     strategy: str
     ams: Mapping[str, Any]
+    recl: Mapping[str, Any]
     sampling: Mapping[str, Any]
     teacher: ModelSpec
     student: ModelSpec
@@ -81,6 +84,7 @@ class AdaptationPolicySpec:
         return cls(
             strategy=str(s["strategy"]),
             ams=s["ams"],
+            recl=s["recl"],
             sampling=s["sampling"],
             teacher=ModelSpec.of(s["teacher"]),
             student=ModelSpec.of(s["student"]),

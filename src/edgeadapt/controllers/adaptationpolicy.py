@@ -65,6 +65,11 @@ from edgeadapt.controllers.common import (
     summary_conditions,
     transition_events,
 )
+from edgeadapt.controllers.modelzoo import (
+    gating_ca_config_map_name,
+    gating_endpoint,
+    gating_key_secret_name,
+)
 from edgeadapt.controllers.observe import PolicyFigures
 from edgeadapt.pki import KeyPair
 
@@ -93,7 +98,22 @@ def trainer_name(policy: str) -> str:
 
 def trainer_parameters(spec: AdaptationPolicySpec) -> dict[str, Any]:
     """What the trainers read from their ConfigMap (``--config``): the algorithm parameters."""
-    return {"strategy": spec.strategy, "ams": dict(spec.ams), "sampling": dict(spec.sampling)}
+    return {
+        "strategy": spec.strategy,
+        "ams": dict(spec.ams),
+        "sampling": dict(spec.sampling),
+        "recl": dict(spec.recl),
+    }
+
+
+def gating_token_secret_name(policy: str) -> str:
+    """The trainers' token for their ModelZoo's gating service (strategies recl, ams+recl)."""
+    return f"{policy}-gating-token"
+
+
+def uses_zoo(spec: AdaptationPolicySpec) -> bool:
+    """Whether the policy's trainers call its ModelZoo's gating service."""
+    return spec.strategy != "ams" and spec.model_zoo is not None
 
 
 def weights_source(w: Mapping[str, Any]) -> tuple[launch.WeightsSource, str | None]:
@@ -115,8 +135,12 @@ def model_ref(model: ModelSpec) -> tuple[launch.ModelRef, str | None]:
     return launch.ModelRef(model.architecture, source), claim
 
 
-def trainer_launch(spec: AdaptationPolicySpec) -> tuple[launch.TrainerLaunch, list[str]]:
-    """The trainer's options, and the claims its weights sources need mounted."""
+def trainer_launch(
+    spec: AdaptationPolicySpec, owner: Owner | None = None, cluster_domain: str = "cluster.local"
+) -> tuple[launch.TrainerLaunch, list[str]]:
+    """The trainer's options, and the claims its weights sources need mounted (``owner``: the
+    policy, for the gating service of its zoo)."""
+    gating = owner is not None and uses_zoo(spec)
     teacher, teacher_claim = model_ref(spec.teacher)
     student, student_claim = model_ref(spec.student)
     options = launch.TrainerLaunch(
@@ -131,6 +155,12 @@ def trainer_launch(spec: AdaptationPolicySpec) -> tuple[launch.TrainerLaunch, li
         tls_key=f"{launch.TLS_DIR}/{launch.TLS_KEY}",
         token_key_file=f"{launch.TOKEN_KEY_DIR}/{launch.TOKEN_KEY_FILE}",
         client_ca=f"{launch.CLIENT_CA_DIR}/{launch.CA_CERT}" if spec.mutual_tls else None,
+        gating=gating_endpoint(str(spec.model_zoo), owner.namespace, cluster_domain)
+        if gating and owner is not None
+        else None,
+        gating_ca=f"{launch.GATING_CA_DIR}/{launch.CA_CERT}" if gating else None,
+        gating_token_file=f"{launch.GATING_TOKEN_DIR}/{launch.TOKEN_FILE}" if gating else None,
+        gating_caller=owner.name if gating and owner is not None else None,
         log_format="json",
     )
     claims = sorted({c for c in (teacher_claim, student_claim) if c})
@@ -211,7 +241,7 @@ def stateful_set(
 ) -> Body:
     labels = selector_labels(keys.ADAPTATION_POLICY_LABEL, owner.name, COMPONENT)
     name = trainer_name(owner.name)
-    options, claims = trainer_launch(spec)
+    options, claims = trainer_launch(spec, owner, images.cluster_domain)
     mounts = [
         {"name": "config", "mountPath": launch.CONFIG_DIR, "readOnly": True},
         {"name": "tls", "mountPath": launch.TLS_DIR, "readOnly": True},
@@ -240,6 +270,26 @@ def stateful_set(
             {
                 "name": "client-ca",
                 "configMap": {"name": security.client_ca_config_map_name(owner.name)},
+            }
+        )
+    if options.gating:
+        mounts.append({"name": "gating-ca", "mountPath": launch.GATING_CA_DIR, "readOnly": True})
+        mounts.append(
+            {"name": "gating-token", "mountPath": launch.GATING_TOKEN_DIR, "readOnly": True}
+        )
+        volumes.append(
+            {
+                "name": "gating-ca",
+                "configMap": {"name": gating_ca_config_map_name(str(spec.model_zoo))},
+            }
+        )
+        volumes.append(
+            {
+                "name": "gating-token",
+                "secret": {
+                    "secretName": gating_token_secret_name(owner.name),
+                    "defaultMode": 0o440,
+                },
             }
         )
     for i, claim in enumerate(claims):
@@ -395,6 +445,7 @@ def decide(
     images: Images,
     now: str,
     issued_ca: bytes | None = None,
+    gating_key: bytes | None = None,
 ) -> Plan:
     """Desired children and status of one AdaptationPolicy.
 
@@ -402,7 +453,9 @@ def decide(
     ``ca`` the operator's CA and ``tls`` the trainers' certificate (the observed one while good,
     ``security.tls_pair``); ``trainer_pods`` its trainer pods; ``figures`` what its trainers
     report. With ``images.cert_issuer`` a cert-manager Certificate replaces ``tls`` and
-    ``issued_ca`` (the ``ca.crt`` its issuer wrote) is the agents' CA bundle."""
+    ``issued_ca`` (the ``ca.crt`` its issuer wrote) is the agents' CA bundle. ``gating_key`` is
+    the token key of the policy's ModelZoo's gating service (strategies recl, ams+recl), which
+    the trainers' token is minted from."""
     owner = Owner.of(ADAPTATION_POLICY, policy)
     spec = AdaptationPolicySpec.of(policy.get("spec"))
     gen = owner.generation
@@ -433,6 +486,15 @@ def decide(
     elif ca is not None and tls is not None:
         plan.apply.append(Apply(SECRET, security.tls_secret(owner, tls, ca)))
         plan.apply.append(Apply(CONFIG_MAP, security.ca_config_map(owner, ca.cert)))
+    if uses_zoo(spec) and gating_key is not None:
+        plan.apply.append(
+            Apply(
+                SECRET,
+                security.caller_token_secret(
+                    owner, gating_token_secret_name(owner.name), gating_key, owner.name
+                ),
+            )
+        )
     if spec.mutual_tls and ca is not None:  # devices' client certificates: the operator's CA
         plan.apply.append(Apply(CONFIG_MAP, security.client_ca_config_map(owner, ca.cert)))
 
@@ -477,6 +539,12 @@ def decide(
         message = (
             f'waiting for {issuer.kind} "{issuer.name}" to issue Secret '
             f'"{security.tls_secret_name(owner.name)}" with a ca.crt'
+        )
+        checks.append(Check("False", Reason.WAITING_FOR_CREDENTIALS, message))
+    if uses_zoo(spec) and zoo is not None and gating_key is None:
+        message = (
+            f'waiting for ModelZoo "{spec.model_zoo}" to create its gating key (Secret '
+            f'"{gating_key_secret_name(str(spec.model_zoo))}")'
         )
         checks.append(Check("False", Reason.WAITING_FOR_CREDENTIALS, message))
     zoo_missing = zoo_cond[1] == Reason.MODEL_ZOO_NOT_FOUND
@@ -591,6 +659,11 @@ class AdaptationPolicyController:
             images=images,
             now=now_rfc3339(),
             issued_ca=issued_ca,
+            gating_key=security.token_key_of(
+                cache.child(SECRET, ns, gating_key_secret_name(spec.model_zoo))
+            )
+            if uses_zoo(spec) and spec.model_zoo
+            else None,
         )
 
     def _seed_pool(self, ns: str, name: str, policy: Body) -> TrainerPool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from edgeadapt.api.v1alpha1 import Kind
 from edgeadapt.controllers import security
@@ -34,6 +34,8 @@ class Cache:
     objects: dict[Key, Body] = field(default_factory=dict)
     children: dict[Key, Body] = field(default_factory=dict)
     observations: dict[tuple[str, str, int], TrainerObservation] = field(default_factory=dict)
+    # (namespace, zoo) -> its gating service's last /status answer (None: not reachable)
+    zoo_status: dict[tuple[str, str], dict[str, Any] | None] = field(default_factory=dict)
     ca: KeyPair | None = None
 
     def get(self, kind: Kind, namespace: str, name: str | None) -> Body | None:

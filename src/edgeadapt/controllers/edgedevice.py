@@ -192,6 +192,7 @@ def agent_launch(
         trainer=endpoint,
         uplink_kbps=spec.uplink_kbps,
         downlink_kbps=spec.downlink_kbps,
+        expert_cache=spec.expert_cache,
         ca_file=f"{launch.CA_DIR}/{launch.CA_CERT}",
         token_file=f"{launch.TOKEN_DIR}/{launch.TOKEN_FILE}",
         cert_file=f"{launch.CLIENT_TLS_DIR}/{launch.TLS_CERT}" if mutual_tls else None,

@@ -54,6 +54,7 @@ from edgeadapt.controllers.common import (
     summary_conditions,
     transition_events,
 )
+from edgeadapt.controllers.observe import rfc3339
 from edgeadapt.pki import KeyPair
 
 RBAC_RULES = rules(
@@ -246,13 +247,15 @@ def decide(
     ca: KeyPair | None = None,
     tls: KeyPair | None = None,
     issued_ca: bytes | None = None,
+    gating_status: Mapping[str, Any] | None = None,
 ) -> Plan:
     """Desired children and status of one ModelZoo.
 
     The gating service gets a token key (``token_key`` as observed, else ``new_key``, created
     once) and a certificate for its Service: ``tls`` from the operator's ``ca``, or a
     cert-manager Certificate with ``images.cert_issuer`` (``issued_ca``: what its issuer wrote);
-    callers get the CA bundle."""
+    callers get the CA bundle. ``gating_status`` is the gating service's last ``/status``
+    answer: the zoo's figures in the status are what it reported, kept while it is silent."""
     owner = Owner.of(MODEL_ZOO, zoo)
     spec = ModelZooSpec.of(zoo.get("spec"))
     gen = owner.generation
@@ -331,17 +334,34 @@ def decide(
     conds.append(condition(GATING_AVAILABLE, *gating, generation=gen))
 
     current = zoo.get("status") or {}
-    status = status_with_conditions(
-        current,
-        conds,
-        {"readyReplicas": int(dstatus.get("readyReplicas") or 0)},
-        generation=gen,
-        now=now,
-    )
+    fields: dict[str, Any] = {"readyReplicas": int(dstatus.get("readyReplicas") or 0)}
+    fields |= zoo_figures(gating_status)
+    status = status_with_conditions(current, conds, fields, generation=gen, now=now)
     if status_differs(current, status):
         plan.status = status
         plan.events = transition_events(current, status, "ModelZoo")
     return plan
+
+
+def zoo_figures(body: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The status fields a gating service's ``/status`` answer gives (none without one)."""
+    if not body:
+        return {}
+    out: dict[str, Any] = {}
+    for field_name, key in (
+        ("experts", "experts"),
+        ("gatingVersion", "zoo_version"),
+        ("admissions", "admitted"),
+        ("prunes", "pruned"),
+        ("selections", "selections"),
+    ):
+        value = body.get(key)
+        if isinstance(value, int) and value >= 0:
+            out[field_name] = value
+    last = body.get("last_admission_unix")
+    if isinstance(last, (int, float)) and last > 0:
+        out["lastAdmissionTime"] = rfc3339(float(last))
+    return out
 
 
 @dataclass
@@ -399,6 +419,7 @@ class ModelZooController:
             ca=cache.ca,
             tls=tls,
             issued_ca=issued_ca,
+            gating_status=cache.zoo_status.get((ns, name)),
         )
 
     def _queue_policies(self, ns: str, zoo: str) -> None:

@@ -159,6 +159,15 @@ def device_token_secret(owner: Owner, policy_key: bytes) -> Body:
     )
 
 
+def caller_token_secret(owner: Owner, name: str, key: bytes, caller: str) -> Body:
+    """A token minted from another service's key for ``caller`` (a policy's trainers calling
+    its ModelZoo's gating service)."""
+    token = mint_token(key.strip(), caller)
+    return _secret(
+        owner, name, keys.ADAPTATION_POLICY_LABEL, "trainer", {TOKEN_FILE: b64(token.encode())}
+    )
+
+
 def service_hosts(service: str, namespace: str, cluster_domain: str) -> tuple[str, ...]:
     """Names a ClusterIP Service's certificate covers."""
     return (f"{service}.{namespace}.svc.{cluster_domain}", f"{service}.{namespace}.svc", service)

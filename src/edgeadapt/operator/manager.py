@@ -25,11 +25,12 @@ import aiohttp
 
 from edgeadapt.api import keys
 from edgeadapt.api.conditions import now_rfc3339
-from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE, Kind
-from edgeadapt.controllers import edgedevice, observe, registry
+from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE, MODEL_ZOO, Kind
+from edgeadapt.controllers import edgedevice, observe, registry, security
 from edgeadapt.controllers.base import Cache, Controller, Key
 from edgeadapt.controllers.binding import Bindings
 from edgeadapt.controllers.common import (
+    SECRET,
     STATEFUL_SET,
     Apply,
     Body,
@@ -43,6 +44,7 @@ from edgeadapt.controllers.common import (
     status_differs,
     transition_events,
 )
+from edgeadapt.controllers.modelzoo import gating_key_secret_name
 from edgeadapt.operator import metrics, poller
 from edgeadapt.operator.authority import load_or_create_ca
 from edgeadapt.operator.kube import ApiError, Client
@@ -110,6 +112,16 @@ def _slim_container(status: Mapping[str, Any]) -> Body:
     return out
 
 
+def _zoo_digest(body: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
+    """What a zoo's status shows of its gating service's answer."""
+    if body is None:
+        return None
+    return tuple(body.get(k) for k in ZOO_FIGURES)
+
+
+ZOO_FIGURES = ("experts", "zoo_version", "admitted", "pruned", "last_admission_unix", "selections")
+
+
 @dataclass
 class Manager:
     kube: Client
@@ -117,6 +129,7 @@ class Manager:
     workers: int = 8
     operator_namespace: str = "default"
     status_url: poller.UrlOf | None = None  # default: the trainers' cluster DNS names
+    zoo_status_url: poller.ZooUrlOf | None = None  # default: the gating Services' DNS names
     status_interval: float = poller.STATUS_INTERVAL_S
     bindings: Bindings = field(default_factory=Bindings)
     _figures_queued: dict[tuple[str, str], float] = field(default_factory=dict)
@@ -130,6 +143,8 @@ class Manager:
         self._tasks: list[asyncio.Task[None]] = []
         if self.status_url is None:
             self.status_url = poller.cluster_url(self.images.cluster_domain)
+        if self.zoo_status_url is None:
+            self.zoo_status_url = poller.gating_url(self.images.cluster_domain)
 
     def start(self) -> None:
         self.queue.start()
@@ -181,7 +196,35 @@ class Manager:
         observations = self.cache.observations
         for gone in set(observations) - wanted:
             del observations[gone]
+        zoos = set()
+        for plural, ns, zoo in list(self.cache.objects):
+            if plural != MODEL_ZOO.plural:
+                continue
+            secret = self.cache.child(SECRET, ns, gating_key_secret_name(zoo))
+            zoo_key = security.token_key_of(secret)
+            if zoo_key is not None:
+                zoos.add((ns, zoo))
+                jobs.append(self._poll_zoo(session, limit, ns, zoo, status_token(zoo_key)))
+        for old_zoo in set(self.cache.zoo_status) - zoos:
+            del self.cache.zoo_status[old_zoo]
         await asyncio.gather(*jobs)
+
+    async def _poll_zoo(
+        self,
+        session: aiohttp.ClientSession,
+        limit: asyncio.Semaphore,
+        ns: str,
+        zoo: str,
+        token: str,
+    ) -> None:
+        """Ask a zoo's gating service for its figures; queue the zoo when they moved."""
+        assert self.zoo_status_url is not None
+        async with limit:
+            body, _ = await poller.fetch_json(session, self.zoo_status_url(ns, zoo), token)
+        old = self.cache.zoo_status.get((ns, zoo), {})
+        self.cache.zoo_status[(ns, zoo)] = body
+        if _zoo_digest(old) != _zoo_digest(body):
+            self.cache.queue(MODEL_ZOO, ns, zoo)
 
     async def _poll_trainer(
         self,

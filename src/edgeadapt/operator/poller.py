@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 
@@ -35,6 +36,8 @@ STATUS_CHUNK_BYTES = 256 * 1024
 
 # (namespace, policy, pod) -> URL of the trainer's /status
 UrlOf = Callable[[str, str, str], str]
+# (namespace, zoo) -> URL of the zoo's gating service's /status
+ZooUrlOf = Callable[[str, str], str]
 
 
 def cluster_url(cluster_domain: str) -> UrlOf:
@@ -54,11 +57,24 @@ def url_from_env(cluster_domain: str) -> UrlOf:
     )
 
 
-async def fetch(
+def gating_url(cluster_domain: str) -> ZooUrlOf:
+    """Where a ModelZoo's gating service answers ``/status``: its Service's cluster name, or
+    the ``EDGEADAPT_GATING_STATUS_URL`` template (``{namespace}``, ``{zoo}``)."""
+    template = os.environ.get("EDGEADAPT_GATING_STATUS_URL")
+    if template:
+        return lambda namespace, zoo: template.format(namespace=namespace, zoo=zoo)
+
+    def url(namespace: str, zoo: str) -> str:
+        host = f"{zoo}-gating.{namespace}.svc.{cluster_domain}"
+        return f"http://{host}:{keys.METRICS_PORT}/status"
+
+    return url
+
+
+async def fetch_json(
     session: aiohttp.ClientSession, url: str, token: str, timeout: float = STATUS_TIMEOUT_S
-) -> TrainerObservation:
-    """One trainer's /status as an observation (unreachable, with the error, if it fails)."""
-    now = time.time()
+) -> tuple[dict[str, Any] | None, str]:
+    """A ``/status`` answer as a JSON object, or None and why not."""
     try:
         async with session.get(
             url,
@@ -66,7 +82,7 @@ async def fetch(
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as resp:
             if resp.status != 200:
-                return TrainerObservation(now, False, f"/status answered HTTP {resp.status}")
+                return None, f"/status answered HTTP {resp.status}"
             # The whole body, chunk by chunk up to the cap (``read(n)`` returns what has
             # arrived so far, which cuts a large answer short).
             chunks: list[bytes] = []
@@ -74,11 +90,22 @@ async def fetch(
             async for chunk in resp.content.iter_chunked(STATUS_CHUNK_BYTES):
                 size += len(chunk)
                 if size > MAX_STATUS_BYTES:
-                    return TrainerObservation(now, False, "/status answer is too large")
+                    return None, "/status answer is too large"
                 chunks.append(chunk)
             body = json.loads(b"".join(chunks))
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        return TrainerObservation(now, False, f"{type(exc).__name__}: {exc}"[:300])
+        return None, f"{type(exc).__name__}: {exc}"[:300]
     if not isinstance(body, dict):
-        return TrainerObservation(now, False, "/status answer is not a JSON object")
+        return None, "/status answer is not a JSON object"
+    return body, ""
+
+
+async def fetch(
+    session: aiohttp.ClientSession, url: str, token: str, timeout: float = STATUS_TIMEOUT_S
+) -> TrainerObservation:
+    """One trainer's /status as an observation (unreachable, with the error, if it fails)."""
+    now = time.time()
+    body, error = await fetch_json(session, url, token, timeout)
+    if body is None:
+        return TrainerObservation(now, False, error)
     return TrainerObservation.of(body, now)
