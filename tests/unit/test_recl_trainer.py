@@ -1,0 +1,273 @@
+"""The trainer's RECL side without gRPC: windows, the safety check, switches, the expert cache."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from edgeadapt._proto.stream.v1 import stream_pb2 as pb
+from edgeadapt.adapt.ams import AMSConfig, EdgeModel
+from edgeadapt.adapt.update import model_checksum, parameter_vector
+from edgeadapt.edge_agent.experts import ExpertCache
+from edgeadapt.models.zoo import SegmentationModel, build_student, build_teacher
+from edgeadapt.stream.messages import update_bytes
+from edgeadapt.trainer.hub import Batch, Hub, HubConfig
+from edgeadapt.trainer.recl import Choice, GatingError, ReclConfig, Window
+from edgeadapt.trainer.store import DeviceStore
+
+Models = tuple[SegmentationModel, SegmentationModel]
+
+
+@pytest.fixture(scope="module")
+def models() -> Models:
+    torch.manual_seed(0)
+    return build_teacher(7).eval(), build_student(7, width_mult=0.5).eval()
+
+
+class FakeGating:
+    """The gating client's interface, answering from memory (the real service: test_recl.py)."""
+
+    def __init__(self, experts: dict[str, torch.Tensor], fail: bool = False) -> None:
+        self.experts = experts
+        self.fail = fail
+        self.selects: list[int] = []
+        self.records: list[list[str]] = []
+        self.admits: list[str] = []
+
+    def zoo_params(self) -> tuple[int, float]:
+        if self.fail:
+            raise GatingError("UNAVAILABLE: connection refused")
+        return 3, 0.02
+
+    def select(self, images: np.ndarray, k: int) -> tuple[int, list[Choice]]:
+        self.selects.append(len(images))
+        return 1, [Choice(e, 0.5, f"sha-{e}", "cam-x") for e in list(self.experts)[:k]]
+
+    def expert(self, choice: Choice, arch: str, template: Any) -> torch.Tensor:
+        return self.experts[choice.id]
+
+    def record(self, picks: list[str]) -> None:
+        self.records.append(list(picks))
+
+    def admit(self, candidate_id: str, *args: Any) -> pb.AgentMessage:
+        self.admits.append(candidate_id)
+        return pb.AgentMessage()
+
+
+def make_hub(models: Models, store: Path, gating: FakeGating, strategy: str = "recl") -> Hub:
+    teacher, student = (copy.deepcopy(m) for m in models)
+    cfg = HubConfig(
+        ams=AMSConfig(iterations=2, batch_size=2, t_update=2.0),
+        resync_interval=0.0,
+        recl=ReclConfig(strategy, window_s=4.0, iterations=2, batch_size=2),
+    )
+    return Hub(
+        teacher,
+        student,
+        cfg,
+        DeviceStore(store),
+        torch.device("cpu"),
+        trainer_id="tr-0",
+        gating=gating,  # type: ignore[arg-type]
+    )
+
+
+def register(hub: Hub, cached: dict[str, int] | None = None, size: int = 2) -> pb.Register:
+    message = pb.Register(
+        device_id="cam-1",
+        task=pb.TASK_SEMANTIC_SEGMENTATION,
+        model=hub.spec,
+        model_version=0,
+        model_checksum=hub.base_checksum,
+        adapt=True,
+        expert_cache_size=size,
+    )
+    for expert_id, checksum in (cached or {}).items():
+        message.cached_experts.add(id=expert_id, model_checksum=checksum)
+    return message
+
+
+def perturbed(model: SegmentationModel, seed: int) -> torch.Tensor:
+    flat = parameter_vector(model).detach().clone()
+    g = torch.Generator().manual_seed(seed)
+    return flat + 0.05 * torch.randn(flat.shape, generator=g)
+
+
+def wait(check: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_switch_is_an_update_once_and_a_message_when_the_agent_caches_the_expert(
+    models: Models, tmp_path: Path
+) -> None:
+    expert = perturbed(models[1], 1)
+    hub = make_hub(models, tmp_path, FakeGating({"zoo-x": expert}))
+    sent: list[pb.TrainerMessage] = []
+    hub.attach(register(hub), sent.append, lambda reason: None)
+    dev = hub.devices["cam-1"]
+    edge = EdgeModel(models[1])
+    cache = ExpertCache(2, edge.num_params, tmp_path / "agent-experts")
+
+    def deliver(message: pb.TrainerMessage | None) -> bool:
+        assert message is not None
+        if message.WhichOneof("body") == "switch_expert":
+            s = message.switch_expert
+            params = cache.get(s.expert_id, s.model_checksum)
+            assert params is not None, "the trainer switched to an expert the agent lacks"
+            return edge.switch(params, s.version, s.base_version, s.model_checksum)
+        u = message.update
+        ok = edge.apply(update_bytes(u), expected_checksum=u.model_checksum)
+        if ok and u.expert_id:
+            cache.put(u.expert_id, parameter_vector(edge.active))
+        return ok
+
+    with dev.lock:
+        first = hub._deploy(dev, expert, "zoo-x")
+    assert first is not None
+    assert first.WhichOneof("body") == "update"
+    assert first.update.expert_id == "zoo-x"
+    assert first.update.value_type == pb.VALUE_FLOAT16, "experts travel as float16"
+    assert deliver(first)
+    assert edge.checksum() == dev.checksum, "the agent runs exactly the trainer's copy"
+    assert edge.version == dev.version == 1
+
+    other = perturbed(models[1], 2)
+    with dev.lock:
+        away = hub._deploy(dev, other, "")
+    assert away is not None
+    assert away.update.expert_id == ""
+    assert deliver(away)
+
+    with dev.lock:
+        back = hub._deploy(dev, expert, "zoo-x")
+    assert back is not None
+    assert back.WhichOneof("body") == "switch_expert", back
+    assert back.ByteSize() < 100, "a switch to a cached expert costs a message, not a model"
+    assert deliver(back)
+    assert edge.checksum() == dev.checksum
+    assert edge.version == dev.version == 3
+    assert dev.recl is not None
+    assert dev.recl.switches_cached == 1
+
+    # An agent that lost the expert rejects the switch: the trainer forgets that it had it, and
+    # the resync that follows serves the same model from the update log.
+    stale = EdgeModel(models[1])
+    for m in (first, away):
+        assert stale.apply(update_bytes(m.update), expected_checksum=m.update.model_checksum)
+    hub.ack("cam-1", pb.UpdateAck(version=2, applied=False, reason="not cached"))
+    assert "zoo-x" not in dev.recl.cached
+    replay = hub.resync("cam-1", pb.ResyncRequest(have_version=2, have_checksum=stale.checksum()))
+    assert [m.update.version for m in replay] == [3]
+    assert stale.apply(update_bytes(replay[0].update), replay[0].update.model_checksum)
+    assert stale.checksum() == dev.checksum
+
+
+def test_a_switch_names_the_checksum_the_agent_reported_for_its_cache(
+    models: Models, tmp_path: Path
+) -> None:
+    expert = perturbed(models[1], 3)
+    canonical = expert.half().float()
+    hub = make_hub(models, tmp_path, FakeGating({"zoo-y": expert}))
+    sent: list[pb.TrainerMessage] = []
+    # The agent restarted with the expert already in its cache (Register.cached_experts).
+    hub.attach(register(hub, {"zoo-y": model_checksum(canonical)}), sent.append, print)
+    dev = hub.devices["cam-1"]
+    with dev.lock:
+        message = hub._deploy(dev, expert, "zoo-y")
+    assert message is not None
+    assert message.WhichOneof("body") == "switch_expert"
+    # A cache entry with another checksum is a different model: the weights are sent.
+    hub2 = make_hub(models, tmp_path / "2", FakeGating({"zoo-y": expert}))
+    hub2.attach(register(hub2, {"zoo-y": 1234}), sent.append, print)
+    dev2 = hub2.devices["cam-1"]
+    with dev2.lock:
+        message2 = hub2._deploy(dev2, expert, "zoo-y")
+    assert message2 is not None
+    assert message2.WhichOneof("body") == "update"
+
+
+def frames(seq: int, t0: float, n: int = 5) -> Batch:
+    rng = np.random.default_rng(seq)
+    images = rng.integers(0, 255, (n, 64, 128, 3), dtype=np.uint8)
+    return Batch(seq, images, [t0 + 0.5 * i for i in range(n)])
+
+
+@pytest.mark.parametrize("strategy", ["recl", "ams+recl"])
+def test_a_window_ends_with_the_safety_checkers_pick(
+    models: Models, tmp_path: Path, strategy: str
+) -> None:
+    experts = {"zoo-a": perturbed(models[1], 4), "zoo-b": parameter_vector(models[1]).clone()}
+    gating = FakeGating(experts)
+    hub = make_hub(models, tmp_path, gating, strategy)
+    hub.start()
+    try:
+        sent: list[pb.TrainerMessage] = []
+        hub.attach(register(hub), sent.append, lambda reason: None)
+        t0 = 1000.0
+        for seq in range(4):  # 2.5 s of frames each: a window of 4 s ends with the second
+            assert hub.try_submit("cam-1", frames(seq, t0 + 2.5 * seq))
+            wait(lambda s=seq: sum(m.WhichOneof("body") == "batch_ack" for m in sent) > s)  # type: ignore[misc]
+        dev = hub.devices["cam-1"]
+        state = dev.recl
+        assert state is not None
+        wait(lambda: state.windows >= 1)
+        assert gating.selects, "the window's frames went to the gating service"
+        assert len(gating.records) == state.windows, "one pick recorded per window"
+        scores = state.history[0]
+        last = dict(state.last_scores)
+        assert {"current", "expert:zoo-a", "expert:zoo-b"} <= set(last)
+        best = max(last.values())
+        assert last[state.last_pick] == best, "the winner scored best on the held-out frames"
+        if state.history[-1]["winner"].startswith("expert:"):
+            switched = [m for m in sent if m.WhichOneof("body") == "update" and m.update.expert_id]
+            assert switched, "a switch to an expert is sent to the agent"
+        assert scores["window"] == 0
+    finally:
+        hub.stop()
+
+
+def test_without_the_gating_service_a_window_ends_without_reuse(
+    models: Models, tmp_path: Path
+) -> None:
+    gating = FakeGating({}, fail=True)
+    hub = make_hub(models, tmp_path, gating)
+    hub.start()
+    try:
+        sent: list[pb.TrainerMessage] = []
+        hub.attach(register(hub), sent.append, lambda reason: None)
+        for seq in range(3):
+            assert hub.try_submit("cam-1", frames(seq, 2000.0 + 2.5 * seq))
+        dev = hub.devices["cam-1"]
+        assert dev.recl is not None
+        wait(lambda: dev.recl is not None and dev.recl.windows >= 1)
+        assert dev.recl.gating_errors >= 1
+        assert not gating.records
+        assert set(dev.recl.last_scores) <= {"current", "retrained"}
+    finally:
+        hub.stop()
+
+
+def test_every_fifth_frame_of_a_window_is_held_out() -> None:
+    window = Window()
+    images = np.zeros((12, 4, 4, 3), np.uint8)
+    labels = torch.zeros(12, 4, 4, dtype=torch.uint8)
+    train = window.add(images[:7], labels[:7], [float(i) for i in range(7)])
+    train += [i + 7 for i in window.add(images[7:], labels[7:], [float(i) for i in range(7, 12)])]
+    assert window.holdout == [4, 9]
+    assert train == [0, 1, 2, 3, 5, 6, 7, 8, 10, 11]
+    assert not window.due(3.0, 4.0)
+    assert window.due(11.0, 4.0)
+    training = window.training()
+    assert training is not None
+    assert len(training[0]) == 10
+    assert window.next().index == 1
