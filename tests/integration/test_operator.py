@@ -288,7 +288,7 @@ def test_missing_model_zoo_is_reported_and_recovers(
     cluster: LocalCluster, operator: OperatorProcess, namespace: str
 ) -> None:
     ns = namespace
-    apply(cluster, ns, policy("recl", modelZooRef={"name": "zoo-x"}))
+    apply(cluster, ns, policy("recl", strategy="recl", modelZooRef={"name": "zoo-x"}))
     pol = wait_condition(
         cluster, ns, "adaptationpolicy", "recl", status="False", reason="ModelZooNotFound"
     )
@@ -319,6 +319,33 @@ def test_missing_model_zoo_is_reported_and_recovers(
     assert f"zoo-x-gating.{ns}.svc" in dns_names(cert)
     bundle = must_get(cluster, "configmap", "zoo-x-gating-ca", ns)["data"]["ca.crt"]
     assert signed_by(cert, bundle.encode())
+
+    # The policy's trainers call the zoo's gating service: its endpoint, its CA, and a token
+    # minted from the zoo's key for the policy.
+    sts = must_get(cluster, "statefulset", "recl-trainer", ns)
+    pod = sts["spec"]["template"]
+    assert arg_of(pod, "--gating") == f"zoo-x-gating.{ns}.svc.cluster.local:50052"
+    assert arg_of(pod, "--gating-caller") == "recl"
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["gating-ca"]["configMap"]["name"] == "zoo-x-gating-ca"
+    assert volumes["gating-token"]["secret"]["secretName"] == "recl-gating-token"
+    key = base64.b64decode(must_get(cluster, "secret", "zoo-x-gating-key", ns)["data"]["key"])
+    token = must_get(cluster, "secret", "recl-gating-token", ns)["data"]["token"]
+    assert base64.b64decode(token).decode() == mint_token(key.strip(), "recl")
+    config = json.loads(must_get(cluster, "configmap", "recl-trainer", ns)["data"]["policy.json"])
+    assert config["strategy"] == "recl"
+    assert config["recl"] == {"windowSeconds": 30}
+
+    # The zoo's figures are what its gating service reports on /status.
+    def figures() -> dict[str, Any] | None:
+        status = must_get(cluster, "modelzoo", "zoo-x", ns).get("status") or {}
+        return status if status.get("admissions") else None
+
+    status = wait_until(figures, TIMEOUT, "the zoo's figures from its gating service")
+    assert status["experts"] == status["admissions"] >= 1
+    assert status["gatingVersion"] == status["admissions"] + 1
+    assert status["prunes"] == 0
+    assert "lastAdmissionTime" in status
 
 
 def test_children_deleted_by_hand_are_recreated(

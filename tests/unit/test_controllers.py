@@ -426,6 +426,42 @@ def test_policy_names_its_missing_zoo() -> None:
     assert any('"zoo-q"' in c["message"] for c in plan.status["conditions"])
 
 
+def test_a_recl_policy_needs_a_zoo_of_its_students_architecture_and_the_zoos_key() -> None:
+    pol = policy(strategy="recl", modelZooRef={"name": "zoo-q"})
+    ready = {"type": "Ready", "status": "True", "reason": "Succeeded", "message": ""}
+    zoo = {
+        "metadata": {"name": "zoo-q", "namespace": "ns", "generation": 1},
+        "spec": {"studentArchitecture": "deeplabv3_mobilenet_v3_large"},
+        "status": {"observedGeneration": 1, "conditions": [ready]},
+    }
+    args: dict[str, Any] = {
+        "trainers_wanted": 1,
+        "devices_bound": 0,
+        "devices_unbound": 0,
+        "statefulset": None,
+        "images": IMAGES,
+        "now": NOW,
+    }
+    plan = decide_policy(pol, zoo=zoo, **args)
+    conds = conditions(plan.status)
+    assert conds["ModelZooResolved"] == ("False", "ModelZooMismatch")
+    assert conds["Stalled"][0] == "True", "a person has to act"
+
+    def messages(plan: Any) -> str:
+        return " ".join(c["message"] for c in plan.status["conditions"])
+
+    zoo["spec"] = {"studentArchitecture": "lraspp_mobilenet_v3_large"}
+    plan = decide_policy(pol, zoo=zoo, **args)
+    assert conditions(plan.status)["ModelZooResolved"] == ("True", "Succeeded")
+    assert 'waiting for ModelZoo "zoo-q" to create its gating key' in messages(plan)
+    assert not any(a.body["metadata"]["name"] == "pol-gating-token" for a in plan.apply)
+
+    plan = decide_policy(pol, zoo=zoo, gating_key=b"k" * 32, **args)
+    token = next(a.body for a in plan.apply if a.body["metadata"]["name"] == "pol-gating-token")
+    assert base64.b64decode(token["data"]["token"]).decode() == mint_token(b"k" * 32, "pol")
+    assert "gating key" not in messages(plan)
+
+
 def test_zoo_claims_storage_and_runs_the_gating_service() -> None:
     zoo = {
         "metadata": {"name": "z", "namespace": "ns", "uid": "u", "generation": 1},

@@ -19,6 +19,7 @@ from edgeadapt.controllers.common import Images, Owner
 from edgeadapt.edge_agent.__main__ import build_parser as agent_parser
 from edgeadapt.gating.__main__ import ZOO_ARCHS
 from edgeadapt.gating.__main__ import build_parser as gating_parser
+from edgeadapt.trainer.__main__ import _check_args
 from edgeadapt.trainer.__main__ import build_parser as trainer_parser
 from edgeadapt.video.source import open_source
 
@@ -33,7 +34,7 @@ def crd_spec(name: str) -> dict[str, Any]:
 def examples(kind: str) -> list[dict[str, Any]]:
     docs = [
         d
-        for p in sorted((REPO / "examples").glob("*.yaml"))
+        for p in sorted((REPO / "examples").rglob("*.yaml"))
         for d in yaml.safe_load_all(p.read_text())
     ]
     return [d for d in docs if d and d["kind"] == kind]
@@ -70,8 +71,11 @@ def policy_variants() -> list[dict[str, Any]]:
     """The examples' policies, and one policy per value of every enum and weights source."""
     spec = crd_spec("adaptationpolicies")["properties"]
     out = [e["spec"] for e in examples("AdaptationPolicy")]
-    for strategy in spec["strategy"]["enum"]:
-        out.append({"strategy": strategy})
+    for strategy in spec["strategy"]["enum"]:  # recl needs a zoo (the CRD refuses it without)
+        out.append(
+            {"strategy": strategy}
+            | ({"modelZooRef": {"name": "zoo"}} if "recl" in strategy else {})
+        )
     out.append({"mutualTLS": True})
     teachers = spec["teacher"]["properties"]["architecture"]["enum"]
     students = spec["student"]["properties"]["architecture"]["enum"]
@@ -106,6 +110,15 @@ def test_every_rendered_trainer_parses_with_the_trainers_parser(spec: dict[str, 
     weights = args.teacher_model.weights
     if weights.kind == "file":  # a claim's file: the claim is mounted where the path points
         assert any(weights.value.startswith(m + "/") for m in mounts)
+    if "recl" in spec.get("strategy", "ams"):  # its zoo's gating service, CA and token
+        zoo = spec["modelZooRef"]["name"]
+        assert args.gating == f"{zoo}-gating.ns.svc.cluster.local:50052"
+        assert args.gating_caller == "pol"
+        for path in (args.gating_ca, args.gating_token_file):
+            assert any(str(path).startswith(m + "/") for m in mounts), path
+    else:
+        assert args.gating is None
+    assert _check_args(args) is None
 
 
 def device_variants() -> list[dict[str, Any]]:

@@ -55,6 +55,9 @@ class Reason:
     """The AdaptationPolicy named by spec.policyRef does not exist."""
     MODEL_ZOO_NOT_FOUND = "ModelZooNotFound"
     """The ModelZoo named by spec.modelZooRef does not exist."""
+    MODEL_ZOO_MISMATCH = "ModelZooMismatch"
+    """The ModelZoo holds experts of another architecture than the policy's student, so the
+    policy's trainers could not run them (strategies recl and ams+recl)."""
     NOT_SELECTED = "NotSelected"
     """The policy the device names does not select it (its deviceSelector does not match)."""
     NO_TRAINER_CAPACITY = "NoTrainerCapacity"

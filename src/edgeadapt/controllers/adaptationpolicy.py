@@ -33,7 +33,7 @@ from edgeadapt.api.conditions import (
     is_ready,
     now_rfc3339,
 )
-from edgeadapt.api.specs import AdaptationPolicySpec, EdgeDeviceSpec, ModelSpec
+from edgeadapt.api.specs import AdaptationPolicySpec, EdgeDeviceSpec, ModelSpec, ModelZooSpec
 from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE, GROUP, MODEL_ZOO, Kind
 from edgeadapt.controllers import edgedevice, observe, security
 from edgeadapt.controllers.base import Cache
@@ -522,6 +522,17 @@ def decide(
             Reason.MODEL_ZOO_NOT_FOUND,
             f'ModelZoo "{zoo_name}" not found in namespace "{owner.namespace}"',
         )
+    elif (
+        uses_zoo(spec)
+        and (zoo_arch := ModelZooSpec.of(zoo.get("spec")).student_architecture)
+        != spec.student.architecture
+    ):
+        zoo_cond = (
+            "False",
+            Reason.MODEL_ZOO_MISMATCH,
+            f'ModelZoo "{zoo_name}" holds {zoo_arch} experts; the policy\'s student is '
+            f"{spec.student.architecture}",
+        )
     elif not is_ready(zoo):
         zoo_cond = ("False", Reason.DEPENDENCY_NOT_READY, f'ModelZoo "{zoo_name}" is not Ready')
     else:
@@ -547,7 +558,7 @@ def decide(
             f'"{gating_key_secret_name(str(spec.model_zoo))}")'
         )
         checks.append(Check("False", Reason.WAITING_FOR_CREDENTIALS, message))
-    zoo_missing = zoo_cond[1] == Reason.MODEL_ZOO_NOT_FOUND
+    zoo_missing = zoo_cond[1] in (Reason.MODEL_ZOO_NOT_FOUND, Reason.MODEL_ZOO_MISMATCH)
     checks += [Check(zoo_cond[0], zoo_cond[1], zoo_cond[2], zoo_missing), Check(*trainers)]
     conds = summary_conditions(
         checks,

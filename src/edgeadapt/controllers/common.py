@@ -260,6 +260,7 @@ WARNING_REASONS = frozenset(
     {
         Reason.POLICY_NOT_FOUND,
         Reason.MODEL_ZOO_NOT_FOUND,
+        Reason.MODEL_ZOO_MISMATCH,
         Reason.NOT_SELECTED,
         Reason.NO_TRAINER_CAPACITY,
         Reason.AGENT_FAILED,

@@ -182,6 +182,9 @@ def persistent_volumes(count: int, prefix: str = "local-pv") -> list[dict[str, A
     ]
 
 
+GATING_SUFFIX = ".gating"
+
+
 class SimulatedTrainers:
     """Answers the operator's ``/status`` requests for trainers a kwok cluster only pretends to
     run (its pods have no containers).
@@ -228,6 +231,10 @@ class SimulatedTrainers:
                     sim.unauthorized += 1
                     self._send(401, b"a bearer token is required\n")
                     return
+                if parts[1].endswith(GATING_SUFFIX):  # a ModelZoo's gating service
+                    zoo = parts[1].removesuffix(GATING_SUFFIX)
+                    self._send(200, json.dumps(sim.zoo_status(parts[0], zoo)).encode())
+                    return
                 self._send(200, json.dumps(sim.status(parts[0], parts[1])).encode())
 
             def _send(self, code: int, body: bytes) -> None:
@@ -253,8 +260,24 @@ class SimulatedTrainers:
     @property
     def env(self) -> dict[str, str]:
         port = self.server.server_address[1]
+        base = f"http://127.0.0.1:{port}/{{namespace}}"
         return {
-            "EDGEADAPT_TRAINER_STATUS_URL": f"http://127.0.0.1:{port}/{{namespace}}/{{pod}}/status"
+            "EDGEADAPT_TRAINER_STATUS_URL": f"{base}/{{pod}}/status",
+            "EDGEADAPT_GATING_STATUS_URL": f"{base}/{{zoo}}{GATING_SUFFIX}/status",
+        }
+
+    def zoo_status(self, namespace: str, zoo: str) -> dict[str, Any]:
+        """A gating service's figures: one admission per ``update_interval``, none pruned."""
+        admitted = 1 + int((time.time() - self._started) / self.update_interval)
+        return {
+            "phase": "serving",
+            "zoo_version": admitted + 1,
+            "experts": admitted,
+            "admitted": admitted,
+            "pruned": 0,
+            "selections": 4 * admitted,
+            "last_admission_unix": self._started + (admitted - 1) * self.update_interval,
+            "admitting": False,
         }
 
     def _watch(self) -> None:
