@@ -55,3 +55,5 @@ def test_bench_recl_end_to_end(tmp_path: Path) -> None:
     assert report["variants"]["ams"]["switches"] == 0
     assert "zoo_size" in report["variants"]["recl"]
     assert report["targets"]["downlink_within_budget"] is True
+    png = out.with_suffix(".png")
+    assert png.read_bytes().startswith(b"\x89PNG"), "the figures are drawn beside the JSON"

@@ -679,6 +679,56 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--profile", default="bench", help="model training profile (bench, tiny)")
 
 
+def plot(path: Path, report: dict[str, Any]) -> None:
+    """The report's figures per variant: accuracy, recovery, downlink, and the zoo over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = report["variants"]
+    names = list(variants)
+    x = np.arange(len(names))
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
+    ax = axes[0][0]
+    ax.bar(x - 0.2, [variants[n]["miou_mean"] for n in names], 0.4, label="mean")
+    ax.bar(x + 0.2, [variants[n]["miou_p10"] for n in names], 0.4, label="p10")
+    ax.set_ylabel("mIoU vs teacher (%)")
+    ax.set_title("accuracy")
+    ax.legend(fontsize=8)
+    ax = axes[0][1]
+    for offset, key, label in ((-0.2, "recovery_s", "all cuts"),
+                               (0.2, "recovery_recurring_s", "cuts to recurring scenes")):  # fmt: skip
+        ax.bar(x + offset, [variants[n][key]["median"] or 0 for n in names], 0.4, label=label)
+    ax.set_ylabel("median seconds to recover")
+    ax.set_title("recovery after a cut")
+    ax.legend(fontsize=8)
+    ax = axes[1][0]
+    ax.bar(x, [float(np.mean(variants[n]["downlink_kbps"])) for n in names])
+    budget = report.get("config", {}).get("downlink_kbps")
+    if budget:
+        ax.axhline(float(budget), color="red", lw=1, ls="--", label="budget")
+        ax.legend(fontsize=8)
+    ax.set_ylabel("downlink per device (kbps)")
+    ax.set_title("downlink")
+    for ax in (axes[0][0], axes[0][1], axes[1][0]):
+        ax.set_xticks(x, names, rotation=20, fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    ax = axes[1][1]
+    for n in names:
+        sizes = (variants[n].get("zoo_size") or {}).get("over_time") or []
+        if sizes:
+            ax.step([t for t, _ in sizes], [k for _, k in sizes], where="post", label=n)
+    ax.set_xlabel("video time (s)")
+    ax.set_ylabel("experts in the zoo")
+    ax.set_title("zoo size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def run(args: argparse.Namespace) -> int:
     from edgeadapt.models.cache import ensure_checkpoint, training_args
     from edgeadapt.models.train import make_model
@@ -703,6 +753,7 @@ def run(args: argparse.Namespace) -> int:
         report = run_benchmark(cfg, models["teacher"], models["student"], Path(tmp))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+    plot(args.out.with_suffix(".png"), report)
     print(
         json.dumps(
             {
@@ -718,5 +769,5 @@ def run(args: argparse.Namespace) -> int:
             indent=2,
         )
     )
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0
