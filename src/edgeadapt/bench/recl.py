@@ -697,8 +697,8 @@ def plot(path: Path, report: dict[str, Any]) -> None:
     ax.set_title("accuracy")
     ax.legend(fontsize=8)
     ax = axes[0][1]
-    for offset, key, label in ((-0.2, "recovery_s", "all cuts"),
-                               (0.2, "recovery_recurring_s", "cuts to recurring scenes")):  # fmt: skip
+    bars = ((-0.2, "recovery_s", "all cuts"), (0.2, "recovery_recurring_s", "recurring scenes"))
+    for offset, key, label in bars:
         ax.bar(x + offset, [variants[n][key]["median"] or 0 for n in names], 0.4, label=label)
     ax.set_ylabel("median seconds to recover")
     ax.set_title("recovery after a cut")
