@@ -280,3 +280,33 @@ def test_a_selection_during_an_admission_sees_one_whole_version(tmp_path: Path) 
     assert before.ids == ["red"]
     assert len(before.net.window_scores(torch.rand(2, 3, 24, 32))) == 1
     assert zoo.snapshot.ids == ["red", "green"]
+
+
+def test_replicas_on_one_volume_build_on_each_others_versions_and_share_picks(
+    tmp_path: Path,
+) -> None:
+    params = ReclParams(top_k=2, eta=2, q=4)
+    a, b = _zoo(tmp_path, params, fit_steps=5), _zoo(tmp_path, params, fit_steps=5)
+    red, green = _window(0), _window(1)
+    v1 = a.admit([Candidate("red", _expert(0), CONFIG, "cam-a", 1, *red)])
+    # b admits without having looked: it builds on a's version, not on the empty one it loaded.
+    v2 = b.admit([Candidate("green", _expert(1), CONFIG, "cam-b", 2, *green)])
+    assert v2.version == v1.version + 1
+    assert v2.expert_ids() == ["red", "green"]
+    assert a.snapshot.ids == ["red"]
+    assert a.refresh(), "a sees the newer version"
+    assert a.snapshot.ids == ["red", "green"]
+    assert not a.refresh()
+    # Picks recorded on either replica count for pruning: red is picked twice on each, green
+    # never; the q = 4 look-back has passed once both replicas' picks are merged.
+    for _ in range(2):
+        a.record("red")
+        b.record("red")
+    a.save_log()
+    pruned = b.prune()
+    assert pruned is not None
+    assert pruned.expert_ids() == ["red"], "four picks of red in the last q: green goes"
+    assert b.log.total == 4
+    assert a.refresh()
+    assert a.snapshot.ids == ["red"]
+    assert "green" not in a.log.admitted_at

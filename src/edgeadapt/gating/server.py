@@ -44,6 +44,7 @@ SERVER_OPTIONS = [
     ("grpc.max_send_message_length", 8 * 1024 * 1024),
 ]
 SAVE_LOG_EVERY = 50  # selections between writes of the selection counts
+REFRESH_S = 2.0  # how stale a replica's zoo version may be before a selection looks again
 
 
 class BadRequestError(ValueError):
@@ -125,6 +126,7 @@ class GatingServicer(pb_grpc.GatingServiceServicer):
         self.admission: asyncio.Task[None] | None = None
         self.last_admission = 0.0
         self._since_save = 0
+        self._refreshed = time.monotonic()
 
     async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
         caller, token = from_metadata(context.invocation_metadata())
@@ -141,6 +143,14 @@ class GatingServicer(pb_grpc.GatingServiceServicer):
             images = await asyncio.to_thread(decode_frames, request.frames)
         except BadRequestError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if time.monotonic() - self._refreshed >= REFRESH_S and self.admission is None:
+            # Another replica of the service may have committed a newer version.
+            self._refreshed = time.monotonic()
+            if await asyncio.to_thread(self.zoo.refresh):
+                log.info(
+                    "loaded a newer zoo version",
+                    extra={"zoo_version": self.zoo.snapshot.version.version},
+                )
         snap = self.zoo.snapshot
         chosen = await asyncio.to_thread(self.zoo.select, images, request.k or None)
         experts = {e.id: e for e in snap.version.experts}

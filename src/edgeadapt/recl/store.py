@@ -6,6 +6,7 @@ Layout under the zoo's directory (the ModelZoo's PersistentVolumeClaim)::
     manifests/<version>.json  one consistent zoo version: its experts with their metadata, in
                             gating-output order, and the blobs of its gating net and history
     CURRENT                 the number of the newest committed version
+    write.lock              the lock every writer holds (``ZooStore.lock``)
 
 A version is committed by writing its blobs, then its manifest, then ``CURRENT``, each with
 ``durable.write_atomically``; so a crash at any point (mid-admission included) leaves the
@@ -16,12 +17,14 @@ versions share what did not change and a blob is deleted only when no kept versi
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = 1
 KEEP_VERSIONS = 3
+LOCK_FILE = "write.lock"
 
 
 class ZooCorruptError(Exception):
@@ -141,6 +145,20 @@ class ZooStore:
 
     def get_tensors(self, blob: Blob) -> Any:
         return torch.load(io.BytesIO(self.get(blob)), map_location="cpu", weights_only=True)
+
+    # ----------------------------------------------------------------- writers
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive among every process that writes this zoo (replicas of the gating service
+        on one ReadWriteMany volume): an advisory lock on ``write.lock``, held while a new
+        version is built and committed and while the selection log is merged."""
+        with open(self.root / LOCK_FILE, "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     # ----------------------------------------------------------------- versions
 

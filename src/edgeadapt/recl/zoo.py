@@ -6,6 +6,12 @@ loaded). ``select`` reads whatever snapshot is current when it starts, and ``adm
 snapshot, so a selection running during an admission sees one version or the other, never a
 mix, and a crash mid-admission leaves the store at the previous version.
 
+Several processes may serve one zoo (replicas of the gating service on a ReadWriteMany volume).
+Every write (an admission, a pruning, merging the selection log) happens under the store's
+file lock and starts from the newest committed version, so versions never fork; a replica picks
+up another's commit within a couple of seconds (``refresh``), and pruning counts every
+replica's picks (``selections.json`` is merged under the lock).
+
 The gating history is the fixed-size set of teacher-labelled frames the gating net is trained
 on, with the accuracy of every expert on each (recl.md §2.8): an admission evaluates the old
 experts on the new experts' frames and the new experts on the history, keeps the history at its
@@ -128,6 +134,7 @@ class Zoo:
         self.log = self._load_log()
         self._models: OrderedDict[str, SegmentationModel] = OrderedDict()
         self._write = threading.Lock()  # one admission or prune at a time
+        self._pending: list[str] = []  # picks recorded here and not merged into the shared log
         version = store.load()
         if version is None:
             version = store.commit(ZooVersion(0, time.time(), arch))
@@ -144,9 +151,41 @@ class Zoo:
             return SelectionLog(self.params.q)  # none yet, or unreadable: counting starts again
 
     def save_log(self) -> None:
-        """Keep the selection counts across restarts (a bounded file: the last q picks)."""
-        body = json.dumps(self.log.to_json()).encode()
+        """Merge the picks recorded here into the zoo's selection log on its volume (a bounded
+        file: the last q picks), which every replica of the service shares and pruning reads."""
+        with self.store.lock():
+            self._merge_log()
+
+    def _merge_log(self) -> None:
+        """Caller holds the store's lock: the shared log, plus this process's new picks."""
+        shared = self._load_log()
+        ids = set(self._snapshot.ids)
+        shared.remove([e for e in shared.admitted_at if e not in ids])  # pruned meanwhile
+        shared.admit(self._snapshot.ids)  # (its grace period starts now if it is new here)
+        for pick in self._pending:
+            shared.record(pick)
+        self._pending.clear()
+        self.log = shared
+        body = json.dumps(shared.to_json()).encode()
         write_atomically(self.store.root / SELECTIONS_FILE, lambda f: _write(f, body))
+
+    def refresh(self) -> bool:
+        """Load the zoo's current version if another process committed a newer one (replicas
+        of the service share the volume); whether it moved."""
+        if self.store.current_number() == self._snapshot.version.version:
+            return False
+        version = self.store.load()
+        if version is None or version.version == self._snapshot.version.version:
+            return False
+        if version.arch != self.arch:
+            raise ValueError(f"the zoo holds {version.arch} experts, not {self.arch}")
+        self._snapshot = self._load(version)
+        ids = set(self._snapshot.ids)
+        for gone in [e for e in self._models if e not in ids]:
+            del self._models[gone]
+        self.log.remove([e for e in self.log.admitted_at if e not in ids])
+        self.log.admit(self._snapshot.ids)
+        return True
 
     @property
     def snapshot(self) -> Snapshot:
@@ -196,6 +235,7 @@ class Zoo:
     def record(self, pick: str) -> None:
         """The safety checker's pick for one device and window (feeds pruning)."""
         self.log.record(pick)
+        self._pending.append(pick)
 
     # ----------------------------------------------------------------- admission, pruning
 
@@ -203,7 +243,8 @@ class Zoo:
         """Admit promising models together (recl.md §2.8) and make that the current version."""
         if not candidates:
             raise ValueError("nothing to admit")
-        with self._write:
+        with self._write, self.store.lock():
+            self.refresh()  # build on the newest version, whichever replica committed it
             snap = self._snapshot
             old_ids = snap.ids
             config = dict(snap.version.config) or dict(candidates[0].config)
@@ -277,12 +318,15 @@ class Zoo:
             self.log.admit(c.id for c in candidates)
             for c, m in zip(candidates, models, strict=True):
                 self._models[c.id] = m
+            self._merge_log()  # the new experts' grace periods start at this count
             return version
 
     def prune(self) -> ZooVersion | None:
         """Remove experts picked fewer than eta times in the last q selections (past their
         grace period); None when none is due."""
-        with self._write:
+        with self._write, self.store.lock():
+            self.refresh()
+            self._merge_log()  # every replica's picks decide
             gone = set(self.log.prunable(self.params.eta))
             if not gone:
                 return None
@@ -310,6 +354,7 @@ class Zoo:
             self.log.remove(gone)
             for e in gone:
                 self._models.pop(e, None)
+            self._merge_log()
             return version
 
     def _from_state(self, state: dict[str, Any], config: dict[str, Any]) -> SegmentationModel:
