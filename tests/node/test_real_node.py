@@ -648,6 +648,89 @@ def test_the_operator_stays_live_under_its_probes(chart: LocalCluster) -> None:
     assert liveness == []
 
 
+RECL_NS, RECL_POLICY, RECL_DEVICE, RECL_ZOO = (
+    "edgeadapt-recl", "riverside", "cam-riverside", "street-zoo",
+)  # fmt: skip
+
+
+def recl_sized(doc: dict[str, Any]) -> dict[str, Any]:
+    """examples/recl/ as a user of this machine would write them: the policy sized like the
+    AMS example's, windows of 10 s to see several in a test, a small zoo that admits each
+    promising model at once."""
+    doc = sized_for_this_machine(doc)
+    if doc["kind"] == "AdaptationPolicy":
+        doc = doc | {"spec": doc["spec"] | {"recl": {"windowSeconds": 10}}}
+    if doc["kind"] == "ModelZoo":
+        spec = doc["spec"] | {"storage": {"size": "1Gi"}, "queueThresholdGamma": 0}
+        doc = doc | {"spec": spec | {"gating": doc["spec"]["gating"] | {"topK": 3}}}
+    return doc
+
+
+def test_a_recl_policy_runs_its_zoos_gating_service_and_switches_its_device(
+    chart: LocalCluster,
+) -> None:
+    """kubectl apply -f examples/recl/: the zoo's gating service runs as a pod with its
+    certificate and key, the policy's trainer calls it over TLS with the token the operator
+    minted, the device is switched at window ends (a deployed model version) and the zoo's
+    status shows the picks its gating service recorded, read by the operator through the
+    Service."""
+    cluster = chart
+    cluster.kubectl("create", "namespace", RECL_NS)
+    began = time.monotonic()
+    try:
+        for example in sorted((REPO / "examples" / "recl").glob("*.yaml")):
+            docs = [recl_sized(d) for d in yaml.safe_load_all(example.read_text()) if d]
+            cluster.kubectl("apply", "-n", RECL_NS, "-f", "-", input=yaml.safe_dump_all(docs))
+
+        def zoo_ready() -> dict[str, Any] | None:
+            zoo = get_json(cluster, "modelzoo", RECL_ZOO, "-n", RECL_NS)
+            return zoo if condition(zoo, "Ready").get("status") == "True" else None
+
+        wait_until(zoo_ready, 600, f"ModelZoo {RECL_ZOO} Ready", interval=2)
+        record(recl_seconds_to_zoo_ready=time.monotonic() - began)
+
+        def device_switched() -> dict[str, Any] | None:
+            dev = get_json(cluster, "edgedevice", RECL_DEVICE, "-n", RECL_NS)
+            ok = (
+                condition(dev, "Ready").get("status") == "True"
+                and condition(dev, "ModelDeployed").get("status") == "True"
+                and int((dev.get("status") or {}).get("modelVersion") or 0) >= 1
+            )
+            return dev if ok else None
+
+        try:
+            wait_until(device_switched, 900, f"{RECL_DEVICE} switched at a window's end", 2)
+        except TimeoutError as exc:
+            logs = "\n".join(
+                cluster.kubectl("logs", "-n", RECL_NS, p, "--tail=20", check=False).stdout
+                for p in (f"{RECL_POLICY}-trainer-0", f"{RECL_DEVICE}-agent")
+            )
+            raise AssertionError(f"{exc}\n{logs}") from exc
+        record(recl_seconds_to_first_switch=time.monotonic() - began)
+
+        def picks_shown() -> dict[str, Any] | None:
+            zoo = get_json(cluster, "modelzoo", RECL_ZOO, "-n", RECL_NS)
+            return zoo if int(zoo["status"].get("selections") or 0) >= 2 else None
+
+        zoo = wait_until(picks_shown, 300, f"{RECL_ZOO}'s status showing the picks", interval=2)
+        assert zoo["status"]["gatingVersion"] >= 1, zoo["status"]
+        pol = get_json(cluster, "adaptationpolicy", RECL_POLICY, "-n", RECL_NS)
+        assert condition(pol, "Ready")["status"] == "True", pol["status"]
+        assert condition(pol, "ModelZooResolved")["status"] == "True"
+        (gating,) = pods(cluster, RECL_NS, "edgeadapt.io/model-zoo")
+        assert gating["spec"]["nodeName"] == "edge-0"
+        assert ready(gating)
+        log = cluster.kubectl("logs", "-n", RECL_NS, gating["metadata"]["name"]).stdout
+        assert "bad token" not in log, log[-3000:]
+        trainer_log = cluster.kubectl("logs", "-n", RECL_NS, f"{RECL_POLICY}-trainer-0").stdout
+        assert "window ended" in trainer_log
+        assert "gating service unavailable" not in trainer_log, trainer_log[-3000:]
+        record(recl_zoo_selections=float(zoo["status"]["selections"]),
+               recl_zoo_experts=float(zoo["status"].get("experts") or 0))  # fmt: skip
+    finally:
+        cluster.kubectl("delete", "namespace", RECL_NS, "--wait=false", check=False)
+
+
 def test_images_imported_once_are_not_imported_again(real_cluster: LocalCluster) -> None:
     from edgeadapt.devcluster import images
 
