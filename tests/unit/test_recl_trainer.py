@@ -271,3 +271,41 @@ def test_every_fifth_frame_of_a_window_is_held_out() -> None:
     assert training is not None
     assert len(training[0]) == 10
     assert window.next().index == 1
+
+
+def test_on_a_budgeted_downlink_a_switch_carries_the_largest_changes_that_fit(
+    models: Models, tmp_path: Path
+) -> None:
+    expert = perturbed(models[1], 5)
+    hub = make_hub(models, tmp_path, FakeGating({"zoo-z": expert}))
+    message = register(hub)
+    message.link.downlink_kbps = 50.0  # about 160 KB over a 30 s window
+    hub.attach(message, lambda m: None, lambda reason: None)
+    dev = hub.devices["cam-1"]
+    assert dev.planner is not None
+    room = hub._switch_room(dev, 30.0)
+    assert room is not None
+    assert 0 < room < hub.spec.num_params, "the whole expert does not fit one window"
+    before = parameter_vector(dev.session.model).detach().clone()  # type: ignore[union-attr]
+    with dev.lock:
+        switch = hub._deploy(dev, expert, "zoo-z", 30.0)
+    assert switch is not None
+    update = switch.update
+    assert update.expert_id == "", "part of the way is not the expert"
+    assert dev.recl is not None
+    assert dev.recl.partial_switches == 1
+    assert "zoo-z" not in dev.recl.cached
+    edge = EdgeModel(models[1])
+    assert edge.apply(update_bytes(update), expected_checksum=update.model_checksum)
+    assert edge.checksum() == dev.checksum
+    moved = (parameter_vector(edge.active) != before).sum().item()
+    assert 0 < moved <= room * 1.01, "the bucket refills a little between the two looks"
+    # The coordinates it moved are the ones that change most.
+    delta = (expert.half().float() - before).abs()
+    changed = parameter_vector(edge.active) != before
+    assert delta[changed].min() >= delta[~changed].max() - 1e-3
+    # With the link's room spent, the next switch waits rather than trickle.
+    dev.planner.down.take(10 * dev.planner.down.rate * 30, time.monotonic())  # type: ignore[union-attr]
+    with dev.lock:
+        assert hub._deploy(dev, perturbed(models[1], 6), "", 30.0) is None
+    assert dev.recl.switches_held == 1

@@ -222,7 +222,20 @@ def service(owner: Owner) -> Body:
         "type": "ClusterIP",
         "selector": selector_labels(keys.MODEL_ZOO_LABEL, owner.name, COMPONENT),
         "ports": [
-            {"name": "grpc", "port": keys.GATING_GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"}
+            {
+                "name": "grpc",
+                "port": keys.GATING_GRPC_PORT,
+                "targetPort": "grpc",
+                "protocol": "TCP",
+            },
+            # /status (figures for the ModelZoo's status, with the zoo's status token) and
+            # /metrics: the operator reads the first through this Service.
+            {
+                "name": "metrics",
+                "port": keys.METRICS_PORT,
+                "targetPort": "metrics",
+                "protocol": "TCP",
+            },
         ],
     }
     return {

@@ -92,6 +92,7 @@ Send = Callable[[pb.TrainerMessage], None]
 Close = Callable[[CloseReason], None]
 
 HARD_MAX_BATCH_FRAMES = 600
+MIN_SWITCH_COORDS = 1000  # below this a switch waits for the link rather than trickle
 
 
 class PreconditionError(Exception):
@@ -1047,7 +1048,7 @@ class Hub:
             pick = state.expert
         else:
             pick = experts.get(verdict.winner, "")
-            message = self._deploy(dev, candidates[verdict.winner], pick)
+            message = self._deploy(dev, candidates[verdict.winner], pick, recl.window_s)
             if message is not None:
                 messages.append(message)
         if reachable:
@@ -1123,12 +1124,17 @@ class Hub:
             extra={"device": dev.device_id, "window": window.index, "queued": reply.queued},
         )
 
-    def _deploy(self, dev: Device, flat: torch.Tensor, expert_id: str) -> pb.TrainerMessage | None:
-        """Make ``flat`` the device's model: one versioned, logged update, or a cached switch.
+    def _deploy(
+        self, dev: Device, flat: torch.Tensor, expert_id: str, window_s: float = 30.0
+    ) -> pb.TrainerMessage | None:
+        """Make ``flat`` the device's model: a cached switch, or one versioned, logged update.
 
         The model is rounded to float16 whatever way it travels, so the device holds exactly
-        the trainer's copy: as a switch to the agent's cached copy, as the coordinates that
-        differ, or as every coordinate (the update encoder picks the smaller coding).
+        the trainer's copy: as a switch to the agent's cached copy, or as the coordinates that
+        differ (every coordinate when that is smaller; the encoder picks the coding). On a
+        budgeted downlink an update carries at most what the link carries until the next
+        window's end: the coordinates that change most, so the device moves part of the way
+        (and runs no zoo expert exactly) rather than falling behind by a model per window.
         """
         session, state = dev.session, dev.recl
         assert session is not None
@@ -1139,6 +1145,22 @@ class Hub:
         if len(changed) == 0:
             state.expert = expert_id
             return None
+        checksum = model_checksum(target)
+        with dev.chain_lock:
+            cached = bool(expert_id) and state.cached.get(expert_id) == checksum
+        if not cached:
+            room = self._switch_room(dev, window_s)
+            if room is not None and len(changed) > room:
+                if room < MIN_SWITCH_COORDS:
+                    state.switches_held += 1
+                    return None  # the link is busy with the last one: the device stays
+                delta = (target[changed] - before[changed]).abs()
+                changed = changed[torch.topk(delta, room).indices].sort().values
+                target = before.clone()
+                target[changed] = flat.detach().cpu().to(torch.float16).to(torch.float32)[changed]
+                checksum = model_checksum(target)
+                expert_id = ""  # part of the way: not the expert itself
+                state.partial_switches += 1
         base = session.version
         update = ModelUpdate(
             version=base + 1,
@@ -1147,7 +1169,6 @@ class Hub:
             indices=changed.numpy().astype(np.int64),
             values=target[changed].half().numpy(),
         )
-        checksum = model_checksum(target)
         link = PendingUpdate(base + 1, base, encode_update(update), dev.checksum, checksum)
         if not self._log_update(dev, link):
             return None
@@ -1160,7 +1181,6 @@ class Hub:
         state.expert = expert_id
         state.switches += 1
         with dev.chain_lock:
-            cached = bool(expert_id) and state.cached.get(expert_id) == checksum
             if cached:
                 state.cached.move_to_end(expert_id)
                 state.switch_pending = expert_id
@@ -1186,6 +1206,17 @@ class Hub:
                 dev.planner.update_sent(len(link.data), len(changed))
         state.switch_bytes += message.ByteSize()
         return message
+
+    def _switch_room(self, dev: Device, window_s: float) -> int | None:
+        """Coordinates an update may carry on the device's downlink budget until the next
+        window's end (what its planner's bucket holds now, plus a window's refill); None
+        without a downlink budget."""
+        planner = dev.planner
+        if planner is None or planner.down is None:
+            return None
+        now = time.monotonic()
+        room = planner.down.refill(now) + planner.down.rate * window_s
+        return max(0, int(room / max(planner.bytes_per_coord, 1e-6)))
 
     def _checkpoint_quietly(self, dev: Device) -> None:
         try:

@@ -297,6 +297,8 @@ class DeviceRecl:
     windows: int = 0
     switches: int = 0
     switches_cached: int = 0
+    partial_switches: int = 0  # cut to the downlink budget: the largest changes only
+    switches_held: int = 0  # the link was still busy with the last one
     switch_bytes: int = 0
     offered: int = 0
     gating_errors: int = 0
@@ -324,6 +326,8 @@ class DeviceRecl:
             "expert": self.expert or None,
             "switches": self.switches,
             "switches_cached": self.switches_cached,
+            "partial_switches": self.partial_switches,
+            "switches_held": self.switches_held,
             "switch_bytes": self.switch_bytes,
             "offered": self.offered,
             "gating_errors": self.gating_errors,
