@@ -58,7 +58,7 @@ def test_device_and_zoo_specs() -> None:
         3,
         3000,
     )
-    assert zoo.student_architecture == "deeplabv3_mobilenet_v3_large"
+    assert zoo.student_architecture == "lraspp_mobilenet_v3_large"
 
 
 def test_every_kind_ships_its_crd_in_the_package() -> None:
