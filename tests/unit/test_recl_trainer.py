@@ -32,7 +32,7 @@ def models() -> Models:
 
 
 class FakeGating:
-    """The gating client's interface, answering from memory (the real service: test_recl_fleet.py)."""
+    """The gating client's interface, answering from memory (the real one: test_recl_fleet.py)."""
 
     def __init__(self, experts: dict[str, torch.Tensor], fail: bool = False) -> None:
         self.experts = experts
