@@ -52,13 +52,14 @@ ModelFactory = Callable[[str, dict[str, Any]], SegmentationModel]
 @torch.no_grad()
 def per_frame_miou(
     model: SegmentationModel, images: np.ndarray, labels: torch.Tensor, num_classes: int,
-    batch: int = 16,
+    batch: int = 16, device: torch.device | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """The model's mIoU against the teacher's labels, per frame (uint8 N x H x W x 3 images)."""
+    """The model's mIoU against the teacher's labels, per frame (uint8 N x H x W x 3 images;
+    ``device``: where the model is)."""
     model.eval()
     out: list[float] = []
     for i in range(0, len(images), batch):
-        pred = model(to_tensor(images[i : i + batch])).argmax(1)
+        pred = model(to_tensor(images[i : i + batch], device)).argmax(1).cpu()
         out += batch_miou(pred, labels[i : i + batch], num_classes)
     return torch.tensor(out, dtype=torch.float32)
 

@@ -61,6 +61,7 @@ from edgeadapt.adapt.update import (
 from edgeadapt.models.data import to_tensor
 from edgeadapt.models.zoo import SegmentationModel
 from edgeadapt.recl.rules import safety_check
+from edgeadapt.recl.zoo import per_frame_miou
 from edgeadapt.stream.messages import MAX_BATCH_BYTES, update_message
 from edgeadapt.trainer.budget import (
     LIMITED_FRACTION,
@@ -989,21 +990,16 @@ class Hub:
         state.job_steps += recl.iterations
         self.metrics.train_seconds.observe(time.perf_counter() - t0)
 
-    @torch.no_grad()
     def _holdout_miou(self, flat: torch.Tensor, images: np.ndarray, labels: torch.Tensor) -> float:
         """Mean per-frame mIoU against the teacher of the model with parameters ``flat``."""
         torch.nn.utils.vector_to_parameters(
             flat.to(self.device), [p for p in self._scratch.parameters() if p.requires_grad]
         )
-        total = 0.0
-        step = max(1, self.config.score_chunk)
-        for i in range(0, len(images), step):
-            pred = self._scratch(to_tensor(images[i : i + step], self.device)).argmax(1).cpu()
-            total += sum(
-                frame_miou(p, t, self.num_classes)
-                for p, t in zip(pred, labels[i : i + step], strict=True)
-            )
-        return total / max(1, len(images))
+        scores = per_frame_miou(
+            self._scratch, images, labels.long(), self.num_classes,
+            batch=max(1, self.config.score_chunk), device=self.device,
+        )  # fmt: skip
+        return float(scores.mean()) if len(scores) else 0.0
 
     def _end_window(self, dev: Device, recl: ReclConfig) -> list[pb.TrainerMessage]:
         """Select, check, switch, offer, record; then start the next window (see trainer.recl)."""

@@ -28,6 +28,7 @@ current and the retrained models only, and the failure is counted.
 from __future__ import annotations
 
 import collections
+import copy
 import hashlib
 import logging
 import threading
@@ -151,8 +152,7 @@ class GatingClient:
 
     def select(self, images: np.ndarray, k: int) -> tuple[int, list[Choice]]:
         """(zoo version, the top-``k`` experts best first) for a window's frames."""
-        frames = gpb.Frames(h264=encode_h264(list(images), crf=18), count=len(images))
-        reply = self._call(self.stub.Select, gpb.SelectRequest(frames=frames, k=k))
+        reply = self._call(self.stub.Select, gpb.SelectRequest(frames=_frames(images), k=k))
         return int(reply.zoo_version), [
             Choice(e.id, float(e.score), e.sha256, e.source_device) for e in reply.experts
         ]
@@ -184,7 +184,7 @@ class GatingClient:
             raise GatingError(f"expert {choice.id!r} does not match its SHA-256")
         try:
             state, _ = parse_checkpoint(data, arch)
-            model = _scratch(template)
+            model = copy.deepcopy(template)
             model.load_state_dict(state)
         except Exception as exc:
             raise GatingError(f"expert {choice.id!r} does not load: {exc}") from exc
@@ -212,17 +212,16 @@ class GatingClient:
             checkpoint=checkpoint,
             source_device=source_device,
             window=window,
-            frames=gpb.Frames(h264=encode_h264(list(images), crf=18), count=len(images)),
+            frames=_frames(images),
             labels=encode_labels(labels),
         )
         reply: gpb.AdmitResponse = self._call(self.stub.Admit, request)
         return reply
 
 
-def _scratch(template: SegmentationModel) -> SegmentationModel:
-    import copy
-
-    return copy.deepcopy(template)
+def _frames(images: np.ndarray) -> gpb.Frames:
+    """A window's frames as the gating service takes them: one H.264 batch."""
+    return gpb.Frames(h264=encode_h264(list(images), crf=18), count=len(images))
 
 
 @dataclass
