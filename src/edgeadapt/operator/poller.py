@@ -1,4 +1,5 @@
-"""Reads every trainer's ``/status``, one request per trainer per interval.
+"""Reads every trainer's ``/status``, one request per trainer per interval (and each ModelZoo's
+gating service's, with a token from the zoo's key, at ``gating_url``).
 
 For each AdaptationPolicy whose token key the operator knows, each trainer pod it wants is asked
 ``GET /status`` with the bearer token derived from that key (``edgeadapt.stream.auth.
