@@ -1,0 +1,286 @@
+"""Who trains next, and for how long: time-sharing the trainer's GPU among devices' jobs.
+
+The worker gathers every device with frames it has not trained on yet into one *round* and hands
+their jobs to a scheduler. A job is one device's open training phase: its model stays resident
+(GPU or CPU) between slices, so moving from one job to another costs no reload. A round's budget
+is what round-robin would spend on those jobs (``iterations`` each, timed by the jobs' measured
+seconds per iteration), capped at ``round_cap`` seconds of compute and scaled by the share of the
+GPU this trainer may use (NVML: other processes' load shrinks it). Every policy spends at most the
+same budget, so they differ only in who gets it:
+
+- ``round-robin`` (AMS, thesis appendix C): every job ``iterations`` steps, in turn; an
+  over-subscribed round gives every job the same smaller share.
+- ``micro-window`` (RECL Algorithm 1, recl.md §2.6): slices of ``micro_window`` seconds; one
+  slice per job to initialise, then always the job with the largest measured accuracy gain per
+  second of compute, the gain measured on the device's held-out frames before and after its slice
+  (the after-score is reused as the next before-score). Ties go to the job with less compute this
+  round, then to the job served longest ago. When every job's last gain is zero or negative the
+  round ends early and the rest of the budget stays idle. Jobs beyond what the budget can
+  initialise are deferred to the next round, where they go first.
+- ``urgency`` (EdgeSync's training manager, edgesync.md §2.2-2.3): jobs in order of drift (how
+  far the device's recent accuracy fell below its older accuracy, Eq. 4-5 corrected); the most
+  urgent trains in slices until its held-out score has not improved for ``patience`` slices
+  (EdgeSync's early stopping), then the next, while the budget lasts.
+
+Compute time is measured by the jobs (CUDA events on a GPU, the process clock's wall time on a
+CPU); the scheduler only adds it up.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Policy = Literal["round-robin", "micro-window", "urgency"]
+POLICIES: tuple[Policy, ...] = ("round-robin", "micro-window", "urgency")
+SLACK = 1.05  # a round-robin round may overrun its budget by this factor before deferring jobs
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one slice did: training steps taken and the compute seconds they took."""
+
+    iterations: int
+    seconds: float
+
+
+class Job(Protocol):
+    """One device's training job, as the scheduler sees it."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def urgency(self) -> float: ...
+
+    def train(self, *, iterations: int | None = None, seconds: float | None = None) -> Work:
+        """Train for ``iterations`` steps, or until ``seconds`` of compute have passed (at least
+        one step); return what was done."""
+        ...
+
+    def evaluate(self) -> float:
+        """The model's score on the device's held-out frames (higher is better)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    policy: Policy = "round-robin"
+    iterations: int = 20  # per job and round: AMS's K, what round-robin gives each job
+    micro_window: float = 1.0  # seconds of compute per slice (micro-window, urgency)
+    round_cap: float = 10.0  # most compute seconds a round may take, all jobs together
+    patience: int = 5  # urgency: slices without improvement before a job stops
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"scheduler policy {self.policy!r}: one of {', '.join(POLICIES)}")
+        if self.iterations < 1 or self.micro_window <= 0 or self.round_cap <= 0:
+            raise ValueError("scheduler iterations, micro-window and round cap must be positive")
+        if self.patience < 1:
+            raise ValueError("scheduler patience must be at least 1")
+
+
+@dataclass
+class Slice:
+    key: str
+    iterations: int
+    seconds: float
+    gain: float | None  # accuracy gain per compute second, where it was measured
+
+
+@dataclass
+class Round:
+    """What one round did."""
+
+    policy: str
+    budget: float  # compute seconds it could spend
+    spent: float = 0.0
+    slices: list[Slice] = field(default_factory=list)
+    trained: list[str] = field(default_factory=list)  # keys with at least one slice, in order
+    deferred: list[str] = field(default_factory=list)  # keys the budget did not reach
+    ended: str = "budget"  # budget | converged | done (every job had its share)
+
+    def seconds(self, key: str) -> float:
+        return sum(s.seconds for s in self.slices if s.key == key)
+
+
+@dataclass
+class _Stats:
+    per_iteration: float | None = None  # measured compute seconds per step (moving average)
+    last_round: int = -1  # the round that last trained this job
+    seconds: float = 0.0  # compute seconds, all rounds
+    slices: int = 0
+
+
+class Scheduler:
+    """Runs rounds under one policy; keeps what it measured of each job between rounds."""
+
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.config = config
+        self.rounds = 0
+        self._stats: dict[str, _Stats] = {}
+
+    # -- what the hub shows --------------------------------------------------------------
+    def job_view(self, key: str) -> dict[str, float | int | None]:
+        s = self._stats.get(key)
+        if s is None:
+            return {"compute_seconds": 0.0, "slices": 0, "seconds_per_iteration": None}
+        return {
+            "compute_seconds": round(s.seconds, 3),
+            "slices": s.slices,
+            "seconds_per_iteration": None if s.per_iteration is None else round(s.per_iteration, 5),
+        }
+
+    def forget(self, key: str) -> None:
+        self._stats.pop(key, None)
+
+    # -- a round -------------------------------------------------------------------------
+    def order(self, jobs: Sequence[Job]) -> list[Job]:
+        """Jobs served longest ago first (never served: first of all), then by key."""
+        return sorted(jobs, key=lambda j: (self._stat(j.key).last_round, j.key))
+
+    def run(self, jobs: Sequence[Job], share: float = 1.0) -> Round:
+        """One round over ``jobs`` with ``share`` (0-1] of the compute."""
+        share = min(1.0, max(share, 0.0))
+        ordered = self.order(jobs)
+        self.rounds += 1
+        policy = self.config.policy
+        if policy == "round-robin":
+            result = self._round_robin(ordered, share)
+        elif policy == "micro-window":
+            result = self._micro_window(ordered, share)
+        else:
+            result = self._urgency(ordered, share)
+        for key in result.trained:
+            self._stats[key].last_round = self.rounds
+        return result
+
+    def _stat(self, key: str) -> _Stats:
+        return self._stats.setdefault(key, _Stats())
+
+    def _record(self, result: Round, job: Job, work: Work, gain: float | None) -> None:
+        s = self._stat(job.key)
+        if work.iterations > 0:
+            rate = work.seconds / work.iterations
+            s.per_iteration = (
+                rate if s.per_iteration is None else 0.7 * s.per_iteration + 0.3 * rate
+            )
+        s.seconds += work.seconds
+        s.slices += 1
+        result.slices.append(Slice(job.key, work.iterations, work.seconds, gain))
+        result.spent += work.seconds
+        if job.key not in result.trained:
+            result.trained.append(job.key)
+
+    def _demand(self, jobs: Sequence[Job]) -> float | None:
+        """Seconds round-robin would spend on ``jobs``; None while a job was never timed."""
+        rates = [self._stat(j.key).per_iteration for j in jobs]
+        if any(r is None for r in rates):
+            return None
+        return sum(self.config.iterations * r for r in rates if r is not None)
+
+    def _round_robin(self, jobs: list[Job], share: float) -> Round:
+        k, cap = self.config.iterations, self.config.round_cap * share
+        demand = self._demand(jobs)
+        if demand is None:  # a job never timed: every job its K steps, as AMS does
+            result = Round("round-robin", math.inf)
+            for job in jobs:
+                self._record(result, job, job.train(iterations=k), None)
+            result.budget, result.ended = result.spent, "done"
+            return result
+        budget = min(demand, cap)
+        result = Round("round-robin", budget)
+        steps = k if demand <= cap else max(1, int(k * cap / demand))
+        for job in jobs:
+            rate = self._stat(job.key).per_iteration or 0.0
+            if result.trained and result.spent + steps * rate > budget * SLACK:
+                result.deferred.append(job.key)
+                continue
+            self._record(result, job, job.train(iterations=steps), None)
+        result.ended = "budget" if result.deferred else "done"
+        return result
+
+    def _micro_window(self, jobs: list[Job], share: float) -> Round:
+        mu, cap = self.config.micro_window, self.config.round_cap * share
+        result = Round("micro-window", cap)
+        gains: dict[str, float] = {}
+        score: dict[str, float] = {}
+        spent: dict[str, float] = {}
+        by_key = {j.key: j for j in jobs}
+
+        def process(job: Job) -> None:
+            before = score[job.key] if job.key in score else job.evaluate()
+            work = job.train(seconds=min(mu, max(result.budget - result.spent, mu / 2)))
+            after = job.evaluate()  # reused as the next slice's before-score
+            gain = (after - before) / max(work.seconds, 1e-9)
+            score[job.key], gains[job.key] = after, gain
+            spent[job.key] = spent.get(job.key, 0.0) + work.seconds
+            self._record(result, job, work, gain)
+
+        for job in jobs:  # one slice each, to initialise
+            if result.trained and result.budget - result.spent < mu / 2:
+                result.deferred.append(job.key)
+                continue
+            process(job)
+            demand = self._demand([by_key[k] for k in result.trained])
+            if demand is not None and len(result.trained) == len(jobs):
+                result.budget = min(cap, max(demand, result.spent))
+        while result.budget - result.spent >= mu / 2 and gains:
+            best = max(gains.values())
+            if best <= 0:
+                result.ended = "converged"
+                break
+            pick = min(
+                (k for k, g in gains.items() if g == best),
+                key=lambda k: (spent[k], result.trained.index(k)),
+            )
+            process(by_key[pick])
+        if result.deferred:
+            result.ended = "budget"
+        return result
+
+    def _urgency(self, jobs: list[Job], share: float) -> Round:
+        mu, cap = self.config.micro_window, self.config.round_cap * share
+        demand = self._demand(jobs)
+        result = Round("urgency", cap if demand is None else min(demand, cap))
+        ranked = sorted(jobs, key=lambda j: -j.urgency)  # stable: ties keep the served order
+        for n, job in enumerate(ranked):
+            if result.trained and result.budget - result.spent < mu / 2:
+                result.deferred += [j.key for j in ranked[n:]]
+                break
+            best = job.evaluate()
+            stale = 0
+            while job.key not in result.trained or (
+                stale < self.config.patience and result.budget - result.spent >= mu / 2
+            ):
+                work = job.train(seconds=min(mu, max(result.budget - result.spent, mu / 2)))
+                after = job.evaluate()
+                self._record(result, job, work, (after - best) / max(work.seconds, 1e-9))
+                best, stale = (after, 0) if after > best else (best, stale + 1)
+                if demand is None:  # the first timing of every job fixes the budget
+                    demand = self._demand(jobs)
+                    if demand is not None:
+                        result.budget = min(cap, max(demand, result.spent))
+        result.ended = "budget" if result.deferred else "done"
+        return result
+
+
+def drift(bank: Sequence[float], groups: int = 10) -> float:
+    """EdgeSync's urgency d (Eq. 4-5 as corrected in edgesync.md §2.2): how far the newer part
+    of a device's accuracy history fell below its oldest part.
+
+    ``bank`` holds per-frame accuracies, oldest first (EdgeSync keeps the last 90). It is cut into
+    ``groups`` consecutive groups; ``wa_i`` is the mean accuracy of group ``i`` (group 0 the
+    oldest), and ``d = sum_{i>=1} (wa_0 - wa_i) * sigmoid(i / groups)``, which weighs the newest
+    groups most. Positive when recent frames score worse; 0 for fewer than two groups of data.
+    """
+    n = len(bank)
+    m = min(groups, n)
+    if m < 2:
+        return 0.0
+    bounds = [round(i * n / m) for i in range(m + 1)]
+    wa = [sum(bank[a:b]) / (b - a) for a, b in itertools.pairwise(bounds)]
+    return float(sum((wa[0] - wa[i]) / (1.0 + math.exp(-i / m)) for i in range(1, m)))

@@ -1,0 +1,192 @@
+"""The trainer's schedulers on hand-made training curves (no models): which job gets which slice."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from edgeadapt.trainer.scheduler import Scheduler, SchedulerConfig, Work, drift
+
+
+class Curve:
+    """A job whose held-out accuracy after ``t`` compute seconds is ``gain * (1 - exp(-t/tau))``
+    (concave, like a training curve), or ``start - slope * t`` when ``slope`` is set (worsening)."""
+
+    def __init__(
+        self,
+        key: str,
+        gain: float = 0.5,
+        tau: float = 4.0,
+        per_iteration: float = 0.1,
+        urgency: float = 0.0,
+        slope: float | None = None,
+    ) -> None:
+        self.key, self.gain, self.tau, self.per_iteration = key, gain, tau, per_iteration
+        self.urgency, self.slope = urgency, slope
+        self.t = 0.0
+        self.evaluations = 0
+
+    def accuracy(self, t: float) -> float:
+        if self.slope is not None:
+            return 0.5 - self.slope * t
+        return self.gain * (1 - math.exp(-t / self.tau))
+
+    def train(self, *, iterations: int | None = None, seconds: float | None = None) -> Work:
+        if iterations is None:
+            assert seconds is not None
+            iterations = max(1, round(seconds / self.per_iteration))
+        spent = iterations * self.per_iteration
+        self.t += spent
+        return Work(iterations, spent)
+
+    def evaluate(self) -> float:
+        self.evaluations += 1
+        return self.accuracy(self.t)
+
+
+def reference_gpu_share(curves: list[Curve], mu: float, budget: float) -> list[str]:
+    """recl.md §2.6's pseudo-code, on fresh copies of the curves; the picks in order."""
+    t = {c.key: 0.0 for c in curves}
+    picks: list[str] = []
+
+    def process(c: Curve) -> float:
+        nonlocal budget
+        acc_i = c.accuracy(t[c.key])
+        t[c.key] += mu
+        budget -= mu
+        picks.append(c.key)
+        return (c.accuracy(t[c.key]) - acc_i) / mu
+
+    gain = {c.key: process(c) for c in curves}
+    by_key = {c.key: c for c in curves}
+    while budget >= mu / 2:
+        gain_key = max(gain, key=lambda k: gain[k])
+        gain[gain_key] = process(by_key[gain_key])
+    return picks
+
+
+def micro(cap: float, mu: float = 1.0, iterations: int = 1000) -> Scheduler:
+    return Scheduler(SchedulerConfig("micro-window", iterations, mu, cap))
+
+
+def test_micro_window_picks_the_slices_algorithm_1_picks() -> None:
+    def curves() -> list[Curve]:
+        return [Curve("a", 0.6, 2.0), Curve("b", 0.4, 8.0), Curve("c", 0.2, 1.0)]
+
+    result = micro(cap=12.0).run(curves())
+    assert [s.key for s in result.slices] == reference_gpu_share(curves(), 1.0, 12.0)
+    assert result.spent == pytest.approx(12.0)
+    # The steep, high curve gets most of the round; every job got its initial slice.
+    assert result.seconds("a") > result.seconds("b") > 0 and result.seconds("c") > 0
+    assert result.ended == "budget" and not result.deferred
+
+
+def test_the_after_score_is_reused_as_the_next_before_score() -> None:
+    a = Curve("a")
+    micro(cap=5.0).run([a])
+    assert a.evaluations == 6  # one before-score, then one per slice
+
+
+def test_ties_go_to_the_job_with_less_compute_then_the_one_served_first() -> None:
+    jobs = [Curve("x"), Curve("y")]
+    result = micro(cap=6.0).run(jobs)
+    assert [s.key for s in result.slices] == ["x", "y", "x", "y", "x", "y"]
+
+
+def test_a_worsening_job_gets_only_its_first_slice() -> None:
+    good, bad = Curve("good"), Curve("bad", slope=0.01)
+    result = micro(cap=8.0).run([bad, good])
+    assert [s.key for s in result.slices].count("bad") == 1
+    assert result.seconds("good") == pytest.approx(7.0)
+
+
+def test_a_round_where_every_gain_is_negative_ends_early_and_leaves_the_budget() -> None:
+    result = micro(cap=10.0).run([Curve("p", slope=0.01), Curve("q", slope=0.02)])
+    assert result.ended == "converged"
+    assert result.spent == pytest.approx(2.0)
+
+
+def test_jobs_beyond_the_budget_are_deferred_and_go_first_next_round() -> None:
+    sched = micro(cap=3.0)
+    jobs = [Curve(k) for k in "abcde"]
+    first = sched.run(jobs)
+    assert first.trained == ["a", "b", "c"] and first.deferred == ["d", "e"]
+    second = sched.run(jobs)
+    assert second.trained[:2] == ["d", "e"]
+
+
+def test_the_budget_is_what_round_robin_would_spend_when_that_is_less_than_the_cap() -> None:
+    # 3 jobs x K=20 steps x 0.1 s = 6 s, under the 100 s cap.
+    sched = Scheduler(SchedulerConfig("micro-window", 20, 1.0, 100.0))
+    result = sched.run([Curve("a"), Curve("b"), Curve("c")])
+    assert result.budget == pytest.approx(6.0)
+    assert result.spent == pytest.approx(6.0)
+
+
+def test_a_smaller_share_of_the_gpu_shrinks_the_round() -> None:
+    result = micro(cap=10.0).run([Curve("a"), Curve("b")], share=0.4)
+    assert result.spent == pytest.approx(4.0)
+
+
+def test_round_robin_gives_every_job_its_iterations() -> None:
+    sched = Scheduler(SchedulerConfig("round-robin", 20, 1.0, 100.0))
+    jobs = [Curve("a"), Curve("b", per_iteration=0.3)]
+    result = sched.run(jobs)
+    assert [(s.key, s.iterations) for s in result.slices] == [("a", 20), ("b", 20)]
+    assert result.ended == "done"
+    assert all(j.evaluations == 0 for j in jobs)  # round-robin measures nothing
+
+
+def test_an_over_subscribed_round_robin_round_gives_every_job_the_same_smaller_share() -> None:
+    sched = Scheduler(SchedulerConfig("round-robin", 20, 1.0, 4.0))
+    jobs = [Curve(k) for k in "abcd"]  # 4 x 20 x 0.1 s = 8 s against a 4 s cap
+    sched.run(jobs)  # first round: untimed jobs get K each
+    result = sched.run(jobs)
+    assert [s.iterations for s in result.slices] == [10, 10, 10, 10]
+    assert result.spent == pytest.approx(4.0)
+
+
+def test_round_robin_defers_jobs_when_even_one_step_each_is_too_much() -> None:
+    sched = Scheduler(SchedulerConfig("round-robin", 20, 1.0, 0.25))
+    jobs = [Curve(k) for k in "abcd"]
+    sched.run(jobs)
+    result = sched.run(jobs)
+    assert len(result.trained) == 2 and len(result.deferred) == 2
+    assert sched.run(jobs).trained == result.deferred
+
+
+def test_urgency_trains_the_most_urgent_job_until_it_stops_improving() -> None:
+    sched = Scheduler(SchedulerConfig("urgency", 1000, 1.0, 20.0, patience=2))
+    calm = Curve("calm", urgency=0.0)
+    flat = Curve("flat", urgency=0.9, slope=0.0)  # no progress at all
+    urgent = Curve("urgent", urgency=0.5)
+    result = sched.run([calm, flat, urgent])
+    keys = [s.key for s in result.slices]
+    assert keys[:2] == ["flat", "flat"]  # two slices without improvement: early stop
+    assert keys[2] == "urgent" and "calm" not in keys[:3]
+    assert result.spent <= 20.0 + 1e-9
+
+
+def test_urgency_with_a_budget_for_one_job_defers_the_rest() -> None:
+    sched = Scheduler(SchedulerConfig("urgency", 1000, 1.0, 1.0))
+    result = sched.run([Curve("low", urgency=0.1), Curve("high", urgency=0.3)])
+    assert result.trained == ["high"] and result.deferred == ["low"]
+
+
+def test_drift_is_positive_when_recent_frames_score_worse() -> None:
+    steady = [0.8] * 90
+    dropped = [0.8] * 45 + [0.4] * 45
+    recovered = [0.4] * 45 + [0.8] * 45
+    assert drift(steady) == pytest.approx(0.0)
+    assert drift(dropped) > 0 > drift(recovered)
+    assert drift([0.5]) == 0.0
+    # The newest groups weigh most: a late drop outranks an equally deep early one.
+    late = [0.8] * 80 + [0.4] * 10
+    early = [0.8] * 10 + [0.4] * 10 + [0.8] * 70
+    assert drift(late) > drift(early)
+
+
+def test_an_unknown_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="scheduler policy"):
+        SchedulerConfig("fifo")  # type: ignore[arg-type]
