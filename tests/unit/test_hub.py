@@ -212,9 +212,11 @@ def test_mixed_resolutions_share_a_cycle_and_a_device_may_change_its_own(
     wait(lambda: kinds(sent["cam-a"]).count("batch_ack") == 1)
     wait(lambda: kinds(sent["cam-b"]).count("batch_ack") == 2)
     assert [m.batch_ack.frames for m in sent["cam-b"] if m.HasField("batch_ack")] == [2, 3]
-    assert kinds(sent["cam-a"]).count("update") == 1
     # cam-b's two waiting batches are learned in one phase; its horizon restarted at the new
     # resolution, so it holds the later batch's frames only.
+    wait(lambda: kinds(sent["cam-a"]).count("update") == 1)
+    wait(lambda: kinds(sent["cam-b"]).count("update") == 1)
+    time.sleep(0.2)
     assert kinds(sent["cam-b"]).count("update") == 1
     session = hub.devices["cam-b"].session
     assert session is not None
@@ -230,19 +232,24 @@ def test_one_devices_failure_never_drops_another_devices_batch(
     sent = attach_all(hub, "cam-a", "cam-b")
     bad = hub.devices["cam-a"].session
     assert bad is not None
+    committed = parameter_vector(bad.model).clone()
+    real_step = bad.step
 
-    def broken(now: float, gamma: float | None = None) -> None:
+    def broken(phase: Any, iterations: int) -> None:
+        real_step(phase, 1)  # the model moves, then the step fails
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    bad.train_phase = broken  # type: ignore[method-assign]
+    bad.step = broken  # type: ignore[method-assign]
     submit(hub, "cam-a", batch(1, 10.0))
     submit(hub, "cam-b", batch(2, 10.0))
     hub.start()
     wait(lambda: "update" in kinds(sent["cam-b"]))
-    wait(lambda: "batch_ack" in kinds(sent["cam-a"]))
-    ack = next(m.batch_ack for m in sent["cam-a"] if m.HasField("batch_ack"))
-    assert ack.frames == 0, "answered, so the agent does not resend it forever"
-    assert hub.metrics.batches.labels("failed")._value.get() == 1
+    wait(lambda: hub.metrics.thread_failures.labels("process")._value.get() == 1)
+    assert "batch_ack" in kinds(sent["cam-a"])
+    assert "update" not in kinds(sent["cam-a"])
+    # The failed phase is rolled back: the model is the version it says it is.
+    assert torch.equal(parameter_vector(bad.model), committed)
+    assert bad.version == 0
     assert hub.healthy()
     hub.stop()
 
@@ -520,3 +527,60 @@ def test_housekeeping_tells_a_budgeted_device_when_it_may_speed_up(
     settings = [m.settings for m in sent if m.WhichOneof("body") == "settings"]
     assert settings
     assert settings[-1].sampling_rate_fps > 1.5 * slow[0]
+
+
+@pytest.mark.parametrize("policy", ["micro-window", "urgency"])
+def test_a_scheduled_round_trains_every_waiting_device_within_its_budget(
+    models: Models, tmp_path: Path, policy: str
+) -> None:
+    from edgeadapt.trainer.scheduler import SchedulerConfig
+
+    scheduler = SchedulerConfig(policy, iterations=4, micro_window=0.05, round_cap=10.0)  # type: ignore[arg-type]
+    hub = make_hub(models, tmp_path, start=False, scheduler=scheduler)
+    sent = attach_all(hub, "cam-a", "cam-b")
+    for seq in range(1, 4):  # 9 frames each: every 8th is held out for scoring slices
+        submit(hub, "cam-a", batch(seq, 10.0 * seq))
+        submit(hub, "cam-b", batch(10 + seq, 10.0 * seq))
+    hub.start()
+    wait(lambda: all("update" in kinds(m) for m in sent.values()))
+    wait(lambda: hub.last_round is not None)
+    last = hub.last_round
+    assert last is not None
+    assert last.policy == policy
+    assert last.spent <= last.budget * 1.05 + 0.5  # one slice may overrun by its last step
+    for name in ("cam-a", "cam-b"):
+        dev = hub.devices[name]
+        session = dev.session
+        assert session is not None
+        # What was sent is what the trainer holds (the phase was committed, not left open).
+        assert dev.job is None
+        assert dev.checksum == model_checksum(parameter_vector(session.model))
+        assert len(dev.holdout) == 1  # 9 frames, every 8th held out
+        view = hub.status()["devices"][["cam-a", "cam-b"].index(name)]["scheduler"]
+        assert view["slices"] >= 1
+        assert view["compute_seconds"] > 0
+    assert hub.status()["scheduler"]["policy"] == policy
+    assert hub.metrics.rounds.labels(policy, last.ended)._value.get() >= 1
+    hub.stop()
+
+
+def test_a_snapshot_served_while_a_phase_is_open_carries_the_committed_parameters(
+    models: Models, tmp_path: Path
+) -> None:
+    from edgeadapt.trainer.jobs import PhaseJob
+
+    hub = make_hub(models, tmp_path, start=False)
+    attach_all(hub, "cam-a")
+    dev = hub.devices["cam-a"]
+    session = dev.session
+    assert session is not None
+    committed = parameter_vector(session.model).clone()
+    session.ingest(batch(1, 10.0).images, torch.zeros(3, 64, 128, dtype=torch.uint8), [10, 11, 12])
+    job = PhaseJob("cam-a", session, dev.lock, 12.0, 1.0, None, [], hub.num_classes, hub.device)
+    dev.job = job
+    job.train(iterations=2)  # the model moves; version 0 still means the committed parameters
+    assert not torch.equal(parameter_vector(session.model), committed)
+    (message,) = hub.resync("cam-a", pb.ResyncRequest(have_version=0, have_checksum=1))
+    edge = EdgeModel(copy.deepcopy(models[1]))
+    assert edge.apply(update_bytes(message.update), message.update.model_checksum)
+    assert torch.equal(parameter_vector(edge.active), committed)

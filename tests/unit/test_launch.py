@@ -19,7 +19,7 @@ from edgeadapt.controllers.common import Images, Owner
 from edgeadapt.edge_agent.__main__ import build_parser as agent_parser
 from edgeadapt.gating.__main__ import ZOO_ARCHS
 from edgeadapt.gating.__main__ import build_parser as gating_parser
-from edgeadapt.trainer.__main__ import _check_args
+from edgeadapt.trainer.__main__ import _check_args, policy_defaults
 from edgeadapt.trainer.__main__ import build_parser as trainer_parser
 from edgeadapt.video.source import open_source
 
@@ -76,6 +76,8 @@ def policy_variants() -> list[dict[str, Any]]:
             {"strategy": strategy}
             | ({"modelZooRef": {"name": "zoo"}} if "recl" in strategy else {})
         )
+    for policy in spec["scheduler"]["properties"]["policy"]["enum"]:
+        out.append({"scheduler": {"policy": policy, "microWindowSeconds": 0.5}})
     out.append({"mutualTLS": True})
     teachers = spec["teacher"]["properties"]["architecture"]["enum"]
     students = spec["student"]["properties"]["architecture"]["enum"]
@@ -119,6 +121,10 @@ def test_every_rendered_trainer_parses_with_the_trainers_parser(spec: dict[str, 
     else:
         assert args.gating is None
     assert _check_args(args) is None
+    # The ConfigMap the trainer reads with --config: every value it holds is one it implements.
+    config = adaptationpolicy.trainer_parameters(AdaptationPolicySpec.of(spec))
+    options = policy_defaults(config)
+    assert options["scheduler"] == (spec.get("scheduler") or {}).get("policy", "round-robin")
 
 
 def device_variants() -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ def test_policy_parameters_become_defaults_and_flags_win(tmp_path: Path) -> None
                 },
                 "sampling": {"rMinFps": 0.2, "rMaxFps": 2.0, "phiTarget": 0.25},
                 "recl": {"windowSeconds": 45},
+                "scheduler": {"policy": "micro-window", "microWindowSeconds": 0.5},
             }
         )
     )
@@ -39,11 +40,18 @@ def test_policy_parameters_become_defaults_and_flags_win(tmp_path: Path) -> None
     assert (args.r_min, args.r_max, args.phi_target) == (0.2, 2.0, 0.25)
     assert args.strategy == "ams+recl"
     assert args.window_seconds == 45
+    assert args.scheduler == "micro-window"
+    assert args.micro_window_seconds == 0.5
 
 
 def test_an_unknown_strategy_is_refused() -> None:
     with pytest.raises(ValueError, match="implements ams, recl, ams\\+recl"):
         policy_defaults({"strategy": "ekya"})
+
+
+def test_an_unknown_scheduler_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="implements round-robin, micro-window, urgency"):
+        policy_defaults({"scheduler": {"policy": "fifo"}})
 
 
 def test_recl_needs_a_gating_service_and_its_ca(tmp_path: Path) -> None:

@@ -205,6 +205,18 @@ class AMSSession:
 
         ``gamma`` overrides the configured update fraction for this phase (a link budget).
         """
+        phase = self.begin_phase(now, gamma)
+        if phase is None:
+            return None
+        self.step(phase, self.config.iterations)
+        return self.commit(phase)
+
+    def begin_phase(self, now: float, gamma: float | None = None) -> Phase | None:
+        """Open a training phase: choose the coordinates it may change (None if no data).
+
+        A phase may be trained in several slices (:meth:`step`) before :meth:`commit` ends it;
+        until then the committed parameters are ``phase.before``.
+        """
         if len(self.buffer.window(now)) == 0:
             return None
         cfg = self.config
@@ -217,17 +229,34 @@ class AMSSession:
             self.generator,
             self.device,
         )
-        before = self.optimizer.flat_params().clone()
+        return Phase(now, mask, self.optimizer.flat_params().clone())
+
+    def step(self, phase: Phase, iterations: int) -> None:
+        """``iterations`` masked-Adam steps of an open phase on the horizon."""
         criterion = nn.CrossEntropyLoss()
-        for _ in range(cfg.iterations):
-            frames, labels = self.buffer.sample(cfg.batch_size, now, self.generator)
+        for _ in range(iterations):
+            frames, labels = self.buffer.sample(self.config.batch_size, phase.now, self.generator)
             loss = criterion(self.model(frames.to(self.device)), labels.to(self.device))
             self.optimizer.zero_grad()
             loss.backward()
-            self.optimizer.step(mask)
-        update = commit_phase(self.optimizer, mask, before, self.version)
+            self.optimizer.step(phase.mask)
+        phase.iterations += iterations
+
+    def commit(self, phase: Phase) -> ModelUpdate:
+        """End an open phase: the update that carries it to the edge."""
+        update = commit_phase(self.optimizer, phase.mask, phase.before, self.version)
         self.version = update.version
         return update
+
+
+@dataclass
+class Phase:
+    """An open training phase: when it started, the coordinates it trains, the parameters before."""
+
+    now: float
+    mask: torch.Tensor
+    before: torch.Tensor
+    iterations: int = 0
 
 
 def commit_phase(

@@ -63,6 +63,7 @@ class AdaptationPolicySpec:
     strategy: str
     ams: Mapping[str, Any]
     recl: Mapping[str, Any]
+    scheduler: Mapping[str, Any]
     sampling: Mapping[str, Any]
     teacher: ModelSpec
     student: ModelSpec
@@ -85,6 +86,7 @@ class AdaptationPolicySpec:
             strategy=str(s["strategy"]),
             ams=s["ams"],
             recl=s["recl"],
+            scheduler=s["scheduler"],
             sampling=s["sampling"],
             teacher=ModelSpec.of(s["teacher"]),
             student=ModelSpec.of(s["student"]),

@@ -103,6 +103,7 @@ def trainer_parameters(spec: AdaptationPolicySpec) -> dict[str, Any]:
         "ams": dict(spec.ams),
         "sampling": dict(spec.sampling),
         "recl": dict(spec.recl),
+        "scheduler": dict(spec.scheduler),
     }
 
 

@@ -34,6 +34,7 @@ from typing import Any
 from edgeadapt.adapt.ams import AMSConfig
 from edgeadapt.api.launch import STRATEGIES, STUDENT_ARCHS, TEACHER_ARCHS, ModelRef
 from edgeadapt.telemetry import HTTPEndpoint, setup_logging, write_ready_file
+from edgeadapt.trainer.scheduler import POLICIES
 
 log = logging.getLogger("edgeadapt.trainer")
 
@@ -95,6 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--window-seconds", type=float, default=30.0, help="RECL's window T (capture time)"
     )
+    p.add_argument(
+        "--scheduler",
+        choices=POLICIES,
+        default="round-robin",
+        help="who trains next: round-robin (AMS), micro-window (RECL Algorithm 1), urgency"
+        " (EdgeSync)",
+    )
+    p.add_argument(
+        "--micro-window-seconds",
+        type=float,
+        default=1.0,
+        help="compute seconds of one slice (micro-window, urgency)",
+    )
     p.add_argument("--gating", help="HOST:PORT of the ModelZoo's gating service (RECL)")
     p.add_argument("--gating-ca", type=Path, help="CA that signs the gating service's certificate")
     p.add_argument("--gating-token-file", type=Path, help="this trainer's token for the zoo")
@@ -148,6 +162,8 @@ POLICY_FIELDS = {
     ("sampling", "rMaxFps"): "r_max",
     ("sampling", "phiTarget"): "phi_target",
     ("recl", "windowSeconds"): "window_seconds",
+    ("scheduler", "policy"): "scheduler",
+    ("scheduler", "microWindowSeconds"): "micro_window_seconds",
 }
 
 
@@ -157,6 +173,11 @@ def policy_defaults(config: dict[str, Any]) -> dict[str, Any]:
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r}: this trainer implements {', '.join(STRATEGIES)}")
     out: dict[str, Any] = {"strategy": strategy}
+    policy = (config.get("scheduler") or {}).get("policy", "round-robin")
+    if policy not in POLICIES:
+        raise ValueError(
+            f"scheduler policy {policy!r}: this trainer implements {', '.join(POLICIES)}"
+        )
     for (section, key), option in POLICY_FIELDS.items():
         value = (config.get(section) or {}).get(key)
         if value is not None:
@@ -200,6 +221,7 @@ def _check_args(args: argparse.Namespace) -> str | None:
             "--gating needs --gating-ca (or --insecure)",
         ),
         (args.window_seconds <= 0, "--window-seconds must be positive"),
+        (args.micro_window_seconds <= 0, "--micro-window-seconds must be positive"),
         (
             bool(args.teacher_model or args.student_model) and args.models_dir is None,
             "--teacher-model and --student-model need --models-dir",
@@ -282,6 +304,7 @@ def _serve(
     from edgeadapt.stream.tls import server_credentials
     from edgeadapt.trainer.hub import Hub, HubConfig
     from edgeadapt.trainer.recl import GatingClient, ReclConfig
+    from edgeadapt.trainer.scheduler import SchedulerConfig
     from edgeadapt.trainer.server import TrainerServer, serve
     from edgeadapt.trainer.store import DeviceStore
 
@@ -340,6 +363,12 @@ def _serve(
         recl=ReclConfig(args.strategy, args.window_seconds, lr=args.lr, batch_size=args.batch_size)
         if args.strategy != "ams"
         else None,
+        scheduler=SchedulerConfig(
+            args.scheduler,
+            iterations=args.iterations,
+            micro_window=args.micro_window_seconds,
+            round_cap=args.t_update,
+        ),
     )
     gating = None
     if args.strategy != "ams":

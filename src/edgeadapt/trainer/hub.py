@@ -69,6 +69,7 @@ from edgeadapt.trainer.budget import (
     LinkPlanner,
     prior_bytes_per_frame,
 )
+from edgeadapt.trainer.jobs import PhaseJob
 from edgeadapt.trainer.metrics import TrainerMetrics
 from edgeadapt.trainer.recl import (
     SELECT_FRAMES,
@@ -77,6 +78,7 @@ from edgeadapt.trainer.recl import (
     GatingError,
     ReclConfig,
 )
+from edgeadapt.trainer.scheduler import Round, Scheduler, SchedulerConfig, drift
 from edgeadapt.trainer.store import DeviceStore, UpdateRecord, pack_tensor, unpack_tensor
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,9 @@ Send = Callable[[pb.TrainerMessage], None]
 Close = Callable[[CloseReason], None]
 
 HARD_MAX_BATCH_FRAMES = 600
+HOLDOUT_EVERY = 8  # micro-window, urgency: every 8th frame is kept out of training to score it
+HOLDOUT_FRAMES = 8  # the newest held-out frames a job is scored on
+DRIFT_FRAMES = 90  # EdgeSync's accuracy bank
 MIN_SWITCH_COORDS = 1000  # below this a switch waits for the link rather than trickle
 
 
@@ -188,6 +193,14 @@ class Device:
     state_bytes: int = 0
     evicted: bool = False
     recl: DeviceRecl | None = None  # RECL's window state (strategies recl and ams+recl)
+    # the scheduler's view: frames not trained on yet wait for a round (``train_now``: the
+    # capture time the phase trains up to); held-out frames score a job's slices
+    train_now: float | None = None
+    holdout: collections.deque[tuple[np.ndarray, torch.Tensor]] = field(
+        default_factory=lambda: collections.deque(maxlen=HOLDOUT_FRAMES)
+    )
+    holdout_seen: int = 0
+    job: PhaseJob | None = None  # the phase a round has open (its slices train dev's model)
 
     @property
     def version(self) -> int:
@@ -212,6 +225,8 @@ class HubConfig:
     resync_interval: float = 1.0  # at most one resync served per device per interval
     score_chunk: int = 8  # frames scored per forward pass
     recl: ReclConfig | None = None  # RECL windows (strategies recl, ams+recl); None: AMS only
+    # who trains next (None: round-robin, K iterations per job, rounds capped at T_update)
+    scheduler: SchedulerConfig | None = None
     admit_frames: int = 64  # of a window, sent with a model offered to the zoo
 
 
@@ -267,6 +282,13 @@ class Hub:
         self._scratch = copy.deepcopy(self.student).eval()  # the safety checker's evaluations
         if config.recl is not None and gating is None:
             raise ValueError(f"strategy {config.recl.strategy} needs a gating service")
+        self.scheduler = Scheduler(
+            config.scheduler
+            or SchedulerConfig(iterations=config.ams.iterations, round_cap=config.ams.t_update)
+        )
+        self._pending: dict[str, None] = {}  # devices with frames for a round (worker only)
+        self.last_round: Round | None = None
+        self.share = 1.0  # of the GPU this trainer may use (telemetry lowers it)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -597,8 +619,8 @@ class Hub:
 
     def _checkpoint(self, dev: Device) -> None:
         """Write the device's whole state (caller holds ``dev.lock``)."""
-        if self.store is None:
-            return
+        if self.store is None or (dev.job is not None and dev.job.phase is not None):
+            return  # not mid-phase: the model would be ahead of the version it is saved as
         t0 = time.perf_counter()
         session = None
         if dev.session is not None:
@@ -682,10 +704,9 @@ class Hub:
             return [pb.TrainerMessage(update=update_message(k.data, k.checksum)) for k in links]
         cache = dev.snapshot_cache
         if cache is None or cache[0] != dev.version:
-            model = dev.session.model if dev.session is not None else self.student
             cache = (
                 dev.version,
-                encode_update(snapshot_update(parameter_vector(model).cpu(), dev.version)),
+                encode_update(snapshot_update(self._committed(dev), dev.version)),
             )
         with dev.chain_lock:
             dev.snapshot_cache = cache
@@ -698,6 +719,14 @@ class Hub:
             extra={"device": dev.device_id, "have": have, "version": dev.version},
         )
         return [pb.TrainerMessage(update=update_message(cache[1], dev.checksum, snapshot=True))]
+
+    def _committed(self, dev: Device) -> torch.Tensor:
+        """The device's parameters as of its last committed version (a phase may be open)."""
+        job = dev.job
+        if job is not None and job.phase is not None:
+            return job.phase.before.cpu()
+        model = dev.session.model if dev.session is not None else self.student
+        return parameter_vector(model).cpu()
 
     def _update_gauges(self) -> None:
         devices = list(self.devices.values())
@@ -719,6 +748,7 @@ class Hub:
             except queue.Empty:
                 item = None
                 if not self._stopping.is_set():
+                    self._train_round()
                     self._housekeeping()
                 continue
             if item is None:
@@ -748,6 +778,8 @@ class Hub:
                         self._queued_bytes -= batch.nbytes
                     self.metrics.queue.set(self._queued)
                     self.metrics.queued_bytes.set(self._queued_bytes)
+            if not self._stopping.is_set():
+                self._train_round()
             self._housekeeping()
 
     def _label(self, items: list[tuple[str, Batch]]) -> list[torch.Tensor | None]:
@@ -857,14 +889,17 @@ class Hub:
                     if not train:
                         continue
                     images, kept, times = images[train], kept[train], [times[i] for i in train]
+                if self.scheduler.config.policy != "round-robin" and dev.adapt:
+                    # The scheduler scores slices on frames the job never trains on.
+                    train = self._hold_out(dev, images, kept)
+                    if not train:
+                        continue
+                    images, kept, times = images[train], kept[train], [times[i] for i in train]
                 learned.append((images, kept, times))
-            update = None
             recl = self.config.recl
             if learned and dev.session is not None and dev.adapt:
                 if recl is None or recl.streams:
-                    update = self._train(dev, learned)
-                    if update is not None and dev.recl is not None:
-                        dev.recl.expert = ""  # the model moved off the expert it was
+                    self._ingest(dev, learned)
                 else:
                     self._retrain(dev, learned, recl)
             window_end: list[pb.TrainerMessage] = []
@@ -880,48 +915,123 @@ class Hub:
                 self._checkpoint_quietly(dev)
             for seq, frames in acks:
                 dev.deliver(pb.TrainerMessage(batch_ack=pb.BatchAck(seq=seq, frames=frames)))
-            if update is not None:
-                dev.updates_sent += 1
-                self.metrics.updates.labels("sparse").inc()
-                dev.deliver(pb.TrainerMessage(update=update_message(update.data, update.checksum)))
             for message in window_end:
                 dev.deliver(message)
-            settings = self._settings(dev)
-            dev.view = self._view(dev)
-            if settings != dev.settings:
-                dev.settings = settings
-                dev.deliver(pb.TrainerMessage(settings=self._settings_message(settings)))
+            self._send_settings(dev)
 
-    def _train(
+    def _send_settings(self, dev: Device) -> None:
+        settings = self._settings(dev)
+        dev.view = self._view(dev)
+        if settings != dev.settings:
+            dev.settings = settings
+            dev.deliver(pb.TrainerMessage(settings=self._settings_message(settings)))
+
+    def _hold_out(self, dev: Device, images: np.ndarray, labels: torch.Tensor) -> list[int]:
+        """Keep every HOLDOUT_EVERY-th frame for scoring slices; the indices left to train on."""
+        train = []
+        for i in range(len(images)):
+            dev.holdout_seen += 1
+            if dev.holdout_seen % HOLDOUT_EVERY == 0:
+                dev.holdout.append((images[i], labels[i]))
+            else:
+                train.append(i)
+        return train
+
+    def _ingest(
         self, dev: Device, learned: list[tuple[np.ndarray, torch.Tensor, list[float]]]
-    ) -> PendingUpdate | None:
-        """Add the frames to the horizon and run one AMS phase; the update once it is on disk."""
+    ) -> None:
+        """Add the frames to the horizon; the device waits for the next round to train on them."""
         session = dev.session
         assert session is not None
         for images, labels, times in learned:
             session.ingest(images, labels, times)
         now = max(t for _, _, times in learned for t in times)
         session.control(now)
-        gamma = None
-        if dev.planner is not None:
-            gamma = dev.planner.fraction(self.config.ams.gamma, time.monotonic())
-            if gamma is None:  # the downlink budget is spent: the frames wait in the horizon
-                self.metrics.phases_held.inc()
-                return None
-        t0 = time.perf_counter()
-        before = dev.checksum
-        update = session.train_phase(now, gamma)
-        if update is None:
-            return None
-        self.metrics.train_seconds.observe(time.perf_counter() - t0)
-        dev.checksum = model_checksum(parameter_vector(session.model))
-        link = PendingUpdate(
-            update.version, update.base_version, encode_update(update), before, dev.checksum
-        )
-        if dev.planner is not None:
-            dev.planner.update_sent(len(link.data), len(update.indices))
-            dev.planner.last_fraction = gamma
-        return link if self._log_update(dev, link) else None
+        dev.train_now = now
+        self._pending[dev.device_id] = None
+
+    # -- rounds: the scheduler shares the compute among the devices' phases ---------------
+    def _train_round(self) -> None:
+        """One scheduling round over every device with frames it has not trained on yet."""
+        jobs: list[PhaseJob] = []
+        for device_id in list(self._pending):
+            dev = self.devices.get(device_id)
+            if dev is None or dev.session is None or not dev.adapt or dev.train_now is None:
+                self._pending.pop(device_id, None)
+                continue
+            gamma = None
+            if dev.planner is not None:
+                gamma = dev.planner.fraction(self.config.ams.gamma, time.monotonic())
+                if gamma is None:  # the downlink budget is spent: the frames wait in the horizon
+                    self.metrics.phases_held.inc()
+                    continue
+            holdout = None
+            if dev.holdout:
+                holdout = (
+                    np.stack([img for img, _ in dev.holdout]),
+                    torch.stack([lab for _, lab in dev.holdout]),
+                )
+            dev.job = PhaseJob(
+                device_id, dev.session, dev.lock, dev.train_now, gamma, holdout,
+                _bank(dev.scores), self.num_classes, self.device,
+            )  # fmt: skip
+            jobs.append(dev.job)
+        if not jobs:
+            return
+        try:
+            result = self.scheduler.run(jobs, self.share)
+        except Exception:
+            log.exception("training round failed")
+            self.metrics.thread_failures.labels("process").inc()
+            result = None
+        finally:
+            for job in jobs:
+                dev = self.devices.get(job.key)
+                if dev is None or dev.job is not job:
+                    continue
+                try:
+                    self._commit(dev, job)
+                except Exception:
+                    log.exception("cannot commit a phase", extra={"device": job.key})
+                    self.metrics.thread_failures.labels("process").inc()
+        if result is not None:
+            self.last_round = result
+            self.metrics.rounds.labels(result.policy, result.ended).inc()
+            self.metrics.round_budget.set(result.budget)
+            self.metrics.round_spent.set(result.spent)
+            self.metrics.jobs_deferred.inc(len(result.deferred))
+
+    def _commit(self, dev: Device, job: PhaseJob) -> None:
+        """End a job's phase after the round: log the update, send it and the new settings."""
+        with dev.lock:
+            dev.job = None
+            if job.phase is None:  # deferred: its frames wait for the next round
+                if job.failed:  # rolled back; its frames wait for the device's next batch
+                    self.metrics.thread_failures.labels("process").inc()
+                if job.empty or job.failed:
+                    self._pending.pop(dev.device_id, None)
+                return
+            self._pending.pop(dev.device_id, None)
+            session = dev.session
+            assert session is not None
+            before = dev.checksum
+            update = session.commit(job.phase)
+            self.metrics.train_seconds.observe(job.seconds)
+            dev.checksum = model_checksum(parameter_vector(session.model))
+            dev.dirty = True
+            link = PendingUpdate(
+                update.version, update.base_version, encode_update(update), before, dev.checksum
+            )
+            if dev.planner is not None:
+                dev.planner.update_sent(len(link.data), len(update.indices))
+                dev.planner.last_fraction = job.gamma
+            if dev.recl is not None:
+                dev.recl.expert = ""  # the model moved off the expert it was
+            if self._log_update(dev, link):
+                dev.updates_sent += 1
+                self.metrics.updates.labels("sparse").inc()
+                dev.deliver(pb.TrainerMessage(update=update_message(link.data, link.checksum)))
+            self._send_settings(dev)
 
     def _log_update(self, dev: Device, link: PendingUpdate) -> bool:
         """Append an update to the device's log and chain; False if it cannot be logged (then it
@@ -1301,11 +1411,33 @@ class Hub:
             "queued_batches": queued,
             "queued_bytes": queued_bytes,
             "worker_alive": self.healthy(),
+            "scheduler": self._scheduler_view(),
             "limits": {
                 "max_batch_frames": self.limits.max_frames,
                 "max_batch_bytes": self.limits.max_bytes,
                 "max_batch_decoded_bytes": self.limits.max_decoded_bytes,
                 "input_size": list(self.limits.input_size) if self.limits.input_size else None,
+            },
+        }
+
+    def _scheduler_view(self) -> dict[str, Any]:
+        cfg, last = self.scheduler.config, self.last_round
+        return {
+            "policy": cfg.policy,
+            "iterations": cfg.iterations,
+            "micro_window_s": cfg.micro_window,
+            "round_cap_s": cfg.round_cap,
+            "share": round(self.share, 3),
+            "rounds": self.scheduler.rounds,
+            "last_round": None
+            if last is None
+            else {
+                "budget_s": round(last.budget, 3),
+                "spent_s": round(last.spent, 3),
+                "slices": len(last.slices),
+                "trained": last.trained,
+                "deferred": last.deferred,
+                "ended": last.ended,
             },
         }
 
@@ -1356,6 +1488,12 @@ class Hub:
             "link": _link_view(dev.planner, self.config.ams.gamma),
             "state_bytes": dev.state_bytes,
             "recl": dev.recl.view() if dev.recl is not None else None,
+            "scheduler": {
+                **self.scheduler.job_view(dev.device_id),
+                "waiting": dev.device_id in self._pending,
+                "held_out_frames": len(dev.holdout),
+                "urgency": round(drift(_bank(dev.scores)), 4),
+            },
             "history": [
                 [
                     round(s.time, 2),
@@ -1406,6 +1544,17 @@ def _mean(scores: list[Score], k: int) -> float | None:
 
 RATE_WINDOW_S = 60.0
 RATE_SAMPLE_S = 5.0
+
+
+def _bank(scores: collections.deque[Score]) -> list[float]:
+    """EdgeSync's accuracy bank from the scored batches: per-frame mIoU of the newest
+    DRIFT_FRAMES frames, oldest first (a batch's frames share its mean)."""
+    bank: list[float] = []
+    for s in reversed(scores):
+        if len(bank) >= DRIFT_FRAMES:
+            break
+        bank += [s.miou / s.frames] * min(s.frames, DRIFT_FRAMES - len(bank))
+    return bank[::-1]
 
 
 def _link_rates(dev: Device) -> tuple[float | None, float | None]:

@@ -69,7 +69,7 @@ class TrainerMetrics:
         )
         self.train_seconds = Histogram(
             "edgeadapt_trainer_train_phase_seconds",
-            "Time of one AMS training phase (K iterations) for one device",
+            "Compute time of one device's AMS training phase (all its slices in a round)",
             buckets=(0.1, 0.3, 1, 2, 4, 8, 16, 32),
             registry=r,
         )
@@ -116,6 +116,28 @@ class TrainerMetrics:
         ):
             for value in values:
                 counter.labels(value)  # exported from the start, at zero
+        self.rounds = Counter(
+            "edgeadapt_trainer_scheduler_rounds_total",
+            "Scheduling rounds, by policy and how they ended (done: every job had its share;"
+            " budget: jobs deferred; converged: no job gained any more)",
+            ["policy", "ended"],
+            registry=r,
+        )
+        self.round_budget = Gauge(
+            "edgeadapt_trainer_scheduler_round_budget_seconds",
+            "Compute seconds the last round could spend",
+            registry=r,
+        )
+        self.round_spent = Gauge(
+            "edgeadapt_trainer_scheduler_round_spent_seconds",
+            "Compute seconds the last round spent",
+            registry=r,
+        )
+        self.jobs_deferred = Counter(
+            "edgeadapt_trainer_scheduler_jobs_deferred_total",
+            "Devices' jobs a round's budget did not reach (they go first in the next)",
+            registry=r,
+        )
         self.recl_seconds = Histogram(
             "edgeadapt_trainer_recl_window_seconds",
             "Time to end one device's RECL window (selection, safety check, switch, offer)",

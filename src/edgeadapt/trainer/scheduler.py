@@ -58,7 +58,8 @@ class Job(Protocol):
 
     def train(self, *, iterations: int | None = None, seconds: float | None = None) -> Work:
         """Train for ``iterations`` steps, or until ``seconds`` of compute have passed (at least
-        one step); return what was done."""
+        one step); return what was done. No steps means the job cannot train: it gets no more
+        slices this round."""
         ...
 
     def evaluate(self) -> float:
@@ -188,7 +189,9 @@ class Scheduler:
         if demand is None:  # a job never timed: every job its K steps, as AMS does
             result = Round("round-robin", math.inf)
             for job in jobs:
-                self._record(result, job, job.train(iterations=k), None)
+                work = job.train(iterations=k)
+                if work.iterations:
+                    self._record(result, job, work, None)
             result.budget, result.ended = result.spent, "done"
             return result
         budget = min(demand, cap)
@@ -199,7 +202,9 @@ class Scheduler:
             if result.trained and result.spent + steps * rate > budget * SLACK:
                 result.deferred.append(job.key)
                 continue
-            self._record(result, job, job.train(iterations=steps), None)
+            work = job.train(iterations=steps)
+            if work.iterations:
+                self._record(result, job, work, None)
         result.ended = "budget" if result.deferred else "done"
         return result
 
@@ -214,6 +219,9 @@ class Scheduler:
         def process(job: Job) -> None:
             before = score[job.key] if job.key in score else job.evaluate()
             work = job.train(seconds=min(mu, max(result.budget - result.spent, mu / 2)))
+            if work.iterations == 0:  # the job cannot train (failed, or nothing to learn)
+                gains.pop(job.key, None)
+                return
             after = job.evaluate()  # reused as the next slice's before-score
             gain = (after - before) / max(work.seconds, 1e-9)
             score[job.key], gains[job.key] = after, gain
@@ -257,6 +265,8 @@ class Scheduler:
                 stale < self.config.patience and result.budget - result.spent >= mu / 2
             ):
                 work = job.train(seconds=min(mu, max(result.budget - result.spent, mu / 2)))
+                if work.iterations == 0:  # the job cannot train (failed, or nothing to learn)
+                    break
                 after = job.evaluate()
                 self._record(result, job, work, (after - best) / max(work.seconds, 1e-9))
                 best, stale = (after, 0) if after > best else (best, stale + 1)
