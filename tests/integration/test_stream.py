@@ -244,6 +244,32 @@ def test_agent_on_a_video_file(cluster: Cluster, env: Env, tmp_path: Path) -> No
     assert [e["version"] for e in applied] == list(range(1, len(applied) + 1))
 
 
+@pytest.mark.parametrize("policy", ["micro-window", "urgency"])
+def test_a_scheduled_trainer_keeps_every_device_adapting(cluster: Cluster, policy: str) -> None:
+    trainer = cluster.trainer(
+        cluster.workdir / "state",
+        extra=("--scheduler", policy, "--micro-window-seconds", "0.2"),
+    )
+    agents = {name: cluster.agent(name, trainer.grpc_port, seed=seed)
+              for name, seed in (("cam-1", 1), ("cam-2", 2), ("cam-3", 3))}  # fmt: skip
+    for name, agent in agents.items():
+        wait_for(f"{name} at version 3", at_version(agent, 3), timeout=240)
+    view = status(trainer)["scheduler"]
+    assert view["policy"] == policy
+    assert view["rounds"] >= 3
+    assert view["last_round"]["spent_s"] <= view["last_round"]["budget_s"] * 1.05 + 1.0
+    for name, agent in agents.items():
+        d = device(trainer, name)
+        assert d is not None
+        sched = d["scheduler"]
+        assert sched["slices"] >= 3, sched
+        assert sched["compute_seconds"] > 0
+        assert sched["held_out_frames"] >= 1, "slices are scored on frames never trained on"
+        # The agent runs what the trainer holds: every phase was committed and delivered.
+        wait_for(f"{name} in step", lambda n=name: (device(trainer, n) or {}).get("agent_in_step"))
+        assert status(agent)["model_version"] >= 3
+
+
 class _DroppingHandler(http.server.SimpleHTTPRequestHandler):
     """Serves files; the first response is cut off halfway, as a failing stream would be."""
 

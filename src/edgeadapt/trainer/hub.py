@@ -927,11 +927,12 @@ class Hub:
             dev.deliver(pb.TrainerMessage(settings=self._settings_message(settings)))
 
     def _hold_out(self, dev: Device, images: np.ndarray, labels: torch.Tensor) -> list[int]:
-        """Keep every HOLDOUT_EVERY-th frame for scoring slices; the indices left to train on."""
+        """Keep every HOLDOUT_EVERY-th frame, from the first, for scoring slices; the indices
+        left to train on."""
         train = []
         for i in range(len(images)):
             dev.holdout_seen += 1
-            if dev.holdout_seen % HOLDOUT_EVERY == 0:
+            if dev.holdout_seen % HOLDOUT_EVERY == 1:
                 dev.holdout.append((images[i], labels[i]))
             else:
                 train.append(i)
