@@ -244,6 +244,10 @@ def test_agent_on_a_video_file(cluster: Cluster, env: Env, tmp_path: Path) -> No
     assert [e["version"] for e in applied] == list(range(1, len(applied) + 1))
 
 
+def in_step(trainer: Proc, device_id: str) -> bool:
+    return bool((device(trainer, device_id) or {}).get("agent_in_step"))
+
+
 @pytest.mark.parametrize("policy", ["micro-window", "urgency"])
 def test_a_scheduled_trainer_keeps_every_device_adapting(cluster: Cluster, policy: str) -> None:
     trainer = cluster.trainer(
@@ -266,7 +270,7 @@ def test_a_scheduled_trainer_keeps_every_device_adapting(cluster: Cluster, polic
         assert sched["compute_seconds"] > 0
         assert sched["held_out_frames"] >= 1, "slices are scored on frames never trained on"
         # The agent runs what the trainer holds: every phase was committed and delivered.
-        wait_for(f"{name} in step", lambda n=name: (device(trainer, n) or {}).get("agent_in_step"))
+        wait_for(f"{name} in step", functools.partial(in_step, trainer, name))
         assert status(agent)["model_version"] >= 3
 
 

@@ -584,3 +584,26 @@ def test_a_snapshot_served_while_a_phase_is_open_carries_the_committed_parameter
     edge = EdgeModel(copy.deepcopy(models[1]))
     assert edge.apply(update_bytes(message.update), message.update.model_checksum)
     assert torch.equal(parameter_vector(edge.active), committed)
+
+
+def test_other_processes_on_the_gpu_shrink_the_rounds(models: Models, tmp_path: Path) -> None:
+    from edgeadapt.trainer.gpu import FakeBackend, GpuSample, GpuTelemetry, ProcessSample
+    from edgeadapt.trainer.scheduler import SchedulerConfig
+
+    busy = GpuSample("gpu", 90.0, 1 << 30, 8 << 30, processes=(ProcessSample(7, 75.0),))
+    # A round may take 0.02 s of compute, a quarter of it while the other process runs.
+    scheduler = SchedulerConfig("round-robin", iterations=2, round_cap=0.02)
+    hub = make_hub(models, tmp_path, start=False, scheduler=scheduler)
+    hub.telemetry = GpuTelemetry(FakeBackend([busy]), pid=1)
+    sent = attach_all(hub, "cam-a")
+    hub.start()
+    wait(lambda: hub.share == pytest.approx(0.25))
+    assert hub.status()["gpu"]["others_utilization"] == pytest.approx(0.75)
+    for seq in (1, 2):  # the first round times the job; the second is held to the share
+        submit(hub, "cam-a", batch(seq, 10.0 * seq))
+        wait(lambda n=seq: kinds(sent["cam-a"]).count("update") == n)  # type: ignore[misc]
+    last = hub.last_round
+    assert last is not None
+    assert last.budget == pytest.approx(0.005)
+    assert [s.iterations for s in last.slices] == [1], "one step instead of K=2"
+    hub.stop()

@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="compute seconds of one slice (micro-window, urgency)",
     )
+    p.add_argument(
+        "--gpu-memory-headroom-mb",
+        type=float,
+        default=1024,
+        help="below this much free GPU memory the trainer reports itself full (no new devices)",
+    )
     p.add_argument("--gating", help="HOST:PORT of the ModelZoo's gating service (RECL)")
     p.add_argument("--gating-ca", type=Path, help="CA that signs the gating service's certificate")
     p.add_argument("--gating-token-file", type=Path, help="this trainer's token for the zoo")
@@ -302,6 +308,7 @@ def _serve(
         write_starting_checkpoint,
     )
     from edgeadapt.stream.tls import server_credentials
+    from edgeadapt.trainer.gpu import GpuTelemetry
     from edgeadapt.trainer.hub import Hub, HubConfig
     from edgeadapt.trainer.recl import GatingClient, ReclConfig
     from edgeadapt.trainer.scheduler import SchedulerConfig
@@ -380,6 +387,7 @@ def _serve(
             ca_file=args.gating_ca,
             server_name=args.gating_server_name,
         )
+    telemetry = GpuTelemetry.open(device, metrics, int(args.gpu_memory_headroom_mb * 2**20))
     hub = Hub(
         teacher,
         student,
@@ -389,6 +397,7 @@ def _serve(
         metrics,
         trainer_id=trainer_id,
         gating=gating,
+        telemetry=telemetry,
     )
     credentials = (
         server_credentials(args.tls_cert, args.tls_key, args.client_ca) if args.tls_cert else None

@@ -69,6 +69,7 @@ from edgeadapt.trainer.budget import (
     LinkPlanner,
     prior_bytes_per_frame,
 )
+from edgeadapt.trainer.gpu import GpuTelemetry
 from edgeadapt.trainer.jobs import PhaseJob
 from edgeadapt.trainer.metrics import TrainerMetrics
 from edgeadapt.trainer.recl import (
@@ -98,6 +99,7 @@ HARD_MAX_BATCH_FRAMES = 600
 HOLDOUT_EVERY = 8  # micro-window, urgency: every 8th frame is kept out of training to score it
 HOLDOUT_FRAMES = 8  # the newest held-out frames a job is scored on
 DRIFT_FRAMES = 90  # EdgeSync's accuracy bank
+TELEMETRY_INTERVAL = 5.0  # seconds between GPU telemetry polls
 MIN_SWITCH_COORDS = 1000  # below this a switch waits for the link rather than trickle
 
 
@@ -242,6 +244,7 @@ class Hub:
         num_classes: int | None = None,
         trainer_id: str = "",
         gating: GatingClient | None = None,
+        telemetry: GpuTelemetry | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -289,6 +292,8 @@ class Hub:
         self._pending: dict[str, None] = {}  # devices with frames for a round (worker only)
         self.last_round: Round | None = None
         self.share = 1.0  # of the GPU this trainer may use (telemetry lowers it)
+        self.telemetry = telemetry or GpuTelemetry(None, reason="not configured")
+        self._last_telemetry = -math.inf
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -1338,6 +1343,10 @@ class Hub:
         if now - self._last_housekeeping < 1.0:
             return
         self._last_housekeeping = now
+        if now - self._last_telemetry >= TELEMETRY_INTERVAL:
+            self._last_telemetry = now
+            if self.telemetry.poll() is not None:
+                self.share = self.telemetry.share
         for dev in list(self.devices.values()):
             try:
                 self._tend(dev, now)
@@ -1413,6 +1422,7 @@ class Hub:
             "queued_bytes": queued_bytes,
             "worker_alive": self.healthy(),
             "scheduler": self._scheduler_view(),
+            "gpu": self.telemetry.view(),
             "limits": {
                 "max_batch_frames": self.limits.max_frames,
                 "max_batch_bytes": self.limits.max_bytes,

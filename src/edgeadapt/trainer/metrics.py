@@ -138,6 +138,36 @@ class TrainerMetrics:
             "Devices' jobs a round's budget did not reach (they go first in the next)",
             registry=r,
         )
+        gpu = "(NVML; absent without an NVIDIA GPU)"
+        self.gpu_utilization = Gauge(
+            "edgeadapt_trainer_gpu_utilization_ratio", f"Whole-GPU utilisation {gpu}", registry=r
+        )
+        self.gpu_process_utilization = Gauge(
+            "edgeadapt_trainer_gpu_process_utilization_ratio",
+            f"SM utilisation of this trainer (self) and of every other process (others) {gpu}",
+            ["scope"],
+            registry=r,
+        )
+        self.gpu_memory_used = Gauge(
+            "edgeadapt_trainer_gpu_memory_used_bytes", f"GPU memory in use {gpu}", registry=r
+        )
+        self.gpu_memory_total = Gauge(
+            "edgeadapt_trainer_gpu_memory_total_bytes", f"GPU memory {gpu}", registry=r
+        )
+        self.gpu_memory_low = Gauge(
+            "edgeadapt_trainer_gpu_memory_low",
+            "1 while free GPU memory is below the trainer's headroom: no new devices are bound",
+            registry=r,
+        )
+        self.gpu_share = Gauge(
+            "edgeadapt_trainer_gpu_share_ratio",
+            "Share of the GPU the scheduler plans with (other processes' load lowers it)",
+            registry=r,
+        )
+        self.gpu_power = Gauge("edgeadapt_trainer_gpu_power_watts", f"GPU power {gpu}", registry=r)
+        self.gpu_temperature = Gauge(
+            "edgeadapt_trainer_gpu_temperature_celsius", f"GPU temperature {gpu}", registry=r
+        )
         self.recl_seconds = Histogram(
             "edgeadapt_trainer_recl_window_seconds",
             "Time to end one device's RECL window (selection, safety check, switch, offer)",
