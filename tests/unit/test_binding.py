@@ -64,3 +64,16 @@ def test_label_selector_semantics() -> None:
     assert not label_selector_matches(
         {"matchExpressions": [{"key": "x", "operator": "Exists"}]}, labels
     )
+
+
+def test_a_trainer_short_of_gpu_memory_takes_no_new_devices_and_keeps_its_own() -> None:
+    pool = TrainerPool(Capacity(slots_per_trainer=2, max_trainers=3))
+    assert pool.bind("a") == 0
+    pool.closed = {0}
+    assert pool.bind("b") == 1, "trainer 0 has a free slot but reports low GPU memory"
+    assert pool.bind("a") == 0, "a device it serves stays"
+    assert pool.bind("c", preferred=0) == 0, "a device it served before a restart stays too"
+    pool.closed = {0, 1, 2}
+    assert pool.bind("d") is None
+    pool.closed = set()
+    assert pool.bind("d") == 1

@@ -11,7 +11,7 @@ import pytest
 from edgeadapt.api import keys
 from edgeadapt.api.specs import AdaptationPolicySpec, EdgeDeviceSpec
 from edgeadapt.api.v1alpha1 import ADAPTATION_POLICY, EDGE_DEVICE
-from edgeadapt.controllers import adaptationpolicy, edgedevice, modelzoo, security
+from edgeadapt.controllers import adaptationpolicy, edgedevice, modelzoo, observe, security
 from edgeadapt.controllers.binding import Capacity, TrainerPool
 from edgeadapt.controllers.common import (
     POD,
@@ -829,3 +829,46 @@ def test_a_client_certificate_is_kept_while_good_and_renewed_otherwise() -> None
     later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=70)
     assert security.client_pair(observed, CA, "cam", now=later) != pair  # near its end
     assert security.client_pair({"data": {"tls.crt": "eA=="}}, CA, "cam") != pair
+
+
+def test_policy_status_shows_each_trainers_gpu_and_a_full_one_gets_no_new_devices() -> None:
+    gpu = {
+        "available": True,
+        "utilization": 0.634,
+        "memory_used_bytes": 79 << 30,
+        "memory_total_bytes": 80 << 30,
+        "memory_low": True,
+    }
+    body = {"phase": "serving", "devices": [view("cam")], "gpu": gpu}
+    full = TrainerObservation.of(body, 1e9)
+    cpu = TrainerObservation.of({"phase": "serving", "gpu": {"available": False}}, 1e9)
+    assert full.memory_low
+    assert not cpu.memory_low
+    gpus = observe.trainer_gpus({"pol-trainer-0": full, "pol-trainer-1": cpu})
+    assert gpus == (
+        {
+            "trainer": "pol-trainer-0",
+            "utilizationPercent": 63,
+            "memoryUsedMiB": 79 * 1024,
+            "memoryTotalMiB": 80 * 1024,
+            "memoryLow": True,
+        },
+    )
+    plan = decide_policy(
+        policy(),
+        zoo=None,
+        trainers_wanted=1,
+        devices_bound=1,
+        devices_unbound=0,
+        statefulset=None,
+        images=IMAGES,
+        now=NOW,
+        figures=PolicyFigures(gpus=gpus),
+    )
+    assert plan.status is not None
+    assert plan.status["trainerGPUs"] == [dict(gpus[0])]
+    # The devices' controller: a new device skips the full trainer (capacity 1 x 2 slots).
+    pool = TrainerPool(Capacity(slots_per_trainer=2, max_trainers=1), closed={0})
+    binding = edgedevice.resolve_binding(device("cam-new"), policy(), pool)
+    assert binding.trainer is None
+    assert "report low GPU memory" in binding.message

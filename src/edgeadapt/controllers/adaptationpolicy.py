@@ -16,6 +16,7 @@ Children (deterministic names, owned by the AdaptationPolicy):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 from collections.abc import Mapping, Sequence
@@ -580,6 +581,7 @@ def decide(
         "devicesConnected": figures.connected,
         "devicesAdapting": figures.adapting,
         "meanMiouVsTeacher": figures.mean_miou,
+        "trainerGPUs": [dict(g) for g in figures.gpus],
     }
     status = status_with_conditions(current, conds, fields, generation=gen, now=now)
     if status_differs(current, status):
@@ -653,7 +655,15 @@ class AdaptationPolicyController:
             for i in range(max(pool.trainers_wanted, 1))
             if (p := cache.child(POD, ns, edgedevice.trainer_pod_name(name, i)))
         ]
-        observations = [o for (n, p, _), o in cache.observations.items() if (n, p) == (ns, name)]
+        by_index = {i: o for (n, p, i), o in cache.observations.items() if (n, p) == (ns, name)}
+        # A trainer short of GPU memory takes no new devices (the ones it has stay).
+        pool.closed = {i for i, o in by_index.items() if o.memory_low}
+        figures = dataclasses.replace(
+            observe.policy_figures(list(by_index.values())),
+            gpus=observe.trainer_gpus(
+                {edgedevice.trainer_pod_name(name, i): o for i, o in by_index.items()}
+            ),
+        )
         members = len(self.bindings.devices(ns, name))
         return decide(
             policy,
@@ -667,7 +677,7 @@ class AdaptationPolicyController:
             ca=cache.ca,
             tls=tls,
             trainer_pods=trainer_pods,
-            figures=observe.policy_figures(observations),
+            figures=figures,
             images=images,
             now=now_rfc3339(),
             issued_ca=issued_ca,

@@ -5,7 +5,8 @@ A trainer serves ``gpusPerTrainer x devicesPerGPU`` devices and a policy runs at
 new device never moves an old one. New devices fill the lowest-numbered trainer with a free slot,
 which packs devices onto as few trainers (GPUs) as possible; the policy runs trainers 0..n-1 where
 n-1 is the highest one in use. A restarted operator rebuilds the pool from the bindings the
-devices' statuses show (``preferred``).
+devices' statuses show (``preferred``). A trainer that reports less free GPU memory than its
+headroom is ``closed``: it takes no new devices, and those it serves stay.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class TrainerPool:
     capacity: Capacity
     bound: dict[str, int] = field(default_factory=dict)
     load: dict[int, int] = field(default_factory=dict)
+    closed: set[int] = field(default_factory=set)  # trainers that take no new devices (memory)
 
     def trainer_of(self, device: str) -> int | None:
         return self.bound.get(device)
@@ -55,7 +57,7 @@ class TrainerPool:
         ):
             return self._take(device, preferred)
         for index in range(cap.max_trainers):
-            if self.load.get(index, 0) < cap.slots_per_trainer:
+            if index not in self.closed and self.load.get(index, 0) < cap.slots_per_trainer:
                 return self._take(device, index)
         return None
 

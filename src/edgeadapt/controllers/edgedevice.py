@@ -152,7 +152,7 @@ def resolve_binding(
             f'the deviceSelector of AdaptationPolicy "{policy_name}" does not match this device',
             policy_name,
         )
-    preferred = _trainer_index(policy_name, (device.get("status") or {}).get("trainer"))
+    preferred = trainer_index(policy_name, (device.get("status") or {}).get("trainer"))
     index = pool.bind(name, preferred)
     if index is None:
         cap = pool.capacity
@@ -160,7 +160,12 @@ def resolve_binding(
             None,
             Reason.NO_TRAINER_CAPACITY,
             f'AdaptationPolicy "{policy_name}" serves at most {cap.total} devices '
-            f"({cap.max_trainers} trainers x {cap.slots_per_trainer} devices) and all are bound",
+            f"({cap.max_trainers} trainers x {cap.slots_per_trainer} devices) and all are bound"
+            + (
+                f"; trainers {sorted(pool.closed)} report low GPU memory and take no new devices"
+                if pool.closed
+                else ""
+            ),
             policy_name,
         )
     return Binding(
@@ -171,7 +176,7 @@ def resolve_binding(
     )
 
 
-def _trainer_index(policy: str, trainer: Any) -> int | None:
+def trainer_index(policy: str, trainer: Any) -> int | None:
     prefix = f"{policy}-trainer-"
     if isinstance(trainer, str) and trainer.startswith(prefix) and trainer[len(prefix) :].isdigit():
         return int(trainer[len(prefix) :])

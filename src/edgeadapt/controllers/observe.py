@@ -38,6 +38,7 @@ class TrainerObservation:
     phase: str = ""
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     refused: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gpu: dict[str, Any] = field(default_factory=dict)  # the trainer's NVML figures
 
     @classmethod
     def of(cls, body: Mapping[str, Any], time: float) -> TrainerObservation:
@@ -49,7 +50,13 @@ class TrainerObservation:
                 str(d["id"]): dict(d) for d in body.get("devices") or [] if isinstance(d, dict)
             },
             refused={str(k): dict(v) for k, v in (body.get("refused") or {}).items()},
+            gpu=dict(body["gpu"]) if isinstance(body.get("gpu"), dict) else {},
         )
+
+    @property
+    def memory_low(self) -> bool:
+        """The trainer reports less free GPU memory than its headroom: no new devices."""
+        return self.serving and bool(self.gpu.get("memory_low"))
 
     @property
     def serving(self) -> bool:
@@ -63,6 +70,30 @@ class PolicyFigures:
     connected: int = 0
     adapting: int = 0
     mean_miou: float | None = None
+    gpus: tuple[dict[str, Any], ...] = ()  # per trainer with GPU telemetry
+
+
+MIB = 1 << 20
+
+
+def trainer_gpus(observations: Mapping[str, TrainerObservation]) -> tuple[dict[str, Any], ...]:
+    """Per trainer pod (by name) that reports NVML figures: utilisation and memory, rounded so
+    the status moves only when they do (percent, MiB)."""
+    out = []
+    for pod, o in sorted(observations.items()):
+        g = o.gpu
+        if not o.serving or not g.get("available") or "utilization" not in g:
+            continue
+        out.append(
+            {
+                "trainer": pod,
+                "utilizationPercent": round(100 * float(g["utilization"])),
+                "memoryUsedMiB": int(g["memory_used_bytes"]) // MIB,
+                "memoryTotalMiB": int(g["memory_total_bytes"]) // MIB,
+                "memoryLow": bool(g.get("memory_low")),
+            }
+        )
+    return tuple(out)
 
 
 def connected(view: Mapping[str, Any] | None) -> bool:
