@@ -269,6 +269,52 @@ def test_bindings_respect_gpu_capacity_and_grow_with_it(
     assert uid(cluster, ns, "pod", "cam-0-agent") == bound_pod
 
 
+def test_a_trainer_short_of_gpu_memory_shows_in_status_and_takes_no_new_devices(
+    cluster: LocalCluster, operator: OperatorProcess, trainers: SimulatedTrainers, namespace: str
+) -> None:
+    ns = namespace
+    apply(cluster, ns, policy("roomy", gpu={"devicesPerGPU": 4}, trainers={"maxReplicas": 2}))
+    apply(cluster, ns, device("cam-m0", "roomy"))
+    assert wait_condition(cluster, ns, "edgedevice", "cam-m0")["status"]["trainer"] == (
+        "roomy-trainer-0"
+    )
+    trainers.gpu["roomy-trainer-0"] = {
+        "available": True,
+        "utilization": 0.97,
+        "memory_used_bytes": 79 << 30,
+        "memory_total_bytes": 80 << 30,
+        "memory_low": True,
+    }
+    try:
+        pol = wait_until(
+            lambda: (
+                (p := get(cluster, "adaptationpolicy", "roomy", ns))
+                and (p.get("status") or {}).get("trainerGPUs")
+                and p
+            ),
+            TIMEOUT,
+            "the trainer's GPU in the policy's status",
+        )
+        assert pol["status"]["trainerGPUs"] == [
+            {
+                "trainer": "roomy-trainer-0",
+                "utilizationPercent": 97,
+                "memoryUsedMiB": 79 * 1024,
+                "memoryTotalMiB": 80 * 1024,
+                "memoryLow": True,
+            }
+        ]
+        # Trainer 0 has three free slots, but reports low GPU memory: the new device goes to 1.
+        apply(cluster, ns, device("cam-m1", "roomy"))
+        dev = wait_condition(cluster, ns, "edgedevice", "cam-m1")
+        assert dev["status"]["trainer"] == "roomy-trainer-1"
+        assert wait_condition(cluster, ns, "edgedevice", "cam-m0")["status"]["trainer"] == (
+            "roomy-trainer-0"
+        ), "the devices it serves stay"
+    finally:
+        trainers.gpu.clear()
+
+
 def test_missing_policy_is_reported_and_recovers(
     cluster: LocalCluster, operator: OperatorProcess, namespace: str
 ) -> None:

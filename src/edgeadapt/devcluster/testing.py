@@ -194,7 +194,8 @@ class SimulatedTrainers:
     a steady accuracy and link use. The bindings come from a watch of the EdgeDevices
     (``refresh``: the pause before watching again after an error). The operator is pointed here
     with ``EDGEADAPT_TRAINER_STATUS_URL`` (``env``). ``refuse`` lists devices reported as refused
-    (a wrong token)."""
+    (a wrong token); ``gpu`` maps a trainer pod to the NVML figures its ``/status`` shows (none:
+    a trainer without a GPU)."""
 
     def __init__(
         self, cluster: LocalCluster, *, refresh: float = 2.0, update_interval: float = 10.0
@@ -205,6 +206,7 @@ class SimulatedTrainers:
         self.refresh = refresh
         self.update_interval = update_interval
         self.refuse: set[str] = set()
+        self.gpu: dict[str, dict[str, Any]] = {}
         self.requests = 0
         self.unauthorized = 0
         self._trainer_of: dict[tuple[str, str], str] = {}  # (namespace, device) -> trainer pod
@@ -346,7 +348,14 @@ class SimulatedTrainers:
             if name not in self.refuse
         ]
         refused = {d: {"reason": "Unauthenticated", "time": now} for d in self.refuse}
-        return {"trainer": pod, "phase": "serving", "devices": devices, "refused": refused}
+        gpu = self.gpu.get(pod) or {"available": False, "reason": "training on CPU"}
+        return {
+            "trainer": pod,
+            "phase": "serving",
+            "devices": devices,
+            "refused": refused,
+            "gpu": gpu,
+        }
 
     def stop(self) -> None:
         self._stop.set()

@@ -492,12 +492,18 @@ def _patch_of(kind: ChildKind, body: Body) -> Body:
 
 
 def _shape(obs: observe.TrainerObservation) -> tuple[Any, ...]:
-    """What of a trainer's observation its policy's status shows."""
+    """What of a trainer's observation its policy's status shows (the GPU's figures coarsely:
+    its status follows memory headroom at once, utilisation and memory in 10 % and GiB steps)."""
+    gpu = observe.trainer_gpus({"": obs})
     return (
         obs.reachable,
         obs.phase,
         sum(1 for v in obs.devices.values() if v.get("connected")),
         sum(1 for v in obs.devices.values() if v.get("agent_in_step")),
+        tuple(
+            (g["memoryLow"], g["utilizationPercent"] // 10, g["memoryUsedMiB"] // 1024)
+            for g in gpu
+        ),
     )
 
 
