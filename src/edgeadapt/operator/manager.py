@@ -501,8 +501,7 @@ def _shape(obs: observe.TrainerObservation) -> tuple[Any, ...]:
         sum(1 for v in obs.devices.values() if v.get("connected")),
         sum(1 for v in obs.devices.values() if v.get("agent_in_step")),
         tuple(
-            (g["memoryLow"], g["utilizationPercent"] // 10, g["memoryUsedMiB"] // 1024)
-            for g in gpu
+            (g["memoryLow"], g["utilizationPercent"] // 10, g["memoryUsedMiB"] // 1024) for g in gpu
         ),
     )
 
