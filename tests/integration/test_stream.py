@@ -274,6 +274,27 @@ def test_a_scheduled_trainer_keeps_every_device_adapting(cluster: Cluster, polic
         assert status(agent)["model_version"] >= 3
 
 
+@pytest.mark.parametrize("strategy", ["edgesync", "ams+edgesync"])
+def test_edgesync_agents_upload_their_most_uncertain_samples(
+    cluster: Cluster, strategy: str
+) -> None:
+    # 6 s batches at 1 fps: 6 samples, of which ceil(0.7 * 6) = 5 are uploaded.
+    trainer = cluster.trainer(
+        cluster.workdir / "state", extra=("--strategy", strategy, "--t-update", "6")
+    )
+    agent = cluster.agent("cam-1", trainer.grpc_port, seed=4)
+    wait_for("version 2", at_version(agent, 2), timeout=240)
+    s = status(agent)
+    assert s["upload_fraction"] == 0.7
+    assert s["samples_filtered"] > 0
+    d = device(trainer, "cam-1")
+    assert d is not None
+    assert status(trainer)["scheduler"]["policy"] == "urgency"
+    # The trainer learns from what was uploaded: about 70 % of the samples.
+    assert d["frames"] > 0
+    wait_for("in step", functools.partial(in_step, trainer, "cam-1"))
+
+
 class _DroppingHandler(http.server.SimpleHTTPRequestHandler):
     """Serves files; the first response is cut off halfway, as a failing stream would be."""
 

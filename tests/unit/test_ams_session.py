@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -50,3 +52,16 @@ def test_no_data_in_horizon_means_no_update() -> None:
     images, labels = _frames(2, 0)
     session.ingest(images, labels, [0.0, 1.0])
     assert session.train_phase(now=100.0) is None  # everything is older than the horizon
+
+
+def test_the_edge_models_entropy_is_its_own_uncertainty() -> None:
+    torch.manual_seed(0)
+    edge = EdgeModel(build_student(num_classes=6, width_mult=0.25))
+    images = np.random.default_rng(0).integers(0, 255, (2, 32, 64, 3), dtype=np.uint8)
+    pred, entropy = edge.predict_with_entropy(images)
+    assert pred.shape == (2, 32, 64)
+    assert entropy is not None
+    assert entropy.shape == (2,)
+    assert ((entropy >= 0) & (entropy <= math.log(6) + 1e-5)).all()
+    assert edge.predict_with_entropy(images, entropy=False)[1] is None
+    assert torch.equal(edge.predict(images), pred)

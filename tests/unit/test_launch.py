@@ -124,7 +124,7 @@ def test_every_rendered_trainer_parses_with_the_trainers_parser(spec: dict[str, 
     # The ConfigMap the trainer reads with --config: every value it holds is one it implements.
     config = adaptationpolicy.trainer_parameters(AdaptationPolicySpec.of(spec))
     options = policy_defaults(config)
-    assert options["scheduler"] == (spec.get("scheduler") or {}).get("policy", "round-robin")
+    assert options.get("scheduler") == (spec.get("scheduler") or {}).get("policy")
 
 
 def device_variants() -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ from edgeadapt.adapt.update import (
     parameter_vector,
     snapshot_update,
 )
-from edgeadapt.edge_agent.agent import Sampler
+from edgeadapt.edge_agent.agent import Sampler, upload_filter
 from edgeadapt.models.zoo import build_student
 from edgeadapt.stream.auth import (
     call_metadata,
@@ -143,6 +143,30 @@ def test_sampler_takes_the_rate_and_seals_every_interval() -> None:
     assert later
     assert all(len(b) <= 5 for b in later[1:])
     assert all(np.diff(b).min() >= 4.9 for b in later[1:] if len(b) > 1)
+
+
+def test_the_upload_filter_keeps_the_most_uncertain_fraction_in_capture_order() -> None:
+    # Entropy dominates; the newest sample wins ties (EdgeSync's recency, sign corrected).
+    entropy = [0.1, 1.5, 0.2, 1.2, 0.3, 0.9, 0.05, 1.7, 0.4, 0.0]
+    assert upload_filter(entropy, 0.7) == [1, 2, 3, 4, 5, 7, 8]
+    assert upload_filter([0.5] * 10, 0.3) == [7, 8, 9]
+    assert upload_filter([0.5] * 3, 0.7) == [0, 1, 2], "ceil(0.7 * 3) = 3"
+    assert upload_filter([], 0.7) == []
+
+
+def test_a_filtering_sampler_seals_the_fraction_and_counts_the_rest() -> None:
+    s = Sampler(rate=1.0, interval=10.0, upload_fraction=0.7)
+    rng = np.random.default_rng(0)
+    sealed = []
+    for i in range(30 * 21):
+        out = s.offer(np.zeros((2, 2, 3), np.uint8), i / 30, float(rng.random()))
+        if out is not None:
+            sealed.append(out[1])
+    assert [len(b) for b in sealed] == [7, 7]
+    assert all(np.diff(b).min() > 0 for b in sealed), "capture order"
+    assert s.filtered == 6
+    s.set(1.0, 10.0, 0.0)  # a trainer that asks for no filtering
+    assert not s.filtering
 
 
 def test_generated_code_matches_the_protos() -> None:

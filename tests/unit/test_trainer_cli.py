@@ -64,3 +64,19 @@ def test_recl_needs_a_gating_service_and_its_ca(tmp_path: Path) -> None:
     assert _check_args(args) is None
     args = parse_args([*base, "--window-seconds", "0"])
     assert _check_args(args) == "--window-seconds must be positive"
+
+
+@pytest.mark.parametrize(
+    ("strategy", "scheduler", "fraction"),
+    [("ams", "round-robin", 1.0), ("edgesync", "urgency", 0.7), ("ams+edgesync", "urgency", 0.7)],
+)
+def test_edgesync_strategies_default_to_its_filter_and_urgency(
+    strategy: str, scheduler: str, fraction: float
+) -> None:
+    args = parse_args(["--strategy", strategy])
+    assert (args.scheduler, args.upload_fraction) == (scheduler, fraction)
+    args = parse_args(["--strategy", strategy, "--scheduler", "micro-window"])
+    assert args.scheduler == "micro-window", "a policy's own choice wins"
+    assert _check_args(parse_args(["--upload-fraction", "0", "--insecure"])) == (
+        "--upload-fraction must be in (0, 1]"
+    )

@@ -416,8 +416,20 @@ class EdgeModel:
 
     @torch.no_grad()
     def predict(self, images: np.ndarray) -> torch.Tensor:
+        return self.predict_with_entropy(images, entropy=False)[0]
+
+    def predict_with_entropy(
+        self, images: np.ndarray, entropy: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class per pixel, and (``entropy``) each image's mean per-pixel Shannon entropy of the
+        model's own softmax: how unsure the model is of the frame (EdgeSync's Eq. 1, full
+        entropy, 0 to ln C)."""
         x = to_tensor(images, self.device)
         with self._swap_lock:
             out = self.active(x)
         pred: torch.Tensor = out.argmax(1).cpu()
-        return pred
+        if not entropy:
+            return pred, None
+        logp = torch.log_softmax(out.float(), dim=1)
+        h = -(logp.exp() * logp).sum(1).mean(dim=(1, 2)).cpu()
+        return pred, h

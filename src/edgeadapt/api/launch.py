@@ -36,7 +36,20 @@ CONFIG_FILE = "policy.json"
 TEACHER_ARCHS = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50")
 STUDENT_ARCHS = ("lraspp_mobilenet_v3_large",)
 SYNTHETIC_PROFILES = ("bench", "tiny")
-STRATEGIES = ("ams", "recl", "ams+recl")
+STRATEGIES = ("ams", "recl", "ams+recl", "edgesync", "ams+edgesync")
+EDGESYNC_UPLOAD_FRACTION = 0.7  # EdgeSync's k, for its strategies unless sampling says otherwise
+
+
+def uses_recl(strategy: str) -> bool:
+    """The strategy selects models from a ModelZoo (RECL)."""
+    return "recl" in strategy.split("+")
+
+
+def uses_edgesync(strategy: str) -> bool:
+    """The strategy filters uploads and trains the most urgent device first (EdgeSync)."""
+    return "edgesync" in strategy.split("+")
+
+
 TASKS = ("segmentation",)
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")

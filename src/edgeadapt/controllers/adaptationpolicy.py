@@ -115,7 +115,7 @@ def gating_token_secret_name(policy: str) -> str:
 
 def uses_zoo(spec: AdaptationPolicySpec) -> bool:
     """Whether the policy's trainers call its ModelZoo's gating service."""
-    return spec.strategy != "ams" and spec.model_zoo is not None
+    return launch.uses_recl(spec.strategy) and spec.model_zoo is not None
 
 
 def weights_source(w: Mapping[str, Any]) -> tuple[launch.WeightsSource, str | None]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import queue
 import threading
 import time
@@ -51,22 +52,44 @@ _Chunk = tuple[bytes, list[float], tuple[int, int]]  # H.264 data, capture times
 
 
 class Sampler:
-    """Picks frames at ``rate`` per second of capture time and seals a batch every ``interval``."""
+    """Picks frames at ``rate`` per second of capture time and seals a batch every ``interval``.
 
-    def __init__(self, rate: float, interval: float) -> None:
+    With an ``upload_fraction`` below 1 (EdgeSync's sample filter, edgesync.md §2.1) a sealed
+    batch keeps only ``ceil(fraction * n)`` of its ``n`` samples: those with the highest quality
+    ``Q = E + I``, ``E`` the student's mean per-pixel entropy on the frame (``offer``'s
+    ``uncertainty``) and ``I = 1 / (1 + exp(i / n))`` with ``i`` the sample's age in the batch
+    (0 for the newest; the digest's sign correction). The kept frames stay in capture order.
+    """
+
+    def __init__(self, rate: float, interval: float, upload_fraction: float = 1.0) -> None:
         self.rate, self.interval = rate, interval
+        self.upload_fraction = upload_fraction
         self.frames: list[RGBImage] = []
         self.times: list[float] = []
+        self.scores: list[float] = []
+        self.filtered = 0  # samples the filter left out, all batches
         self._next: float | None = None
         self._batch_start: float | None = None
 
-    def set(self, rate: float, interval: float) -> None:
+    @property
+    def filtering(self) -> bool:
+        return 0.0 < self.upload_fraction < 1.0
+
+    def set(self, rate: float, interval: float, upload_fraction: float | None = None) -> None:
         if rate > 0:
             self.rate = rate
         if interval > 0:
             self.interval = interval
+        if upload_fraction is not None:
+            self.upload_fraction = upload_fraction
 
-    def offer(self, image: RGBImage, t: float) -> tuple[list[RGBImage], list[float]] | None:
+    def due(self, t: float) -> bool:
+        """Whether the frame captured at ``t`` would be sampled (its uncertainty is needed)."""
+        return self._next is None or t >= self._next
+
+    def offer(
+        self, image: RGBImage, t: float, uncertainty: float = 0.0
+    ) -> tuple[list[RGBImage], list[float]] | None:
         """Take the frame captured at ``t`` if a sample is due; return a batch when one closes.
 
         A batch holds the samples of [start, start + interval); it closes at the first frame
@@ -76,12 +99,12 @@ class Sampler:
         if self._batch_start is None:
             self._batch_start = t
         elif t - self._batch_start >= self.interval and self.frames:
-            sealed = (self.frames, self.times)
-            self.frames, self.times = [], []
+            sealed = self._seal()
             self._batch_start = t
-        if self._next is None or t >= self._next:
+        if self.due(t):
             self.frames.append(image)
             self.times.append(t)
+            self.scores.append(uncertainty)
             # A slower rate applies from the next sample; a late frame does not cause a burst.
             self._next = max((self._next or t) + 1.0 / self.rate, t + 0.5 / self.rate)
         return sealed
@@ -90,10 +113,29 @@ class Sampler:
         """Close the open batch early (the source ended, or the agent is stopping)."""
         if not self.frames:
             return None
-        sealed = (self.frames, self.times)
-        self.frames, self.times = [], []
+        sealed = self._seal()
         self._batch_start = None
         return sealed
+
+    def _seal(self) -> tuple[list[RGBImage], list[float]]:
+        frames, times = self.frames, self.times
+        keep = upload_filter(self.scores, self.upload_fraction) if self.filtering else None
+        self.frames, self.times, self.scores = [], [], []
+        if keep is None:
+            return frames, times
+        self.filtered += len(frames) - len(keep)
+        return [frames[i] for i in keep], [times[i] for i in keep]
+
+
+def upload_filter(uncertainty: list[float], fraction: float) -> list[int]:
+    """EdgeSync's Alg. 1 (corrected): the indices, in order, of the ``ceil(fraction * n)``
+    samples of highest ``E + I`` (``uncertainty`` oldest first; see ``Sampler``)."""
+    n = len(uncertainty)
+    if n == 0:
+        return []
+    quality = [e + 1.0 / (1.0 + math.exp((n - 1 - pos) / n)) for pos, e in enumerate(uncertainty)]
+    ranked = sorted(range(n), key=lambda i: (-quality[i], -i))
+    return sorted(ranked[: math.ceil(fraction * n - 1e-9)])
 
 
 class AgentMetrics:
@@ -102,6 +144,11 @@ class AgentMetrics:
         r = self.registry
         self.frames = Counter(
             "edgeadapt_agent_frames_inferred_total", "Frames the student inferred", registry=r
+        )
+        self.filtered = Counter(
+            "edgeadapt_agent_samples_filtered_total",
+            "Sampled frames the upload filter (EdgeSync) left out of their batch",
+            registry=r,
         )
         self.fps = Gauge(
             "edgeadapt_agent_inference_fps", "Frames inferred per second, last 5 s", registry=r
@@ -245,6 +292,7 @@ class Agent(LinkEvents):
         self.loop_started: float | None = None
         self.loop_ended: float | None = None
         self._saved_version = edge.version
+        self._filtered_exported = 0
         self.metrics.version.set(edge.version)
         self.metrics.rate.set(self.sampler.rate)
         self.metrics.interval.set(self.sampler.interval)
@@ -252,7 +300,11 @@ class Agent(LinkEvents):
     # -- LinkEvents (link thread) -------------------------------------------------------
     def settings(self, settings: pb.Settings) -> None:
         with self._lock:
-            self.sampler.set(settings.sampling_rate_fps, settings.update_interval_s)
+            self.sampler.set(
+                settings.sampling_rate_fps,
+                settings.update_interval_s,
+                round(float(settings.upload_fraction), 4),  # 0: the trainer filters nothing
+            )
             if settings.max_batch_frames:
                 self.max_batch_frames = int(settings.max_batch_frames)
             if settings.max_batch_bytes:
@@ -333,6 +385,7 @@ class Agent(LinkEvents):
             self.loop_ended = time.time()
             with self._lock:
                 rest = self.sampler.flush()
+                self._count_filtered()
             if rest is not None:
                 self._seal(rest)
             with contextlib.suppress(queue.Full):  # a dead encoder must not block the exit
@@ -409,7 +462,9 @@ class Agent(LinkEvents):
             else:
                 captured = time.time()
             t0 = time.perf_counter()
-            self.edge.predict(frame.image[None])
+            with self._lock:
+                score = self.sampler.filtering and self.sampler.due(captured)
+            _, entropy = self.edge.predict_with_entropy(frame.image[None], entropy=score)
             now = time.perf_counter()
             self.metrics.latency.observe(now - t0)
             self.metrics.frames.inc()
@@ -419,7 +474,10 @@ class Agent(LinkEvents):
                 c.window.append(now)
                 while c.window and now - c.window[0] > 5.0:
                     c.window.popleft()
-                sealed = self.sampler.offer(frame.image, captured)
+                sealed = self.sampler.offer(
+                    frame.image, captured, float(entropy[0]) if entropy is not None else 0.0
+                )
+                self._count_filtered()
             if sealed is not None:
                 self._seal(sealed)
             if (
@@ -430,6 +488,13 @@ class Agent(LinkEvents):
                 if self.edge.version != self._saved_version:
                     threading.Thread(target=self.save_state, daemon=True).start()
         return False
+
+    def _count_filtered(self) -> None:
+        """Caller holds ``_lock``: export the samples the upload filter left out."""
+        new = self.sampler.filtered - self._filtered_exported
+        if new > 0:
+            self.metrics.filtered.inc(new)
+            self._filtered_exported = self.sampler.filtered
 
     def _seal(self, sealed: tuple[list[RGBImage], list[float]]) -> None:
         if self.link is None:
@@ -536,6 +601,8 @@ class Agent(LinkEvents):
             "downlink_kbps": round(c.downlink_bytes * 8 / elapsed / 1000, 2),
             "sampling_rate_fps": round(self.sampler.rate, 3),
             "update_interval_s": round(self.sampler.interval, 2),
+            "upload_fraction": self.sampler.upload_fraction if self.sampler.filtering else 1.0,
+            "samples_filtered": self.sampler.filtered,
             "batches_sealed": c.sealed,
             "batches_acked": c.acked,
             "batches_rejected": c.rejected_batches,

@@ -32,7 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from edgeadapt.adapt.ams import AMSConfig
-from edgeadapt.api.launch import STRATEGIES, STUDENT_ARCHS, TEACHER_ARCHS, ModelRef
+from edgeadapt.api.launch import (
+    EDGESYNC_UPLOAD_FRACTION,
+    STRATEGIES,
+    STUDENT_ARCHS,
+    TEACHER_ARCHS,
+    ModelRef,
+    uses_edgesync,
+    uses_recl,
+)
 from edgeadapt.telemetry import HTTPEndpoint, setup_logging, write_ready_file
 from edgeadapt.trainer.scheduler import POLICIES
 
@@ -89,9 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--strategy",
-        choices=("ams", "recl", "ams+recl"),
+        choices=STRATEGIES,
         default="ams",
-        help="ams: sparse streaming; recl: zoo reuse per window; ams+recl: both",
+        help="ams: sparse streaming; recl: zoo reuse per window; ams+recl: both; edgesync: upload"
+        " filter, urgency-first training, whole-model updates; ams+edgesync: with AMS's sparse"
+        " updates",
     )
     p.add_argument(
         "--window-seconds", type=float, default=30.0, help="RECL's window T (capture time)"
@@ -99,9 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scheduler",
         choices=POLICIES,
-        default="round-robin",
         help="who trains next: round-robin (AMS), micro-window (RECL Algorithm 1), urgency"
-        " (EdgeSync)",
+        " (EdgeSync); default urgency for the edgesync strategies, else round-robin",
+    )
+    p.add_argument(
+        "--upload-fraction",
+        type=float,
+        help="EdgeSync's sample filter: the fraction of each sampled batch the agents upload"
+        f" (default {EDGESYNC_UPLOAD_FRACTION} for the edgesync strategies, else 1: all)",
     )
     p.add_argument(
         "--micro-window-seconds",
@@ -167,6 +182,7 @@ POLICY_FIELDS = {
     ("sampling", "rMinFps"): "r_min",
     ("sampling", "rMaxFps"): "r_max",
     ("sampling", "phiTarget"): "phi_target",
+    ("sampling", "uploadFraction"): "upload_fraction",
     ("recl", "windowSeconds"): "window_seconds",
     ("scheduler", "policy"): "scheduler",
     ("scheduler", "microWindowSeconds"): "micro_window_seconds",
@@ -179,7 +195,7 @@ def policy_defaults(config: dict[str, Any]) -> dict[str, Any]:
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r}: this trainer implements {', '.join(STRATEGIES)}")
     out: dict[str, Any] = {"strategy": strategy}
-    policy = (config.get("scheduler") or {}).get("policy", "round-robin")
+    policy = (config.get("scheduler") or {}).get("policy") or "round-robin"
     if policy not in POLICIES:
         raise ValueError(
             f"scheduler policy {policy!r}: this trainer implements {', '.join(POLICIES)}"
@@ -197,7 +213,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if first.config is not None:
         config = json.loads(first.config.read_text())
         parser.set_defaults(**policy_defaults(config))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    edgesync = uses_edgesync(args.strategy)
+    if args.scheduler is None:
+        args.scheduler = "urgency" if edgesync else "round-robin"
+    if args.upload_fraction is None:
+        args.upload_fraction = EDGESYNC_UPLOAD_FRACTION if edgesync else 1.0
+    return args
 
 
 TERMINATION_LOG = Path("/dev/termination-log")
@@ -219,7 +241,7 @@ def _check_args(args: argparse.Namespace) -> str | None:
             "refusing to serve without TLS and device tokens; pass --insecure to allow it",
         ),
         (
-            args.strategy != "ams" and not args.gating,
+            uses_recl(args.strategy) and not args.gating,
             f"strategy {args.strategy} needs --gating (the ModelZoo's gating service)",
         ),
         (
@@ -228,6 +250,10 @@ def _check_args(args: argparse.Namespace) -> str | None:
         ),
         (args.window_seconds <= 0, "--window-seconds must be positive"),
         (args.micro_window_seconds <= 0, "--micro-window-seconds must be positive"),
+        (
+            args.upload_fraction is not None and not 0 < args.upload_fraction <= 1,
+            "--upload-fraction must be in (0, 1]",
+        ),
         (
             bool(args.teacher_model or args.student_model) and args.models_dir is None,
             "--teacher-model and --student-model need --models-dir",
@@ -359,6 +385,8 @@ def _serve(
         r_max=args.r_max,
         phi_target=args.phi_target,
         atr=args.adaptive_interval == "Enabled",
+        # EdgeSync sends every trained parameter; the others AMS's gradient-guided sparse few.
+        selection="full" if args.strategy == "edgesync" else "gradient",
     )
     config = HubConfig(
         ams=ams,
@@ -368,8 +396,9 @@ def _serve(
         checkpoint_interval=args.checkpoint_interval,
         idle_evict_after=args.idle_evict_after,
         recl=ReclConfig(args.strategy, args.window_seconds, lr=args.lr, batch_size=args.batch_size)
-        if args.strategy != "ams"
+        if uses_recl(args.strategy)
         else None,
+        upload_fraction=args.upload_fraction,
         scheduler=SchedulerConfig(
             args.scheduler,
             iterations=args.iterations,
@@ -378,7 +407,7 @@ def _serve(
         ),
     )
     gating = None
-    if args.strategy != "ams":
+    if uses_recl(args.strategy):
         token = args.gating_token_file.read_text().strip() if args.gating_token_file else ""
         gating = GatingClient(
             args.gating,

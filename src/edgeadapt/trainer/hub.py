@@ -227,6 +227,7 @@ class HubConfig:
     resync_interval: float = 1.0  # at most one resync served per device per interval
     score_chunk: int = 8  # frames scored per forward pass
     recl: ReclConfig | None = None  # RECL windows (strategies recl, ams+recl); None: AMS only
+    upload_fraction: float = 1.0  # EdgeSync's filter on the agents (Settings); 1: every sample
     # who trains next (None: round-robin, K iterations per job, rounds capped at T_update)
     scheduler: SchedulerConfig | None = None
     admit_frames: int = 64  # of a window, sent with a model offered to the zoo
@@ -684,6 +685,7 @@ class Hub:
             update_interval_s=settings[1],
             max_batch_frames=self.limits.max_frames,
             max_batch_bytes=self.limits.max_bytes,
+            upload_fraction=self.config.upload_fraction,
         )
 
     def _catch_up(self, dev: Device, have: int, have_checksum: int) -> list[pb.TrainerMessage]:

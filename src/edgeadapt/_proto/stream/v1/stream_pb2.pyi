@@ -174,16 +174,18 @@ class Welcome(_message.Message):
     def __init__(self, model_version: _Optional[int] = ..., settings: _Optional[_Union[Settings, _Mapping]] = ..., trainer_id: _Optional[str] = ...) -> None: ...
 
 class Settings(_message.Message):
-    __slots__ = ("sampling_rate_fps", "update_interval_s", "max_batch_frames", "max_batch_bytes")
+    __slots__ = ("sampling_rate_fps", "update_interval_s", "max_batch_frames", "max_batch_bytes", "upload_fraction")
     SAMPLING_RATE_FPS_FIELD_NUMBER: _ClassVar[int]
     UPDATE_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FRAMES_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_FRACTION_FIELD_NUMBER: _ClassVar[int]
     sampling_rate_fps: float
     update_interval_s: float
     max_batch_frames: int
     max_batch_bytes: int
-    def __init__(self, sampling_rate_fps: _Optional[float] = ..., update_interval_s: _Optional[float] = ..., max_batch_frames: _Optional[int] = ..., max_batch_bytes: _Optional[int] = ...) -> None: ...
+    upload_fraction: float
+    def __init__(self, sampling_rate_fps: _Optional[float] = ..., update_interval_s: _Optional[float] = ..., max_batch_frames: _Optional[int] = ..., max_batch_bytes: _Optional[int] = ..., upload_fraction: _Optional[float] = ...) -> None: ...
 
 class BatchAck(_message.Message):
     __slots__ = ("seq", "frames")
