@@ -43,11 +43,12 @@ def test_invalid_manifest_is_refused_naming_the_field(
 
 
 def test_examples_are_accepted(cluster: LocalCluster, namespace: str) -> None:
+    """Every example, in every folder under examples/, as the API server sees it."""
     out = cluster.kubectl(
-        "apply", "-n", namespace, "--dry-run=server", "-f", str(REPO / "examples")
+        "apply", "-n", namespace, "--dry-run=server", "-R", "-f", str(REPO / "examples")
     )
     assert out.stdout.count("(server dry run)") == len(
-        [d for p in (REPO / "examples").glob("*.yaml") for d in yaml.safe_load_all(p.read_text())]
+        [d for p in (REPO / "examples").rglob("*.yaml") for d in yaml.safe_load_all(p.read_text())]
     )
 
 
