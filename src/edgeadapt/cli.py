@@ -24,6 +24,10 @@ COMMANDS: dict[tuple[str | None, str], tuple[str, str]] = {
         "edgeadapt.bench.recl",
         "RECL (model zoo, gating, safety checker) against AMS on devices whose scenes recur",
     ),
+    ("bench", "scheduler"): (
+        "edgeadapt.bench.scheduler",
+        "GPU time-sharing policies (round-robin, micro-window, urgency) as devices grow",
+    ),
     ("bench", "stream"): (
         "edgeadapt.bench.stream",
         "devices one trainer process serves in real time, over gRPC",

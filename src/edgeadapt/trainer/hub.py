@@ -1,4 +1,4 @@
-"""The trainer's device hub: per-device AMS state, batched teacher labelling, round-robin training.
+"""The trainer's device hub: per-device AMS state, batched teacher labelling, scheduled training.
 
 The hub knows nothing of gRPC. The server hands it each device's stream as two callables (send a
 message, close the stream) and feeds it decoded sample batches, already at the model's input
@@ -8,10 +8,14 @@ size; one worker thread does all model work in cycles:
 2. label their frames with the teacher, batched across devices, one pass per frame shape;
 3. visit each device once, with all of its waiting batches: score the device's current model on
    the new frames against the teacher labels (test, then train), add the frames to its horizon
-   buffer, tick ASR/ATR, run one AMS training phase, log the update to disk, then send the batch
-   acknowledgements, the update and the new settings. A device whose batches queued up while the
-   worker was busy gets one phase for all of them, so a loaded trainer sends each device fewer,
-   larger steps instead of falling ever further behind.
+   buffer, tick ASR/ATR, and acknowledge the batches;
+4. run one training round (:mod:`edgeadapt.trainer.scheduler`) over every device with frames it
+   has not trained on: the AdaptationPolicy's scheduler shares the round's compute among their
+   AMS phases (:mod:`edgeadapt.trainer.jobs`), then each trained phase is committed, logged to
+   disk and sent with the new settings. A device whose batches queued up while the worker was
+   busy gets one phase for all of them, so a loaded trainer sends each device fewer, larger steps
+   instead of falling ever further behind; a device a round's budget did not reach goes first in
+   the next.
 
 One device's failure (a bad batch, a scoring error, a full disk) is caught, counted and answered
 on that device alone; the other devices' batches of the same cycle are processed as usual.
