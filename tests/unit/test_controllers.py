@@ -854,17 +854,11 @@ def test_policy_status_shows_each_trainers_gpu_and_a_full_one_gets_no_new_device
             "memoryLow": True,
         },
     )
+    one = {"trainers_wanted": 1, "devices_bound": 1, "devices_unbound": 0}
     plan = decide_policy(
-        policy(),
-        zoo=None,
-        trainers_wanted=1,
-        devices_bound=1,
-        devices_unbound=0,
-        statefulset=None,
-        images=IMAGES,
-        now=NOW,
-        figures=PolicyFigures(gpus=gpus),
-    )
+        policy(), zoo=None, statefulset=None, images=IMAGES, now=NOW,
+        figures=PolicyFigures(gpus=gpus), **one,
+    )  # fmt: skip
     assert plan.status is not None
     assert plan.status["trainerGPUs"] == [dict(gpus[0])]
     # The devices' controller: a new device skips the full trainer (capacity 1 x 2 slots).

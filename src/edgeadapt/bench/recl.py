@@ -108,6 +108,33 @@ class DeviceData:
     cuts: list[tuple[float, float, bool]]  # (start, end, recurring scene type)
 
 
+def prepare_device(
+    spec: str,
+    teacher: Teacher,
+    windows: int,
+    window_s: float,
+    sample_fps: float,
+    eval_stride: float,
+) -> DeviceData:
+    """A device's synthetic video as a benchmark sees it: per window the frames sampled at
+    ``sample_fps``, through H.264 (their bytes are the uplink) and labelled by the teacher; frames
+    every ``eval_stride`` seconds to score the device's model on; the scene cuts."""
+    video = open_source(spec)
+    assert isinstance(video, SyntheticVideo)
+    out = []
+    for w in range(windows):
+        times = [w * window_s + i / sample_fps for i in range(int(window_s * sample_fps))]
+        idx = [min(round(t * video.fps), video.num_frames - 1) for t in times]
+        data = encode_h264([video.frame(i).image for i in idx])
+        decoded = np.stack(decode_h264(data))
+        out.append(Window(decoded, teacher.label(decoded), times, len(data)))
+    eval_times = list(np.arange(0.0, windows * window_s, eval_stride))
+    frames = [video.frame(min(round(t * video.fps), video.num_frames - 1)) for t in eval_times]
+    eval_images = np.stack([f.image for f in frames])
+    cuts = [(s.start, s.end, False) for s in video.segments[1:] if s.start < eval_times[-1]]
+    return DeviceData(video, out, eval_times, eval_images, teacher.label(eval_images), cuts)
+
+
 @dataclass
 class Link:
     """A device's paced downlink and its cache of recent models."""
@@ -205,22 +232,8 @@ class Harness:
             f"synthetic:seed={cfg.seed * 100 + d},duration={cfg.duration:g},"
             f"library={cfg.library},types={cfg.types}"
         )
-        video = open_source(spec)
-        assert isinstance(video, SyntheticVideo)
-        windows = []
-        for w in range(self.num_windows):
-            t0 = w * cfg.window_s
-            times = [t0 + i / cfg.sample_fps for i in range(int(cfg.window_s * cfg.sample_fps))]
-            idx = [min(round(t * video.fps), video.num_frames - 1) for t in times]
-            data = encode_h264([video.frame(i).image for i in idx])
-            decoded = np.stack(decode_h264(data))
-            windows.append(Window(decoded, self.teacher.label(decoded), times, len(data)))
-        eval_times = list(np.arange(0.0, self.num_windows * cfg.window_s, cfg.eval_stride))
-        frames = [video.frame(min(round(t * video.fps), video.num_frames - 1)) for t in eval_times]
-        eval_images = np.stack([f.image for f in frames])
-        cuts = [(s.start, s.end, False) for s in video.segments[1:] if s.start < eval_times[-1]]
-        return DeviceData(
-            video, windows, eval_times, eval_images, self.teacher.label(eval_images), cuts
+        return prepare_device(
+            spec, self.teacher, self.num_windows, cfg.window_s, cfg.sample_fps, cfg.eval_stride
         )
 
     def _mark_recurring(self) -> None:

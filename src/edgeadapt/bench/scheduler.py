@@ -40,15 +40,14 @@ import numpy as np
 import torch
 
 from edgeadapt.adapt.ams import AMSConfig, AMSSession, Teacher, freeze_batchnorm
-from edgeadapt.bench.recl import recovery_seconds
+from edgeadapt.bench.recl import DeviceData, prepare_device, recovery_seconds
 from edgeadapt.edge_agent.agent import upload_filter
 from edgeadapt.models.zoo import SegmentationModel
 from edgeadapt.recl.zoo import per_frame_miou
 from edgeadapt.trainer.jobs import PhaseJob
 from edgeadapt.trainer.scheduler import POLICIES, Scheduler, SchedulerConfig
-from edgeadapt.video.codec import decode_h264, encode_h264
-from edgeadapt.video.source import open_source
-from edgeadapt.video.synthetic import NUM_CLASSES, SyntheticVideo
+from edgeadapt.video.codec import encode_h264
+from edgeadapt.video.synthetic import NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -76,23 +75,6 @@ class SchedulerBenchConfig:
     upload_fraction: float = 0.7  # EdgeSync's k
     filter_devices: int = 4  # the device count the filter is compared at
     policies: tuple[str, ...] = POLICIES
-
-
-@dataclass
-class Interval:
-    images: np.ndarray
-    labels: torch.Tensor
-    nbytes: int
-
-
-@dataclass
-class DeviceData:
-    video: SyntheticVideo
-    intervals: list[Interval]
-    eval_times: list[float]
-    eval_images: np.ndarray
-    eval_labels: torch.Tensor
-    cuts: list[tuple[float, float, bool]]
 
 
 @dataclass
@@ -125,21 +107,9 @@ class Harness:
             f"synthetic:seed={cfg.seed * 100 + d},duration={cfg.duration:g},"
             f"library={cfg.library},types={cfg.types}"
         )
-        video = open_source(spec)
-        assert isinstance(video, SyntheticVideo)
-        intervals = []
-        for r in range(self.rounds):
-            times = [r * cfg.interval + i / cfg.sample_fps
-                     for i in range(int(cfg.interval * cfg.sample_fps))]  # fmt: skip
-            idx = [min(round(t * video.fps), video.num_frames - 1) for t in times]
-            data = encode_h264([video.frame(i).image for i in idx])
-            decoded = np.stack(decode_h264(data))
-            intervals.append(Interval(decoded, self.teacher.label(decoded), len(data)))
-        eval_times = list(np.arange(0.0, self.rounds * cfg.interval, cfg.eval_stride))
-        frames = [video.frame(min(round(t * video.fps), video.num_frames - 1)) for t in eval_times]
-        images = np.stack([f.image for f in frames])
-        cuts = [(s.start, s.end, False) for s in video.segments[1:] if s.start < eval_times[-1]]
-        return DeviceData(video, intervals, eval_times, images, self.teacher.label(images), cuts)
+        return prepare_device(
+            spec, self.teacher, self.rounds, cfg.interval, cfg.sample_fps, cfg.eval_stride
+        )
 
     def _session(self, seed: int) -> AMSSession:
         cfg = self.cfg
@@ -152,7 +122,7 @@ class Harness:
     def _time_iterations(self) -> float:
         """Seconds per training step on this machine (the budget's unit), median of 3 phases."""
         session = self._session(0)
-        first = self.data[0].intervals[0]
+        first = self.data[0].windows[0]
         session.ingest(first.images, first.labels, [float(i) for i in range(len(first.images))])
         samples = []
         for _ in range(3):
@@ -197,7 +167,7 @@ class Harness:
             now = (r + 1) * cfg.interval
             jobs = []
             for d in range(devices):
-                iv = self.data[d].intervals[r]
+                iv = self.data[d].windows[r]
                 images, labels = iv.images, iv.labels
                 model = sessions[d].model
                 if fraction < 1.0:  # the edge filters on its own model's uncertainty
