@@ -447,7 +447,8 @@ class Hub:
         return True
 
     def in_flight(self, device_id: str) -> int:
-        """Batches of this device that were submitted and are not processed yet."""
+        """Batches of this device that were submitted and are not processed yet (processed:
+        acknowledged, and the round after them has sent its updates)."""
         with self._queue_lock:
             return self._in_flight.get(device_id, 0)
 
@@ -781,16 +782,22 @@ class Hub:
                 self.metrics.thread_failures.labels("process").inc()
             finally:
                 with self._queue_lock:
-                    for device_id, batch in items:
-                        self._in_flight[device_id] -= 1
-                        if not self._in_flight[device_id]:
-                            del self._in_flight[device_id]
+                    for _, batch in items:
                         self._queued -= 1
                         self._queued_bytes -= batch.nbytes
                     self.metrics.queue.set(self._queued)
                     self.metrics.queued_bytes.set(self._queued_bytes)
-            if not self._stopping.is_set():
-                self._train_round()
+            try:
+                # The batches count as in flight until the round that trains on them has sent
+                # its updates: a stream the agent half-closed stays open for them.
+                if not self._stopping.is_set():
+                    self._train_round()
+            finally:
+                with self._queue_lock:
+                    for device_id, _ in items:
+                        self._in_flight[device_id] -= 1
+                        if not self._in_flight[device_id]:
+                            del self._in_flight[device_id]
             self._housekeeping()
 
     def _label(self, items: list[tuple[str, Batch]]) -> list[torch.Tensor | None]:
