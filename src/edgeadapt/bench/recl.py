@@ -108,6 +108,14 @@ class DeviceData:
     cuts: list[tuple[float, float, bool]]  # (start, end, recurring scene type)
 
 
+def library_video(seed: int, device: int, duration: float, library: int, types: int) -> str:
+    """The synthetic video of a benchmark's ``device``: segments from a shared scene library."""
+    return (
+        f"synthetic:seed={seed * 100 + device},duration={duration:g},"
+        f"library={library},types={types}"
+    )
+
+
 def prepare_device(
     spec: str,
     teacher: Teacher,
@@ -228,10 +236,7 @@ class Harness:
     # -- data ---------------------------------------------------------------------------------
     def _prepare(self, d: int) -> DeviceData:
         cfg = self.cfg
-        spec = (
-            f"synthetic:seed={cfg.seed * 100 + d},duration={cfg.duration:g},"
-            f"library={cfg.library},types={cfg.types}"
-        )
+        spec = library_video(cfg.seed, d, cfg.duration, cfg.library, cfg.types)
         return prepare_device(
             spec, self.teacher, self.num_windows, cfg.window_s, cfg.sample_fps, cfg.eval_stride
         )

@@ -40,7 +40,12 @@ import numpy as np
 import torch
 
 from edgeadapt.adapt.ams import AMSConfig, AMSSession, Teacher, freeze_batchnorm
-from edgeadapt.bench.recl import DeviceData, prepare_device, recovery_seconds
+from edgeadapt.bench.recl import (
+    DeviceData,
+    library_video,
+    prepare_device,
+    recovery_seconds,
+)
 from edgeadapt.edge_agent.agent import upload_filter
 from edgeadapt.models.zoo import SegmentationModel
 from edgeadapt.recl.zoo import per_frame_miou
@@ -103,10 +108,7 @@ class Harness:
 
     def _prepare(self, d: int) -> DeviceData:
         cfg = self.cfg
-        spec = (
-            f"synthetic:seed={cfg.seed * 100 + d},duration={cfg.duration:g},"
-            f"library={cfg.library},types={cfg.types}"
-        )
+        spec = library_video(cfg.seed, d, cfg.duration, cfg.library, cfg.types)
         return prepare_device(
             spec, self.teacher, self.rounds, cfg.interval, cfg.sample_fps, cfg.eval_stride
         )
