@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgeadapt._proto.stream.v1 import stream_pb2 as pb
-from edgeadapt.trainer.hub import BatchLimits
+from edgeadapt.trainer.device import BatchLimits
 from edgeadapt.trainer.server import BatchRejectedError, decode_batch
 from edgeadapt.video.codec import encode_h264
 

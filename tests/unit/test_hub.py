@@ -18,7 +18,8 @@ from edgeadapt.adapt.ams import AMSConfig, EdgeModel
 from edgeadapt.adapt.update import model_checksum, parameter_vector
 from edgeadapt.models.zoo import SegmentationModel, build_student, build_teacher
 from edgeadapt.stream.messages import update_bytes
-from edgeadapt.trainer.hub import Batch, CloseReason, Hub, HubConfig, PreconditionError
+from edgeadapt.trainer.device import Batch
+from edgeadapt.trainer.hub import CloseReason, Hub, HubConfig, PreconditionError
 from edgeadapt.trainer.store import DeviceStore
 
 Models = tuple[SegmentationModel, SegmentationModel]

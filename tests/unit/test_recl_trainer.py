@@ -18,7 +18,8 @@ from edgeadapt.adapt.update import model_checksum, parameter_vector
 from edgeadapt.edge_agent.experts import ExpertCache
 from edgeadapt.models.zoo import SegmentationModel, build_student, build_teacher
 from edgeadapt.stream.messages import update_bytes
-from edgeadapt.trainer.hub import Batch, Hub, HubConfig
+from edgeadapt.trainer.device import Batch
+from edgeadapt.trainer.hub import Hub, HubConfig
 from edgeadapt.trainer.recl import Choice, GatingError, ReclConfig, Window
 from edgeadapt.trainer.store import DeviceStore
 

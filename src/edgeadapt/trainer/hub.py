@@ -20,14 +20,13 @@ size; one worker thread does all model work in cycles:
 One device's failure (a bad batch, a scoring error, a full disk) is caught, counted and answered
 on that device alone; the other devices' batches of the same cycle are processed as usual.
 
-Persistence (:mod:`edgeadapt.trainer.store`): every update is appended to the device's update log
+Persistence: every update is appended to the device's update log (:mod:`edgeadapt.trainer.store`)
 before it leaves the trainer, so a trainer killed at any point never has sent a version it cannot
-resume from; the whole state (model, optimizer, horizon) is checkpointed once per
-``checkpoint_interval``, at shutdown, and when an idle device is evicted from memory. Updates not
-yet acknowledged are kept (a short chain); a device that reconnects behind the trainer receives
-the updates it missed, or a float32 snapshot when the chain does not reach back to its version.
-At most one snapshot per device is in flight, and resync requests are served at most once per
-``resync_interval`` (later ones are coalesced into one deferred answer).
+resume from; the device's record (:mod:`edgeadapt.trainer.device`) checkpoints its whole state
+(model, optimizer, horizon) once per ``checkpoint_interval``, at shutdown, and when an idle device
+is evicted from memory, and restores itself by replaying the log after its checkpoint. Updates
+not yet acknowledged are kept (a short chain); a device behind the trainer is caught up
+(:mod:`edgeadapt.trainer.catchup`). ``/status`` is built by :mod:`edgeadapt.trainer.view`.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ import collections
 import copy
 import enum
 import io
-import itertools
 import logging
 import math
 import queue
@@ -44,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,24 +53,22 @@ from edgeadapt.adapt.metrics import frame_miou
 from edgeadapt.adapt.optim import MaskedAdam
 from edgeadapt.adapt.update import (
     ModelUpdate,
-    apply_update,
-    decode_update,
     encode_update,
     model_checksum,
     parameter_vector,
-    snapshot_update,
 )
 from edgeadapt.models.data import to_tensor
 from edgeadapt.models.zoo import SegmentationModel
 from edgeadapt.recl.rules import safety_check
 from edgeadapt.recl.zoo import per_frame_miou
-from edgeadapt.stream.messages import MAX_BATCH_BYTES, update_message
+from edgeadapt.stream.messages import update_message
 from edgeadapt.trainer.budget import (
-    LIMITED_FRACTION,
     LinkBudget,
     LinkPlanner,
     prior_bytes_per_frame,
 )
+from edgeadapt.trainer.catchup import CatchUp
+from edgeadapt.trainer.device import Batch, BatchLimits, Device, PendingUpdate, Score
 from edgeadapt.trainer.gpu import GpuTelemetry
 from edgeadapt.trainer.jobs import PhaseJob
 from edgeadapt.trainer.metrics import TrainerMetrics
@@ -83,8 +79,9 @@ from edgeadapt.trainer.recl import (
     GatingError,
     ReclConfig,
 )
-from edgeadapt.trainer.scheduler import Round, Scheduler, SchedulerConfig, drift
-from edgeadapt.trainer.store import DeviceStore, UpdateRecord, pack_tensor, unpack_tensor
+from edgeadapt.trainer.scheduler import Round, Scheduler, SchedulerConfig
+from edgeadapt.trainer.store import DeviceStore, UpdateRecord
+from edgeadapt.trainer.view import device_view, scheduler_view
 
 log = logging.getLogger(__name__)
 
@@ -101,121 +98,12 @@ Close = Callable[[CloseReason], None]
 
 HARD_MAX_BATCH_FRAMES = 600
 HOLDOUT_EVERY = 8  # micro-window, urgency: every 8th frame is kept out of training to score it
-HOLDOUT_FRAMES = 8  # the newest held-out frames a job is scored on
-DRIFT_FRAMES = 90  # EdgeSync's accuracy bank
 TELEMETRY_INTERVAL = 5.0  # seconds between GPU telemetry polls
 MIN_SWITCH_COORDS = 1000  # below this a switch waits for the link rather than trickle
 
 
 class PreconditionError(Exception):
     """The device cannot be served by this trainer (another student, another task)."""
-
-
-@dataclass(frozen=True)
-class Batch:
-    seq: int
-    images: np.ndarray  # N x H x W x 3 uint8 at the model's input size
-    times: list[float]  # capture times, Unix seconds (clamped to the trainer's clock)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.images.nbytes)
-
-
-@dataclass(frozen=True)
-class BatchLimits:
-    """What one uploaded batch may hold; the server refuses a batch beyond any of them."""
-
-    max_frames: int
-    max_bytes: int = MAX_BATCH_BYTES  # encoded
-    max_decoded_bytes: int = 1 << 30  # RGB at the stream's own size, summed over its frames
-    input_size: tuple[int, int] | None = None  # (width, height) frames are brought to
-
-
-@dataclass(frozen=True)
-class PendingUpdate:
-    """One sent update the device has not acknowledged yet."""
-
-    version: int
-    base_version: int
-    data: bytes
-    base_checksum: int
-    checksum: int
-
-
-class Score(NamedTuple):
-    """One scored batch: per-frame mIoU sums of the device's model and of the pretrained one."""
-
-    time: float  # capture time of the batch's last frame
-    miou: float
-    miou_base: float
-    frames: int
-    version: int
-
-
-@dataclass
-class Device:
-    device_id: str
-    adapt: bool
-    session: AMSSession | None
-    checksum: int
-    lock: threading.RLock = field(default_factory=threading.RLock)  # model; held while training
-    conn_lock: threading.Lock = field(default_factory=threading.Lock)  # send/close; never long
-    chain_lock: threading.Lock = field(default_factory=threading.Lock)  # chain, acks; never long
-    chain: list[PendingUpdate] = field(default_factory=list)
-    acked_version: int = 0
-    # What the agent runs, as it last told us (Register, or an applied update's ack), and when
-    # it last applied an update (wall clock).
-    agent_version: int | None = None
-    agent_checksum: int | None = None
-    last_applied: float | None = None
-    last_frame_time: float = 0.0
-    scores: collections.deque[Score] = field(default_factory=lambda: collections.deque(maxlen=4096))
-    frames: int = 0
-    batches: int = 0
-    updates_sent: int = 0
-    snapshots_sent: int = 0
-    uplink_bytes: int = 0
-    downlink_bytes: int = 0
-    settings: tuple[float, float] | None = None
-    planner: LinkPlanner | None = None  # the link budget's bookkeeping, when it has one
-    send: Send | None = None
-    close: Close | None = None
-    connected_at: float | None = None
-    view: dict[str, Any] = field(default_factory=dict)  # the last /status summary
-    # (monotonic time, uplink bytes, downlink bytes) now and then: the link rates /status shows
-    rate_samples: collections.deque[tuple[float, int, int]] = field(
-        default_factory=lambda: collections.deque(maxlen=32)
-    )
-    # flow control of resynchronisation
-    snapshot_in_flight: int | None = None  # version of a snapshot sent and not acknowledged
-    snapshot_cache: tuple[int, bytes] | None = None
-    last_resync: float = -math.inf  # monotonic
-    deferred_resync: tuple[int, int] | None = None  # (have version, have checksum)
-    # persistence and memory
-    dirty: bool = False
-    last_checkpoint: float = field(default_factory=time.monotonic)
-    last_active: float = field(default_factory=time.monotonic)
-    state_bytes: int = 0
-    evicted: bool = False
-    recl: DeviceRecl | None = None  # RECL's window state (strategies recl and ams+recl)
-    # the scheduler's view: frames not trained on yet wait for a round (``train_now``: the
-    # capture time the phase trains up to); held-out frames score a job's slices
-    train_now: float | None = None
-    holdout: collections.deque[tuple[np.ndarray, torch.Tensor]] = field(
-        default_factory=lambda: collections.deque(maxlen=HOLDOUT_FRAMES)
-    )
-    holdout_seen: int = 0
-    job: PhaseJob | None = None  # the phase a round has open (its slices train dev's model)
-
-    @property
-    def version(self) -> int:
-        return self.session.version if self.session is not None else 0
-
-    def deliver(self, message: pb.TrainerMessage) -> None:
-        send = self.send
-        if send is not None:
-            send(message)
 
 
 @dataclass(frozen=True)
@@ -299,6 +187,7 @@ class Hub:
         self.share = 1.0  # of the GPU this trainer may use (telemetry lowers it)
         self.telemetry = telemetry or GpuTelemetry(None, reason="not configured")
         self._last_telemetry = -math.inf
+        self.catchup = CatchUp(self.base_flat, self.metrics, config.resync_interval)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -392,11 +281,7 @@ class Hub:
             if dev.close is not None:
                 dev.close(CloseReason.REPLACED)
             dev.send, dev.close, dev.connected_at = send, close, time.time()
-        with dev.chain_lock:
-            # A new stream: what was queued on the old one is gone.
-            dev.snapshot_in_flight = None
-            dev.deferred_resync = None
-            dev.last_resync = time.monotonic()
+        self.catchup.reset(dev, time.monotonic())
         dev.last_active = time.monotonic()
         dev.settings = self._settings(dev)
         messages = [
@@ -408,7 +293,7 @@ class Hub:
                 )
             )
         ]
-        messages += self._catch_up(dev, register.model_version, register.model_checksum)
+        messages += self.catchup.serve(dev, register.model_version, register.model_checksum)
         dev.view = self._view(dev)
         return messages
 
@@ -490,16 +375,12 @@ class Hub:
         dev = self.devices.get(device_id)
         if dev is None:
             return []
-        now = time.monotonic()
-        with dev.chain_lock:
-            if now - dev.last_resync < self.config.resync_interval:
-                dev.deferred_resync = (request.have_version, request.have_checksum)
-                self.metrics.resyncs.labels("deferred").inc()
-                return []
-            dev.last_resync = now
-            dev.deferred_resync = None
+        if not self.catchup.admit(
+            dev, request.have_version, request.have_checksum, time.monotonic()
+        ):
+            return []
         with dev.lock:
-            return self._catch_up(dev, request.have_version, request.have_checksum)
+            return self.catchup.serve(dev, request.have_version, request.have_checksum)
 
     def count_bytes(self, device_id: str, up: int = 0, down: int = 0, frames: int = 0) -> None:
         """Bytes written on a device's stream (``frames``: sampled frames among ``up``)."""
@@ -548,129 +429,19 @@ class Hub:
     def _restore(self, device_id: str) -> Device | None:
         if self.store is None:
             return None
-        loaded = self.store.load(device_id)
-        if loaded is None:
-            # Never checkpointed, but updates were sent: replay them onto the pretrained student.
-            records = self.store.records(device_id)
-            if not records:
-                return None
-            dev = Device(device_id, True, self._new_session(), self.base_checksum)
-            replayed = self._replay(dev, records)
-            log.info(
-                "device state restored from its update log",
-                extra={"device": device_id, "version": dev.version, "replayed_updates": replayed},
-            )
-            return dev
-        state, records = loaded
-        session = None
-        if state["session"] is not None:
-            session = self._new_session()
-            sess = dict(state["session"])
-            sess["buffer"] = {
-                "times": sess["buffer"]["times"],
-                "frames": unpack_tensor(sess["buffer"]["frames"]),
-                "labels": unpack_tensor(sess["buffer"]["labels"]),
-            }
-            session.load_state_dict(sess)
-        dev = Device(device_id, bool(state["adapt"]), session, int(state["checksum"]))
-        dev.chain = [PendingUpdate(*k) for k in state["chain"]]
-        dev.acked_version = int(state["acked_version"])
-        dev.last_frame_time = float(state["last_frame_time"])
-        dev.scores.extend(Score(*s) for s in state["scores"])
-        for key in ("frames", "batches", "updates_sent", "snapshots_sent"):
-            setattr(dev, key, int(state["counters"][key]))
-        replayed = self._replay(dev, records)
-        log.info(
-            "device state restored",
-            extra={
-                "device": device_id,
-                "version": dev.version,
-                "frames": dev.frames,
-                "replayed_updates": replayed,
-            },
+        return Device.load(
+            self.store, device_id, self._new_session, self.base_checksum, self.config.chain_length
         )
-        return dev
-
-    def _replay(self, dev: Device, records: list[UpdateRecord]) -> int:
-        """Apply the logged updates newer than the checkpoint; stops at the first that misfits."""
-        session, n = dev.session, 0
-        for rec in records:
-            if session is None or rec.version <= dev.version:
-                continue
-            if rec.base_version != dev.version or rec.base_checksum != dev.checksum:
-                log.warning(
-                    "update log does not continue the checkpoint; replay stops",
-                    extra={"device": dev.device_id, "at": dev.version, "record": rec.version},
-                )
-                break
-            flat = session.optimizer.flat_params().clone()
-            apply_update(flat, decode_update(rec.data, flat.numel()))
-            if model_checksum(flat) != rec.checksum:
-                log.warning(
-                    "logged update does not reproduce its checksum; replay stops",
-                    extra={"device": dev.device_id, "record": rec.version},
-                )
-                break
-            session.optimizer.set_flat_params(flat)
-            session.version = rec.version
-            session.phase += 1
-            dev.checksum = rec.checksum
-            dev.last_frame_time = max(dev.last_frame_time, rec.last_frame_time)
-            dev.chain.append(
-                PendingUpdate(
-                    rec.version, rec.base_version, rec.data, rec.base_checksum, rec.checksum
-                )
-            )
-            n += 1
-        dev.chain = [k for k in dev.chain if k.version > dev.acked_version][
-            -self.config.chain_length :
-        ]
-        dev.dirty = n > 0
-        return n
 
     def _checkpoint(self, dev: Device) -> None:
         """Write the device's whole state (caller holds ``dev.lock``)."""
-        if self.store is None or (dev.job is not None and dev.job.phase is not None):
-            return  # not mid-phase: the model would be ahead of the version it is saved as
+        if self.store is None:
+            return
         t0 = time.perf_counter()
-        session = None
-        if dev.session is not None:
-            session = dev.session.state_dict()
-            buf = session["buffer"]
-            session["buffer"] = {
-                "times": buf["times"],
-                "frames": pack_tensor(buf["frames"]),
-                "labels": pack_tensor(buf["labels"]),
-            }
-        with dev.chain_lock:
-            chain = [
-                (k.version, k.base_version, k.data, k.base_checksum, k.checksum) for k in dev.chain
-            ]
-            acked = dev.acked_version
-        size = self.store.save(
-            dev.device_id,
-            {
-                "device_id": dev.device_id,
-                "adapt": dev.adapt,
-                "session": session,
-                "checksum": dev.checksum,
-                "chain": chain,
-                "acked_version": acked,
-                "last_frame_time": dev.last_frame_time,
-                "scores": [tuple(s) for s in dev.scores],
-                "counters": {
-                    "frames": dev.frames,
-                    "batches": dev.batches,
-                    "updates_sent": dev.updates_sent,
-                    "snapshots_sent": dev.snapshots_sent,
-                },
-            },
-        )
-        dev.dirty = False
-        dev.last_checkpoint = time.monotonic()
-        dev.state_bytes = size
-        self.metrics.persist_seconds.observe(time.perf_counter() - t0)
-        self.metrics.state_bytes.observe(size)
+        size = dev.save(self.store)
+        if size is not None:
+            self.metrics.persist_seconds.observe(time.perf_counter() - t0)
+            self.metrics.state_bytes.observe(size)
 
     def _settings(self, dev: Device) -> tuple[float, float]:
         """(sampling rate, update interval): AMS's, within the device's link budget."""
@@ -692,53 +463,6 @@ class Hub:
             max_batch_bytes=self.limits.max_bytes,
             upload_fraction=self.config.upload_fraction,
         )
-
-    def _catch_up(self, dev: Device, have: int, have_checksum: int) -> list[pb.TrainerMessage]:
-        """Caller holds ``dev.lock``: the chain of missed updates, a snapshot, or nothing."""
-        if have == dev.version and have_checksum == dev.checksum:
-            return []
-        with dev.chain_lock:
-            links = [k for k in dev.chain if k.version > have]
-            if dev.snapshot_in_flight == dev.version:
-                # The device will be at our version once it applies the snapshot on its way.
-                self.metrics.resyncs.labels("coalesced").inc()
-                return []
-        contiguous = all(a.version == b.base_version for a, b in itertools.pairwise(links))
-        if (
-            links
-            and links[0].base_version == have
-            and links[0].base_checksum == have_checksum
-            and links[-1].version == dev.version
-            and contiguous
-        ):
-            self.metrics.updates.labels("sparse").inc(len(links))
-            self.metrics.resyncs.labels("served").inc()
-            return [pb.TrainerMessage(update=update_message(k.data, k.checksum)) for k in links]
-        cache = dev.snapshot_cache
-        if cache is None or cache[0] != dev.version:
-            cache = (
-                dev.version,
-                encode_update(snapshot_update(self._committed(dev), dev.version)),
-            )
-        with dev.chain_lock:
-            dev.snapshot_cache = cache
-            dev.snapshot_in_flight = dev.version
-        dev.snapshots_sent += 1
-        self.metrics.updates.labels("snapshot").inc()
-        self.metrics.resyncs.labels("served").inc()
-        log.info(
-            "sending a snapshot",
-            extra={"device": dev.device_id, "have": have, "version": dev.version},
-        )
-        return [pb.TrainerMessage(update=update_message(cache[1], dev.checksum, snapshot=True))]
-
-    def _committed(self, dev: Device) -> torch.Tensor:
-        """The device's parameters as of its last committed version (a phase may be open)."""
-        job = dev.job
-        if job is not None and job.phase is not None:
-            return job.phase.before.cpu()
-        model = dev.session.model if dev.session is not None else self.student
-        return parameter_vector(model).cpu()
 
     def _update_gauges(self) -> None:
         devices = list(self.devices.values())
@@ -992,7 +716,7 @@ class Hub:
                 )
             dev.job = PhaseJob(
                 device_id, dev.session, dev.lock, dev.train_now, gamma, holdout,
-                _bank(dev.scores), self.num_classes, self.device,
+                dev.bank(), self.num_classes, self.device,
             )  # fmt: skip
             jobs.append(dev.job)
         if not jobs:
@@ -1369,15 +1093,10 @@ class Hub:
         self._update_gauges()
 
     def _tend(self, dev: Device, now: float) -> None:
-        with dev.chain_lock:
-            deferred = dev.deferred_resync
-            due = deferred is not None and now - dev.last_resync >= self.config.resync_interval
-            if due:
-                dev.deferred_resync = None
-                dev.last_resync = now
-        if deferred is not None and due:
+        deferred = self.catchup.due(dev, now)
+        if deferred is not None:
             with dev.lock:
-                for message in self._catch_up(dev, *deferred):
+                for message in self.catchup.serve(dev, *deferred):
                     dev.deliver(message)
         connected = dev.send is not None
         if connected and dev.planner is not None and dev.lock.acquire(blocking=False):
@@ -1434,7 +1153,7 @@ class Hub:
             "queued_batches": queued,
             "queued_bytes": queued_bytes,
             "worker_alive": self.healthy(),
-            "scheduler": self._scheduler_view(),
+            "scheduler": scheduler_view(self.scheduler, self.last_round, self.share),
             "gpu": self.telemetry.view(),
             "limits": {
                 "max_batch_frames": self.limits.max_frames,
@@ -1444,89 +1163,14 @@ class Hub:
             },
         }
 
-    def _scheduler_view(self) -> dict[str, Any]:
-        cfg, last = self.scheduler.config, self.last_round
-        return {
-            "policy": cfg.policy,
-            "iterations": cfg.iterations,
-            "micro_window_s": cfg.micro_window,
-            "round_cap_s": cfg.round_cap,
-            "share": round(self.share, 3),
-            "rounds": self.scheduler.rounds,
-            "last_round": None
-            if last is None
-            else {
-                "budget_s": round(last.budget, 3),
-                "spent_s": round(last.spent, 3),
-                "slices": len(last.slices),
-                "trained": last.trained,
-                "deferred": last.deferred,
-                "ended": last.ended,
-            },
-        }
-
-    def _view(self, dev: Device, history: int = 400) -> dict[str, Any]:
-        scores = list(dev.scores)
-        settings = dev.settings or self._settings(dev)
-        recent_from = scores[-1].time - 60.0 if scores else 0.0
-        recent = [s for s in scores if s.time >= recent_from]
-        step = max(1, len(scores) // history)
-        with dev.chain_lock:
-            chain = list(dev.chain)
-            acked = dev.acked_version
-        checksums = {str(k.base_version): f"{k.base_checksum:08x}" for k in chain}
-        checksums |= {str(k.version): f"{k.checksum:08x}" for k in chain}
-        checksums[str(dev.version)] = f"{dev.checksum:08x}"
-        up_kbps, down_kbps = _link_rates(dev)
-        return {
-            "id": dev.device_id,
-            "adapt": dev.adapt,
-            "model_version": dev.version,
-            "acked_version": acked,
-            "model_checksum": f"{dev.checksum:08x}",
-            "agent_model_version": dev.agent_version,
-            "agent_model_checksum": None
-            if dev.agent_checksum is None
-            else f"{dev.agent_checksum:08x}",
-            # The agent runs a version we produced (equal checksums) at most the update in
-            # flight behind: what the operator shows as ModelDeployed.
-            "agent_in_step": dev.agent_version is not None
-            and dev.agent_checksum is not None
-            and dev.version - dev.agent_version <= 1
-            and checksums.get(str(dev.agent_version)) == f"{dev.agent_checksum:08x}",
-            "last_update_time": dev.last_applied,
-            "checksums": checksums,
-            "frames": dev.frames,
-            "batches": dev.batches,
-            "miou_teacher": _mean(scores, 1),
-            "miou_teacher_no_adaptation": _mean(scores, 2),
-            "miou_teacher_last_60s": _mean(recent, 1),
-            "sampling_rate_fps": round(settings[0], 3),
-            "update_interval_s": round(settings[1], 2),
-            "updates_sent": dev.updates_sent,
-            "snapshots_sent": dev.snapshots_sent,
-            "uplink_bytes": dev.uplink_bytes,
-            "downlink_bytes": dev.downlink_bytes,
-            "uplink_kbps": up_kbps,
-            "downlink_kbps": down_kbps,
-            "link": _link_view(dev.planner, self.config.ams.gamma),
-            "state_bytes": dev.state_bytes,
-            "recl": dev.recl.view() if dev.recl is not None else None,
-            "scheduler": {
-                **self.scheduler.job_view(dev.device_id),
-                "waiting": dev.device_id in self._pending,
-                "held_out_frames": len(dev.holdout),
-                "urgency": round(drift(_bank(dev.scores)), 4),
-            },
-            "history": [
-                [
-                    round(s.time, 2),
-                    round(100 * s.miou / s.frames, 2),
-                    round(100 * s.miou_base / s.frames, 2),
-                ]
-                for s in scores[::step]
-            ],
-        }
+    def _view(self, dev: Device) -> dict[str, Any]:
+        return device_view(
+            dev,
+            dev.settings or self._settings(dev),
+            self.config.ams.gamma,
+            self.scheduler,
+            dev.device_id in self._pending,
+        )
 
 
 def _moved(old: tuple[float, float] | None, new: tuple[float, float]) -> bool:
@@ -1534,67 +1178,3 @@ def _moved(old: tuple[float, float] | None, new: tuple[float, float]) -> bool:
     if old is None:
         return True
     return any(abs(n - o) > 0.1 * max(abs(o), 1e-9) for o, n in zip(old, new, strict=True))
-
-
-def _link_view(planner: LinkPlanner | None, gamma: float) -> dict[str, Any] | None:
-    """The budget, what it holds below the policy's parameters, and the phases it held back.
-
-    ``limited`` names what is held (stable keys, for conditions); ``limits`` says by how much.
-    """
-    if planner is None:
-        return None
-    fraction = planner.last_fraction
-    limited = [key for key, _ in planner.limits]
-    if fraction is not None and fraction < gamma and LIMITED_FRACTION not in limited:
-        limited.append(LIMITED_FRACTION)
-    return {
-        "uplink_budget_kbps": planner.budget.uplink_kbps,
-        "downlink_budget_kbps": planner.budget.downlink_kbps,
-        "limited": sorted(limited),
-        "limits": [message for _, message in planner.limits],
-        "last_update_fraction": None if fraction is None else round(fraction, 5),
-        "held_phases": planner.held_phases,
-        "bytes_per_frame": None
-        if planner.bytes_per_frame is None
-        else round(planner.bytes_per_frame, 1),
-        "bytes_per_coordinate": round(planner.bytes_per_coord, 3),
-    }
-
-
-def _mean(scores: list[Score], k: int) -> float | None:
-    n = sum(s.frames for s in scores)
-    return round(100 * sum(s[k] for s in scores) / n, 2) if n else None
-
-
-RATE_WINDOW_S = 60.0
-RATE_SAMPLE_S = 5.0
-
-
-def _bank(scores: collections.deque[Score]) -> list[float]:
-    """EdgeSync's accuracy bank from the scored batches: per-frame mIoU of the newest
-    DRIFT_FRAMES frames, oldest first (a batch's frames share its mean)."""
-    bank: list[float] = []
-    for s in reversed(scores):
-        if len(bank) >= DRIFT_FRAMES:
-            break
-        bank += [s.miou / s.frames] * min(s.frames, DRIFT_FRAMES - len(bank))
-    return bank[::-1]
-
-
-def _link_rates(dev: Device) -> tuple[float | None, float | None]:
-    """The device's uplink and downlink use over about the last minute, kbps (None until a few
-    seconds of it were seen)."""
-    now = time.monotonic()
-    samples = dev.rate_samples
-    if not samples or now - samples[-1][0] >= RATE_SAMPLE_S:
-        samples.append((now, dev.uplink_bytes, dev.downlink_bytes))
-    while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW_S:
-        samples.popleft()
-    t0, up0, down0 = samples[0]
-    if now - t0 < 1.0:
-        return None, None
-    seconds = now - t0
-    return (
-        round((dev.uplink_bytes - up0) * 8 / 1000 / seconds, 2),
-        round((dev.downlink_bytes - down0) * 8 / 1000 / seconds, 2),
-    )

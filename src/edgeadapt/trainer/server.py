@@ -35,7 +35,8 @@ from edgeadapt.stream.messages import (
     wire_size,
 )
 from edgeadapt.trainer.budget import LinkBudget, TokenBucket, pacing_bucket, pacing_part_bytes
-from edgeadapt.trainer.hub import Batch, BatchLimits, CloseReason, Hub, PreconditionError
+from edgeadapt.trainer.device import Batch, BatchLimits
+from edgeadapt.trainer.hub import CloseReason, Hub, PreconditionError
 from edgeadapt.video.codec import CodecError, decode_h264_bounded
 
 log = logging.getLogger(__name__)
