@@ -62,14 +62,17 @@ def test_a_saved_device_loads_back_as_it_was(student: SegmentationModel, tmp_pat
     store = DeviceStore(tmp_path)
     dev = trained(student)
     size = dev.save(store)
-    assert size is not None and size == dev.state_bytes and not dev.dirty
+    assert size is not None
+    assert size == dev.state_bytes
+    assert not dev.dirty
     back = Device.load(store, "cam-1", lambda: session(student), 0, chain_length=8)
     assert back is not None
     assert (back.version, back.checksum, back.adapt) == (dev.version, dev.checksum, True)
     assert back.chain == dev.chain
     assert list(back.scores) == list(dev.scores)
     assert (back.frames, back.batches, back.updates_sent) == (4, 1, 1)
-    assert dev.session is not None and back.session is not None
+    assert dev.session is not None
+    assert back.session is not None
     assert torch.equal(parameter_vector(back.session.model), parameter_vector(dev.session.model))
     assert Device.load(store, "cam-2", lambda: session(student), 0, chain_length=8) is None
 
@@ -99,8 +102,11 @@ def test_logged_updates_after_the_checkpoint_are_replayed_and_a_misfit_stops_it(
     store.append("cam-1", good)
     store.append("cam-1", bad)
     back = Device.load(store, "cam-1", lambda: session(student), 0, chain_length=8)
-    assert back is not None and back.version == 2 and back.checksum == good.checksum
-    assert back.last_frame_time == 5.0 and back.dirty
+    assert back is not None
+    assert back.version == 2
+    assert back.checksum == good.checksum
+    assert back.last_frame_time == 5.0
+    assert back.dirty
     assert [k.version for k in back.chain] == [1, 2]
 
 
@@ -113,7 +119,8 @@ def test_a_device_mid_phase_is_not_saved(student: SegmentationModel, tmp_path: P
     dev.job = job
     before = parameter_vector(dev.session.model).clone()
     job.phase = dev.session.begin_phase(3.0)
-    assert job.phase is not None and dev.mid_phase
+    assert job.phase is not None
+    assert dev.mid_phase
     dev.session.step(job.phase, 1)
     assert dev.save(DeviceStore(tmp_path)) is None
     assert torch.equal(dev.committed(torch.zeros(1)), before)

@@ -150,6 +150,20 @@ def test_an_over_subscribed_round_robin_round_gives_every_job_the_same_smaller_s
     assert result.spent == pytest.approx(4.0)
 
 
+def test_round_robin_s_first_round_times_one_job_and_keeps_to_the_cap() -> None:
+    sched = Scheduler(SchedulerConfig("round-robin", 20, 1.0, 4.0))
+    jobs = [Curve(k) for k in "abcdefgh"]  # 8 x 20 x 0.1 s = 16 s against a 4 s cap
+    result = sched.run(jobs)
+    # a's 20 steps time the step; the 2 s left are shared by the 7 others (2 steps each)
+    assert [(s.key, s.iterations) for s in result.slices] == [("a", 20)] + [
+        (k, 2) for k in "bcdefgh"
+    ]
+    assert result.spent <= 4.0 * 1.05
+    assert result.ended == "done"
+    # A job never timed is assumed as fast as the others: it gets the same share at once.
+    assert [s.iterations for s in sched.run([Curve("new"), *jobs[3:6]]).slices] == [10] * 4
+
+
 def test_round_robin_defers_jobs_when_even_one_step_each_is_too_much() -> None:
     sched = Scheduler(SchedulerConfig("round-robin", 20, 1.0, 0.25))
     jobs = [Curve(k) for k in "abcd"]

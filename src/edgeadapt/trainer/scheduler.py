@@ -9,7 +9,9 @@ GPU this trainer may use (NVML: other processes' load shrinks it). Every policy 
 same budget, so they differ only in who gets it:
 
 - ``round-robin`` (AMS, thesis appendix C): every job ``iterations`` steps, in turn; an
-  over-subscribed round gives every job the same smaller share.
+  over-subscribed round gives every job the same smaller share. Before any step was ever timed,
+  the first job's ``iterations`` steps time it; a job never timed is assumed as fast as the
+  others (the trainer's jobs train the same student).
 - ``micro-window`` (RECL Algorithm 1, recl.md §2.6): slices of ``micro_window`` seconds; one
   slice per job to initialise, then always the job with the largest measured accuracy gain per
   second of compute, the gain measured on the device's held-out frames before and after its slice
@@ -176,29 +178,37 @@ class Scheduler:
         if job.key not in result.trained:
             result.trained.append(job.key)
 
+    def _rate(self, key: str) -> float | None:
+        """Measured seconds per step of a job; for a job never timed, the mean of the others'
+        (the trainer's jobs train the same student); None while no job was ever timed."""
+        rate = self._stat(key).per_iteration
+        if rate is not None:
+            return rate
+        known = [s.per_iteration for s in self._stats.values() if s.per_iteration is not None]
+        return sum(known) / len(known) if known else None
+
     def _demand(self, jobs: Sequence[Job]) -> float | None:
-        """Seconds round-robin would spend on ``jobs``; None while a job was never timed."""
-        rates = [self._stat(j.key).per_iteration for j in jobs]
+        """Seconds round-robin would spend on ``jobs``; None while no job was ever timed."""
+        rates = [self._rate(j.key) for j in jobs]
         if any(r is None for r in rates):
             return None
         return sum(self.config.iterations * r for r in rates if r is not None)
 
     def _round_robin(self, jobs: list[Job], share: float) -> Round:
         k, cap = self.config.iterations, self.config.round_cap * share
-        demand = self._demand(jobs)
-        if demand is None:  # a job never timed: every job its K steps, as AMS does
-            result = Round("round-robin", math.inf)
-            for job in jobs:
-                work = job.train(iterations=k)
-                if work.iterations:
-                    self._record(result, job, work, None)
-            result.budget, result.ended = result.spent, "done"
-            return result
-        budget = min(demand, cap)
-        result = Round("round-robin", budget)
-        steps = k if demand <= cap else max(1, int(k * cap / demand))
-        for job in jobs:
-            rate = self._stat(job.key).per_iteration or 0.0
+        result = Round("round-robin", cap)
+        rest = list(jobs)
+        while rest and self._demand(rest) is None:  # no step timed yet: the first job times it
+            job = rest.pop(0)
+            work = job.train(iterations=k)
+            if work.iterations:
+                self._record(result, job, work, None)
+        demand = self._demand(jobs) or 0.0
+        budget = result.budget = min(demand, cap)
+        left, wanted = budget - result.spent, self._demand(rest) or 0.0
+        steps = k if wanted <= left else max(1, int(k * max(left, 0.0) / wanted))
+        for job in rest:
+            rate = self._rate(job.key) or 0.0
             if result.trained and result.spent + steps * rate > budget * SLACK:
                 result.deferred.append(job.key)
                 continue
