@@ -20,7 +20,7 @@ from edgeadapt.adapt.update import (
 )
 from edgeadapt.models.zoo import SegmentationModel, build_student
 from edgeadapt.trainer.catchup import CatchUp
-from edgeadapt.trainer.device import Device, PendingUpdate, Score
+from edgeadapt.trainer.device import Device, HoldOut, PendingUpdate, Score
 from edgeadapt.trainer.jobs import PhaseJob
 from edgeadapt.trainer.metrics import TrainerMetrics
 from edgeadapt.trainer.store import DeviceStore, UpdateRecord
@@ -150,3 +150,21 @@ def test_resync_requests_inside_the_interval_wait_and_the_latest_is_answered() -
     assert catchup.due(dev, now=101.0) == (2, 22)
     assert catchup.due(dev, now=103.0) is None  # answered once
     assert catchup.admit(dev, 3, 33, now=102.5)
+
+
+def test_held_out_frames_follow_the_scene_and_are_trained_on_once_pushed_out() -> None:
+    held = HoldOut(every=4, size=2)
+    images = np.arange(12, dtype=np.uint8).reshape(12, 1, 1, 1)
+    labels = torch.arange(12)
+    times = [float(t) for t in range(12)]
+    train, released = held.split(images[:6], labels[:6], times[:6])
+    assert train == [1, 2, 3, 5]
+    assert released == []
+    train, released = held.split(images[6:], labels[6:], times[6:])
+    assert train == [0, 1, 3, 4, 5]  # frame 8 held (index 2 of this batch)
+    assert [(int(img[0, 0, 0]), t) for img, _, t in released] == [(0, 0.0)]
+    frames = held.frames()
+    assert frames is not None
+    assert frames[1].tolist() == [4, 8]
+    assert len(held) == 2
+    assert HoldOut().frames() is None

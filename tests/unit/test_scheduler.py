@@ -109,9 +109,18 @@ def test_a_round_where_every_gain_is_negative_ends_early_and_leaves_the_budget()
     assert result.spent == pytest.approx(2.0)
 
 
+def test_more_jobs_than_slices_get_shorter_slices_so_initialising_takes_a_third() -> None:
+    jobs = [Curve(k, per_iteration=0.05) for k in "abcdefgh"]
+    result = micro(cap=6.0).run(jobs)  # 8 slices of 1 s would take the whole round
+    assert [s.seconds for s in result.slices[:8]] == pytest.approx([0.25] * 8)
+    assert result.trained == list("abcdefgh")
+    assert not result.deferred
+    assert result.spent == pytest.approx(6.0)
+
+
 def test_jobs_beyond_the_budget_are_deferred_and_go_first_next_round() -> None:
     sched = micro(cap=3.0)
-    jobs = [Curve(k) for k in "abcde"]
+    jobs = [Curve(k, per_iteration=1.0) for k in "abcde"]  # even one step each is too much
     first = sched.run(jobs)
     assert first.trained == ["a", "b", "c"]
     assert first.deferred == ["d", "e"]

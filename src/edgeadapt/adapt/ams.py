@@ -171,12 +171,20 @@ class AMSSession:
         )
 
     # -- inference phase ------------------------------------------------------------------
-    def ingest(self, images: np.ndarray, labels: torch.Tensor, times: list[float]) -> list[float]:
-        """Add teacher-labelled frames to the horizon buffer; return their phi scores."""
+    def ingest(
+        self, images: np.ndarray, labels: torch.Tensor, times: list[float], observe: bool = True
+    ) -> list[float]:
+        """Add teacher-labelled frames to the horizon buffer; return their phi scores.
+
+        ``observe=False`` adds frames out of their capture order (frames held out for a while):
+        they train, but ASR's scene-change score, which compares consecutive frames, skips them.
+        """
         phis = []
         for img, lab, t in zip(images, labels, times, strict=True):
             frame = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()
             self.buffer.add(frame, lab.to(torch.uint8), t)
+            if not observe:
+                continue
             if self._prev_label is not None and self._prev_label.shape == lab.shape:
                 phi = phi_score(lab, self._prev_label, self.num_classes)
                 self.sampling.observe(phi)

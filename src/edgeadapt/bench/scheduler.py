@@ -49,6 +49,7 @@ from edgeadapt.bench.recl import (
 from edgeadapt.edge_agent.agent import upload_filter
 from edgeadapt.models.zoo import SegmentationModel
 from edgeadapt.recl.zoo import per_frame_miou
+from edgeadapt.trainer.device import HoldOut, Sample
 from edgeadapt.trainer.jobs import PhaseJob
 from edgeadapt.trainer.scheduler import POLICIES, Scheduler, SchedulerConfig
 from edgeadapt.video.codec import encode_h264
@@ -56,8 +57,6 @@ from edgeadapt.video.synthetic import NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
-HOLDOUT_EVERY = 8  # as the trainer: every 8th uploaded frame scores slices (micro-window, urgency)
-HOLDOUT_FRAMES = 8
 BANK = 90  # EdgeSync's accuracy bank
 
 
@@ -151,10 +150,7 @@ class Harness:
         t0 = time.perf_counter()
         sessions = [self._session(d) for d in range(devices)]
         locks = [threading.RLock() for _ in range(devices)]
-        holdout: list[collections.deque[tuple[np.ndarray, torch.Tensor]]] = [
-            collections.deque(maxlen=HOLDOUT_FRAMES) for _ in range(devices)
-        ]
-        seen = [0] * devices
+        holdout = [HoldOut() for _ in range(devices)]  # as the trainer (micro-window, urgency)
         banks: list[collections.deque[float]] = [collections.deque(maxlen=BANK)
                                                  for _ in range(devices)]  # fmt: skip
         sched = Scheduler(
@@ -183,25 +179,18 @@ class Harness:
                 banks[d].extend(self._miou(model, images, labels).tolist())
                 times = [r * cfg.interval + i * cfg.interval / len(images)
                          for i in range(len(images))]  # fmt: skip
+                released: list[Sample] = []
                 if policy != "round-robin":
-                    train = []
-                    for i in range(len(images)):
-                        seen[d] += 1
-                        if seen[d] % HOLDOUT_EVERY == 1:
-                            holdout[d].append((images[i], labels[i]))
-                        else:
-                            train.append(i)
+                    train, released = holdout[d].split(images, labels, times)
                     images, labels = images[train], labels[train]
                     times = [times[i] for i in train]
                 if len(images):
                     sessions[d].ingest(images, labels, times)
-                held = None
-                if holdout[d]:
-                    held = (np.stack([x for x, _ in holdout[d]]),
-                            torch.stack([y for _, y in holdout[d]]))  # fmt: skip
+                for image, label, t in released:
+                    sessions[d].ingest(image[None], label[None], [t], observe=False)
                 jobs.append(PhaseJob(
-                    f"dev-{d:02d}", sessions[d], locks[d], now, None, held, list(banks[d]),
-                    NUM_CLASSES, self.device,
+                    f"dev-{d:02d}", sessions[d], locks[d], now, None, holdout[d].frames(),
+                    list(banks[d]), NUM_CLASSES, self.device,
                 ))  # fmt: skip
             done = sched.run(jobs)
             result.spent.append(done.spent)

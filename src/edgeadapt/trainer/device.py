@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 Send = Callable[[pb.TrainerMessage], None]
 
-HOLDOUT_FRAMES = 8  # the newest held-out frames a job is scored on
+HOLDOUT_EVERY = 4  # micro-window, urgency: every 4th frame is held out to score slices
+HOLDOUT_FRAMES = 6  # the newest held-out frames a job is scored on
 DRIFT_FRAMES = 90  # EdgeSync's accuracy bank
 COUNTERS = ("frames", "batches", "updates_sent", "snapshots_sent")
 
@@ -96,6 +97,53 @@ class Score(NamedTuple):
         return cls(*row)
 
 
+Sample = tuple[np.ndarray, torch.Tensor, float]  # frame, teacher label, capture time
+
+
+class HoldOut:
+    """Frames a device's job is scored on (micro-window, urgency), never trained on while held.
+
+    Every ``every``-th uploaded frame (from the first) is held out; the newest ``size`` are kept,
+    so the score follows the scene the device sees now. A frame pushed out by a newer one is
+    released to training: holding out delays a frame's use, it loses none.
+    """
+
+    def __init__(self, every: int = HOLDOUT_EVERY, size: int = HOLDOUT_FRAMES) -> None:
+        if every < 2 or size < 1:
+            raise ValueError("hold out every 2nd frame or fewer, at least one frame")
+        self.every = every
+        self.held: collections.deque[Sample] = collections.deque()
+        self.size = size
+        self.seen = 0
+
+    def __len__(self) -> int:
+        return len(self.held)
+
+    def split(
+        self, images: np.ndarray, labels: torch.Tensor, times: Sequence[float]
+    ) -> tuple[list[int], list[Sample]]:
+        """The indices of the frames to train on now, and the held frames released to training."""
+        train, released = [], []
+        for i in range(len(images)):
+            self.seen += 1
+            if self.seen % self.every == 1:
+                self.held.append((images[i], labels[i], float(times[i])))
+                if len(self.held) > self.size:
+                    released.append(self.held.popleft())
+            else:
+                train.append(i)
+        return train, released
+
+    def frames(self) -> tuple[np.ndarray, torch.Tensor] | None:
+        """The held frames and their teacher labels, stacked (None while none is held)."""
+        if not self.held:
+            return None
+        return (
+            np.stack([img for img, _, _ in self.held]),
+            torch.stack([lab for _, lab, _ in self.held]),
+        )
+
+
 @dataclass
 class Device:
     device_id: str
@@ -145,10 +193,7 @@ class Device:
     # the scheduler's view: frames not trained on yet wait for a round (``train_now``: the
     # capture time the phase trains up to); held-out frames score a job's slices
     train_now: float | None = None
-    holdout: collections.deque[tuple[np.ndarray, torch.Tensor]] = field(
-        default_factory=lambda: collections.deque(maxlen=HOLDOUT_FRAMES)
-    )
-    holdout_seen: int = 0
+    holdout: HoldOut = field(default_factory=HoldOut)
     job: PhaseJob | None = None  # the phase a round has open (its slices train dev's model)
 
     @property

@@ -68,7 +68,7 @@ from edgeadapt.trainer.budget import (
     prior_bytes_per_frame,
 )
 from edgeadapt.trainer.catchup import CatchUp
-from edgeadapt.trainer.device import Batch, BatchLimits, Device, PendingUpdate, Score
+from edgeadapt.trainer.device import Batch, BatchLimits, Device, PendingUpdate, Sample, Score
 from edgeadapt.trainer.gpu import GpuTelemetry
 from edgeadapt.trainer.jobs import PhaseJob
 from edgeadapt.trainer.metrics import TrainerMetrics
@@ -97,7 +97,6 @@ Send = Callable[[pb.TrainerMessage], None]
 Close = Callable[[CloseReason], None]
 
 HARD_MAX_BATCH_FRAMES = 600
-HOLDOUT_EVERY = 8  # micro-window, urgency: every 8th frame is kept out of training to score it
 TELEMETRY_INTERVAL = 5.0  # seconds between GPU telemetry polls
 MIN_SWITCH_COORDS = 1000  # below this a switch waits for the link rather than trickle
 
@@ -181,6 +180,10 @@ class Hub:
         self.scheduler = Scheduler(
             config.scheduler
             or SchedulerConfig(iterations=config.ams.iterations, round_cap=config.ams.t_update)
+        )
+        # micro-window and urgency score slices on held-out frames (not RECL's own retraining)
+        self._scored_slices = self.scheduler.config.policy != "round-robin" and (
+            config.recl is None or config.recl.streams
         )
         self._pending: dict[str, None] = {}  # devices with frames for a round (worker only)
         self.last_round: Round | None = None
@@ -601,6 +604,7 @@ class Hub:
             dev.last_active = time.monotonic()
             acks: list[tuple[int, int]] = []
             learned: list[tuple[np.ndarray, torch.Tensor, list[float]]] = []
+            released: list[Sample] = []  # held-out frames that go to training now
             for batch, labels in work:
                 if labels is None:  # the teacher could not label it: answered, not learned
                     self.metrics.batches.labels("failed").inc()
@@ -631,17 +635,18 @@ class Hub:
                     if not train:
                         continue
                     images, kept, times = images[train], kept[train], [times[i] for i in train]
-                if self.scheduler.config.policy != "round-robin" and dev.adapt:
+                if self._scored_slices and dev.adapt:
                     # The scheduler scores slices on frames the job never trains on.
-                    train = self._hold_out(dev, images, kept)
+                    train, freed = dev.holdout.split(images, kept, times)
+                    released += freed
                     if not train:
                         continue
                     images, kept, times = images[train], kept[train], [times[i] for i in train]
                 learned.append((images, kept, times))
             recl = self.config.recl
-            if learned and dev.session is not None and dev.adapt:
+            if (learned or released) and dev.session is not None and dev.adapt:
                 if recl is None or recl.streams:
-                    self._ingest(dev, learned)
+                    self._ingest(dev, learned, released)
                 else:
                     self._retrain(dev, learned, recl)
             window_end: list[pb.TrainerMessage] = []
@@ -668,27 +673,21 @@ class Hub:
             dev.settings = settings
             dev.deliver(pb.TrainerMessage(settings=self._settings_message(settings)))
 
-    def _hold_out(self, dev: Device, images: np.ndarray, labels: torch.Tensor) -> list[int]:
-        """Keep every HOLDOUT_EVERY-th frame, from the first, for scoring slices; the indices
-        left to train on."""
-        train = []
-        for i in range(len(images)):
-            dev.holdout_seen += 1
-            if dev.holdout_seen % HOLDOUT_EVERY == 1:
-                dev.holdout.append((images[i], labels[i]))
-            else:
-                train.append(i)
-        return train
-
     def _ingest(
-        self, dev: Device, learned: list[tuple[np.ndarray, torch.Tensor, list[float]]]
+        self,
+        dev: Device,
+        learned: list[tuple[np.ndarray, torch.Tensor, list[float]]],
+        released: list[Sample],
     ) -> None:
-        """Add the frames to the horizon; the device waits for the next round to train on them."""
+        """Add the frames to the horizon (``released``: held-out frames a newer one pushed out);
+        the device waits for the next round to train on them."""
         session = dev.session
         assert session is not None
         for images, labels, times in learned:
             session.ingest(images, labels, times)
-        now = max(t for _, _, times in learned for t in times)
+        for image, label, t in released:
+            session.ingest(image[None], label[None], [t], observe=False)
+        now = max([t for _, _, times in learned for t in times] + [t for _, _, t in released])
         session.control(now)
         dev.train_now = now
         self._pending[dev.device_id] = None
@@ -708,14 +707,8 @@ class Hub:
                 if gamma is None:  # the downlink budget is spent: the frames wait in the horizon
                     self.metrics.phases_held.inc()
                     continue
-            holdout = None
-            if dev.holdout:
-                holdout = (
-                    np.stack([img for img, _ in dev.holdout]),
-                    torch.stack([lab for _, lab in dev.holdout]),
-                )
             dev.job = PhaseJob(
-                device_id, dev.session, dev.lock, dev.train_now, gamma, holdout,
+                device_id, dev.session, dev.lock, dev.train_now, gamma, dev.holdout.frames(),
                 dev.bank(), self.num_classes, self.device,
             )  # fmt: skip
             jobs.append(dev.job)

@@ -17,8 +17,11 @@ same budget, so they differ only in who gets it:
   second of compute, the gain measured on the device's held-out frames before and after its slice
   (the after-score is reused as the next before-score). Ties go to the job with less compute this
   round, then to the job served longest ago. When every job's last gain is zero or negative the
-  round ends early and the rest of the budget stays idle. Jobs beyond what the budget can
-  initialise are deferred to the next round, where they go first.
+  round ends early and the rest of the budget stays idle. ``micro_window`` is the longest
+  slice: a round with more jobs than that allows uses shorter slices, so that initialising every
+  job takes at most a third of its budget (RECL leaves C·μ ≥ T open; this keeps most of the
+  round for the greedy part); a slice is at least one step, and jobs beyond what the budget can
+  initialise then are deferred to the next round, where they go first.
 - ``urgency`` (EdgeSync's training manager, edgesync.md §2.2-2.3): jobs in order of drift (how
   far the device's recent accuracy fell below its older accuracy, Eq. 4-5 corrected); the most
   urgent trains in slices until its held-out score has not improved for ``patience`` slices
@@ -39,6 +42,7 @@ from typing import Literal, Protocol
 Policy = Literal["round-robin", "micro-window", "urgency"]
 POLICIES: tuple[Policy, ...] = ("round-robin", "micro-window", "urgency")
 SLACK = 1.05  # a round-robin round may overrun its budget by this factor before deferring jobs
+INIT_SHARE = 1 / 3  # micro-window: the most of a round's budget its initial slices may take
 
 
 @dataclass(frozen=True)
@@ -219,8 +223,10 @@ class Scheduler:
         return result
 
     def _micro_window(self, jobs: list[Job], share: float) -> Round:
-        mu, cap = self.config.micro_window, self.config.round_cap * share
-        result = Round("micro-window", cap)
+        cap = self.config.round_cap * share
+        demand = self._demand(jobs)
+        result = Round("micro-window", cap if demand is None else min(cap, demand))
+        mu = min(self.config.micro_window, INIT_SHARE * result.budget / max(len(jobs), 1))
         gains: dict[str, float] = {}
         score: dict[str, float] = {}
         spent: dict[str, float] = {}
