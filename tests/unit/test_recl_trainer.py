@@ -21,6 +21,7 @@ from edgeadapt.stream.messages import update_bytes
 from edgeadapt.trainer.device import Batch
 from edgeadapt.trainer.hub import Hub, HubConfig
 from edgeadapt.trainer.recl import Choice, GatingError, ReclConfig, Window
+from edgeadapt.trainer.scheduler import SchedulerConfig
 from edgeadapt.trainer.store import DeviceStore
 
 Models = tuple[SegmentationModel, SegmentationModel]
@@ -62,12 +63,19 @@ class FakeGating:
         return pb.AgentMessage()
 
 
-def make_hub(models: Models, store: Path, gating: FakeGating, strategy: str = "recl") -> Hub:
+def make_hub(
+    models: Models,
+    store: Path,
+    gating: FakeGating,
+    strategy: str = "recl",
+    scheduler: SchedulerConfig | None = None,
+) -> Hub:
     teacher, student = (copy.deepcopy(m) for m in models)
     cfg = HubConfig(
         ams=AMSConfig(iterations=2, batch_size=2, t_update=2.0),
         resync_interval=0.0,
         recl=ReclConfig(strategy, window_s=4.0, iterations=2, batch_size=2),
+        scheduler=scheduler,
     )
     return Hub(
         teacher,
@@ -233,6 +241,37 @@ def test_a_window_ends_with_the_safety_checkers_pick(
             switched = [m for m in sent if m.WhichOneof("body") == "update" and m.update.expert_id]
             assert switched, "a switch to an expert is sent to the agent"
         assert scores["window"] == 0
+    finally:
+        hub.stop()
+
+
+def test_strategy_recl_retraining_jobs_run_in_the_schedulers_rounds(
+    models: Models, tmp_path: Path
+) -> None:
+    scheduler = SchedulerConfig("micro-window", iterations=4, micro_window=0.05, round_cap=5.0)
+    hub = make_hub(models, tmp_path, FakeGating({}), "recl", scheduler)
+    assert hub.scheduler.config.iterations == 2  # RECL's steps per batch, not AMS's K
+    hub.start()
+    try:
+        sent: list[pb.TrainerMessage] = []
+        hub.attach(register(hub), sent.append, lambda reason: None)
+        dev = hub.devices["cam-1"]
+        state = dev.recl
+        assert state is not None
+        for seq in range(6):  # the first window ends with the second batch; its job then runs
+            assert hub.try_submit("cam-1", frames(seq, 3000.0 + 2.5 * seq))
+            wait(lambda s=seq: sum(m.WhichOneof("body") == "batch_ack" for m in sent) > s)  # type: ignore[misc]
+        wait(lambda: state.windows >= 2)
+        last = hub.last_round
+        assert last is not None
+        assert last.policy == "micro-window"
+        assert last.trained == ["cam-1"]
+        assert all(s.gain is not None for s in last.slices), "slices scored on held-out frames"
+        assert state.job_holdout is not None
+        assert hub.scheduler.job_view("cam-1")["slices"] >= 1
+        # The retrained model was a candidate at the second window's end.
+        assert "retrained" in state.last_scores
+        assert dev.job is None, "the device's own model is not what RECL's job trains"
     finally:
         hub.stop()
 

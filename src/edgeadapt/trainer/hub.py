@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import dataclasses
 import enum
 import io
 import logging
@@ -70,7 +71,7 @@ from edgeadapt.trainer.budget import (
 from edgeadapt.trainer.catchup import CatchUp
 from edgeadapt.trainer.device import Batch, BatchLimits, Device, PendingUpdate, Sample, Score
 from edgeadapt.trainer.gpu import GpuTelemetry
-from edgeadapt.trainer.jobs import PhaseJob
+from edgeadapt.trainer.jobs import PhaseJob, ReclJob
 from edgeadapt.trainer.metrics import TrainerMetrics
 from edgeadapt.trainer.recl import (
     SELECT_FRAMES,
@@ -79,7 +80,7 @@ from edgeadapt.trainer.recl import (
     GatingError,
     ReclConfig,
 )
-from edgeadapt.trainer.scheduler import Round, Scheduler, SchedulerConfig
+from edgeadapt.trainer.scheduler import Job, Round, Scheduler, SchedulerConfig, drift
 from edgeadapt.trainer.store import DeviceStore, UpdateRecord
 from edgeadapt.trainer.view import device_view, scheduler_view
 
@@ -177,10 +178,15 @@ class Hub:
         self._scratch = copy.deepcopy(self.student).eval()  # the safety checker's evaluations
         if config.recl is not None and gating is None:
             raise ValueError(f"strategy {config.recl.strategy} needs a gating service")
-        self.scheduler = Scheduler(
-            config.scheduler
-            or SchedulerConfig(iterations=config.ams.iterations, round_cap=config.ams.t_update)
+        scheduling = config.scheduler or SchedulerConfig(
+            iterations=config.ams.iterations, round_cap=config.ams.t_update
         )
+        # strategy recl: the rounds run the devices' RECL retraining jobs, not AMS phases, and
+        # round-robin gives each RECL's steps per batch
+        self._retrains = config.recl is not None and not config.recl.streams
+        if config.recl is not None and self._retrains:
+            scheduling = dataclasses.replace(scheduling, iterations=config.recl.iterations)
+        self.scheduler = Scheduler(scheduling)
         # micro-window and urgency score slices on held-out frames (not RECL's own retraining)
         self._scored_slices = self.scheduler.config.policy != "round-robin" and (
             config.recl is None or config.recl.streams
@@ -695,11 +701,18 @@ class Hub:
     # -- rounds: the scheduler shares the compute among the devices' phases ---------------
     def _train_round(self) -> None:
         """One scheduling round over every device with frames it has not trained on yet."""
-        jobs: list[PhaseJob] = []
+        jobs: list[Job] = []
         for device_id in list(self._pending):
             dev = self.devices.get(device_id)
             if dev is None or dev.session is None or not dev.adapt or dev.train_now is None:
                 self._pending.pop(device_id, None)
+                continue
+            if self._retrains:
+                retraining = self._recl_job(dev)
+                if retraining is None:
+                    self._pending.pop(device_id, None)
+                else:
+                    jobs.append(retraining)
                 continue
             gamma = None
             if dev.planner is not None:
@@ -721,14 +734,16 @@ class Hub:
             self.metrics.thread_failures.labels("process").inc()
             result = None
         finally:
-            for job in jobs:
-                dev = self.devices.get(job.key)
-                if dev is None or dev.job is not job:
+            for done in jobs:
+                dev = self.devices.get(done.key)
+                if dev is not None and isinstance(done, ReclJob):
+                    self._retrained(dev, done)
+                if dev is None or not isinstance(done, PhaseJob) or dev.job is not done:
                     continue
                 try:
-                    self._commit(dev, job)
+                    self._commit(dev, done)
                 except Exception:
-                    log.exception("cannot commit a phase", extra={"device": job.key})
+                    log.exception("cannot commit a phase", extra={"device": done.key})
                     self.metrics.thread_failures.labels("process").inc()
         if result is not None:
             self.last_round = result
@@ -736,6 +751,31 @@ class Hub:
             self.metrics.round_budget.set(result.budget)
             self.metrics.round_spent.set(result.spent)
             self.metrics.jobs_deferred.inc(len(result.deferred))
+
+    def _recl_job(self, dev: Device) -> ReclJob | None:
+        """Strategy recl: the device's retraining job, if it has one to run."""
+        state, session = dev.recl, dev.session
+        if state is None or session is None or state.job is None:
+            return None
+        if state.retrain is None or state.optimizer is None:
+            return None
+        return ReclJob(
+            dev.device_id, state.retrain, state.optimizer, state.job, state.job_holdout,
+            dev.lock, session.generator, self.config.recl.batch_size if self.config.recl else 8,
+            self.num_classes, self.device, urgency=drift(dev.bank()),
+        )  # fmt: skip
+
+    def _retrained(self, dev: Device, job: ReclJob) -> None:
+        """After a round: what the device's retraining job did (a deferred job waits)."""
+        with dev.lock:
+            state = dev.recl
+            if job.steps and state is not None and state.retrain is job.model:
+                state.job_steps += job.steps
+                self.metrics.train_seconds.observe(job.seconds)
+            if job.steps or job.failed:
+                self._pending.pop(dev.device_id, None)
+            if job.failed:
+                self.metrics.thread_failures.labels("process").inc()
 
     def _commit(self, dev: Device, job: PhaseJob) -> None:
         """End a job's phase after the round: log the update, send it and the new settings."""
@@ -808,33 +848,18 @@ class Hub:
         recl: ReclConfig,
     ) -> None:
         """Strategy recl: the frames join the AMS horizon (its controller still sets the
-        sampling rate), and the retraining job takes ``iterations`` Adam steps on the last
-        window's frames; nothing is sent before the window ends."""
+        sampling rate), and the device's retraining job (on the last window's frames) waits for
+        the next round; nothing is sent before the window ends."""
         session, state = dev.session, dev.recl
         assert session is not None
         assert state is not None
         for images, labels, times in learned:
             session.ingest(images, labels, times)
-        session.control(max(t for _, _, times in learned for t in times))
-        if state.retrain is None or state.optimizer is None or state.job is None:
-            return
-        t0 = time.perf_counter()
-        images, labels = state.job
-        model = state.retrain
-        model.train()
-        freeze_batchnorm(model)
-        criterion = torch.nn.CrossEntropyLoss()
-        for _ in range(recl.iterations):
-            pick = torch.randint(len(images), (min(recl.batch_size, len(images)),),
-                                 generator=session.generator)  # fmt: skip
-            x = to_tensor(images[pick.numpy()], self.device)
-            loss = criterion(model(x), labels[pick].long().to(self.device))
-            state.optimizer.zero_grad()
-            loss.backward()
-            state.optimizer.step()
-        model.eval()
-        state.job_steps += recl.iterations
-        self.metrics.train_seconds.observe(time.perf_counter() - t0)
+        now = max(t for _, _, times in learned for t in times)
+        session.control(now)
+        if state.retrain is not None and state.optimizer is not None and state.job is not None:
+            dev.train_now = now
+            self._pending[dev.device_id] = None
 
     def _holdout_miou(self, flat: torch.Tensor, images: np.ndarray, labels: torch.Tensor) -> float:
         """Mean per-frame mIoU against the teacher of the model with parameters ``flat``."""
@@ -926,6 +951,7 @@ class Hub:
             freeze_batchnorm(state.retrain)
             state.optimizer = torch.optim.Adam(state.retrain.parameters(), lr=recl.lr)
             state.job, state.job_steps = window.training(), 0
+            state.job_holdout = (images, labels)
         self.metrics.recl_seconds.observe(time.perf_counter() - t0)
         log.info(
             "window ended",

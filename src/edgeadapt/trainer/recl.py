@@ -287,6 +287,7 @@ class DeviceRecl:
     retrain: SegmentationModel | None = None
     optimizer: torch.optim.Optimizer | None = None
     job: tuple[np.ndarray, torch.Tensor] | None = None  # the frames it trains on
+    job_holdout: tuple[np.ndarray, torch.Tensor] | None = None  # and scores its slices on
     job_steps: int = 0
     start: torch.Tensor | None = None  # the device's model when the window began (ams+recl)
     expert: str = ""  # the zoo expert the device runs, if it runs one unchanged
