@@ -268,7 +268,7 @@ def test_strategy_recl_retraining_jobs_run_in_the_schedulers_rounds(
         assert last.trained == ["cam-1"]
         assert all(s.gain is not None for s in last.slices), "slices scored on held-out frames"
         assert state.job_holdout is not None
-        assert hub.scheduler.job_view("cam-1")["slices"] >= 1
+        assert (hub.scheduler.job_view("cam-1")["slices"] or 0) >= 1
         # The retrained model was a candidate at the second window's end.
         assert "retrained" in state.last_scores
         assert dev.job is None, "the device's own model is not what RECL's job trains"
