@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -56,7 +56,100 @@ class StepTimer:
         return time.perf_counter() - self._t0
 
 
-class PhaseJob:
+class SlicedJob:
+    """What every job shares: its key and urgency, slices that a failure ends, and scoring on
+    held-out frames. Subclasses say how one slice trains (``_train``), what a failed slice
+    undoes (``_roll_back``) and which model is scored (``_model``)."""
+
+    def __init__(
+        self,
+        key: str,
+        lock: threading.RLock,
+        holdout: tuple[np.ndarray, torch.Tensor] | None,
+        urgency: float,
+        num_classes: int,
+        device: torch.device,
+    ) -> None:
+        self._key = key
+        self.lock = lock
+        self.holdout = holdout
+        self._urgency = urgency
+        self.num_classes = num_classes
+        self.device = device
+        self._timer = StepTimer(device)
+        self.seconds = 0.0  # compute seconds, all slices
+        self.failed = False  # a slice raised: rolled back, no more slices this round
+
+    @property
+    def key(self) -> str:
+        return self._key
+
+    @property
+    def urgency(self) -> float:
+        return self._urgency
+
+    def train(self, *, iterations: int | None = None, seconds: float | None = None) -> Work:
+        """A slice; a failing slice (out of memory, say) is undone and ends the job (no steps:
+        the scheduler gives it no more)."""
+        if self.failed:
+            return Work(0, 0.0)
+        with self.lock:
+            try:
+                work = self._train(iterations, seconds)
+            except Exception:
+                log.exception("a training slice failed", extra={"device": self._key})
+                self.failed = True
+                self._roll_back()
+                return Work(0, 0.0)
+        self.seconds += work.seconds
+        return work
+
+    def _steps(
+        self, step: Callable[[], None], iterations: int | None, seconds: float | None
+    ) -> Work:
+        """``iterations`` steps, or steps until ``seconds`` of compute have passed (at least one),
+        each timed on the device."""
+        done, spent = 0, 0.0
+
+        def more() -> bool:
+            if iterations is not None:
+                return done < iterations
+            return done == 0 or spent < (seconds or 0.0)
+
+        while more():
+            self._timer.start()
+            step()
+            spent += self._timer.stop()
+            done += 1
+        return Work(done, spent)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean per-frame mIoU against the teacher on the held-out frames (0 without)."""
+        if self.holdout is None or not len(self.holdout[0]):
+            return 0.0
+        images, labels = self.holdout
+        with self.lock:
+            model = self._model()
+            try:
+                scores = per_frame_miou(
+                    model, images, labels.long(), self.num_classes, batch=8, device=self.device
+                )
+            finally:
+                freeze_batchnorm(model)  # jobs train with BatchNorm statistics frozen
+        return float(scores.mean())
+
+    def _train(self, iterations: int | None, seconds: float | None) -> Work:
+        raise NotImplementedError
+
+    def _roll_back(self) -> None:
+        raise NotImplementedError
+
+    def _model(self) -> SegmentationModel:
+        raise NotImplementedError
+
+
+class PhaseJob(SlicedJob):
     """One device's AMS phase, trained in slices."""
 
     def __init__(
@@ -71,44 +164,12 @@ class PhaseJob:
         num_classes: int,
         device: torch.device,
     ) -> None:
-        self._key = key
+        super().__init__(key, lock, holdout, drift(bank), num_classes, device)
         self.session = session
-        self.lock = lock
         self.now = now
         self.gamma = gamma
-        self.holdout = holdout
-        self.num_classes = num_classes
-        self.device = device
         self.phase: Phase | None = None
-        self.seconds = 0.0
-        self._urgency = drift(bank)
-        self._timer = StepTimer(device)
         self.empty = False  # the horizon held nothing to train on
-        self.failed = False  # a slice raised: rolled back, no more slices this round
-
-    @property
-    def key(self) -> str:
-        return self._key
-
-    @property
-    def urgency(self) -> float:
-        return self._urgency
-
-    def train(self, *, iterations: int | None = None, seconds: float | None = None) -> Work:
-        """A slice; a failing slice (out of memory, say) rolls the model back to the committed
-        parameters and ends the job (no steps: the scheduler gives it no more)."""
-        if self.failed:
-            return Work(0, 0.0)
-        with self.lock:
-            try:
-                return self._train(iterations, seconds)
-            except Exception:
-                log.exception("a training slice failed", extra={"device": self._key})
-                self.failed = True
-                if self.phase is not None:
-                    self.session.optimizer.set_flat_params(self.phase.before.clone())
-                    self.phase = None
-                return Work(0, 0.0)
 
     def _train(self, iterations: int | None, seconds: float | None) -> Work:
         if self.phase is None:
@@ -116,46 +177,31 @@ class PhaseJob:
             if self.phase is None:
                 self.empty = True
                 return Work(0, 0.0)
-        if iterations is not None:
+        phase = self.phase
+        if iterations is not None:  # one timed call: the session batches its own steps
             self._timer.start()
-            self.session.step(self.phase, iterations)
-            spent = self._timer.stop()
-            self.seconds += spent
-            return Work(iterations, spent)
-        assert seconds is not None
-        done, spent = 0, 0.0
-        while done == 0 or spent < seconds:
-            self._timer.start()
-            self.session.step(self.phase, 1)
-            spent += self._timer.stop()
-            done += 1
-        self.seconds += spent
-        return Work(done, spent)
+            self.session.step(phase, iterations)
+            return Work(iterations, self._timer.stop())
+        return self._steps(lambda: self.session.step(phase, 1), None, seconds)
 
-    @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean per-frame mIoU against the teacher on the device's held-out frames (0 without)."""
-        if self.holdout is None or not len(self.holdout[0]):
-            return 0.0
-        images, labels = self.holdout
-        with self.lock:
-            model = self.session.model
-            try:
-                scores = per_frame_miou(
-                    model, images, labels.long(), self.num_classes, batch=8, device=self.device
-                )
-            finally:
-                freeze_batchnorm(model)  # the session trains with BatchNorm statistics frozen
-        return float(scores.mean())
+    def _roll_back(self) -> None:
+        """Back to the committed parameters; the phase is dropped."""
+        if self.phase is not None:
+            self.session.optimizer.set_flat_params(self.phase.before.clone())
+            self.phase = None
+
+    def _model(self) -> SegmentationModel:
+        return self.session.model
 
 
-class ReclJob:
+class ReclJob(SlicedJob):
     """Strategy recl: one device's retraining job (RECL §2.5) as the scheduler runs it.
 
     The job fine-tunes its own copy of the model the last window's safety check picked, on that
     window's training frames, while the next window fills; slices are scored on the same window's
     held-out frames (RECL's "test subset"). The device's deployed model is untouched until the
-    next window's end decides whether the retrained model wins.
+    next window's end decides whether the retrained model wins. A failed slice leaves the copy
+    as it is (the safety check judges it like any candidate).
     """
 
     def __init__(
@@ -172,78 +218,38 @@ class ReclJob:
         device: torch.device,
         urgency: float = 0.0,
     ) -> None:
-        self._key = key
+        super().__init__(key, lock, holdout, urgency, num_classes, device)
         self.model = model
         self.optimizer = optimizer
         self.frames = frames
-        self.holdout = holdout
-        self.lock = lock
         self.generator = generator
         self.batch_size = batch_size
-        self.num_classes = num_classes
-        self.device = device
-        self._urgency = urgency
-        self._timer = StepTimer(device)
+        self.criterion = torch.nn.CrossEntropyLoss()
         self.steps = 0
-        self.seconds = 0.0
-        self.failed = False
-
-    @property
-    def key(self) -> str:
-        return self._key
-
-    @property
-    def urgency(self) -> float:
-        return self._urgency
-
-    def train(self, *, iterations: int | None = None, seconds: float | None = None) -> Work:
-        """A slice of Adam steps; one that fails ends the job for this round (no steps)."""
-        if self.failed:
-            return Work(0, 0.0)
-        with self.lock:
-            try:
-                return self._train(iterations, seconds)
-            except Exception:
-                log.exception("a retraining slice failed", extra={"device": self._key})
-                self.failed = True
-                return Work(0, 0.0)
 
     def _train(self, iterations: int | None, seconds: float | None) -> Work:
-        images, labels = self.frames
-        criterion = torch.nn.CrossEntropyLoss()
         self.model.train()
         freeze_batchnorm(self.model)
-        done, spent = 0, 0.0
         try:
-            while (iterations is not None and done < iterations) or (
-                iterations is None and (done == 0 or spent < (seconds or 0.0))
-            ):
-                self._timer.start()
-                pick = torch.randint(
-                    len(images), (min(self.batch_size, len(images)),), generator=self.generator
-                )
-                x = to_tensor(images[pick.numpy()], self.device)
-                loss = criterion(self.model(x), labels[pick].long().to(self.device))
-                self.optimizer.zero_grad()
-                loss.backward()
-                self.optimizer.step()
-                spent += self._timer.stop()
-                done += 1
+            work = self._steps(self._step, iterations, seconds)
         finally:
             self.model.eval()
-        self.steps += done
-        self.seconds += spent
-        return Work(done, spent)
+        self.steps += work.iterations
+        return work
 
-    @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean per-frame mIoU against the teacher on the window's held-out frames (0 without)."""
-        if self.holdout is None or not len(self.holdout[0]):
-            return 0.0
-        images, labels = self.holdout
-        with self.lock:
-            scores = per_frame_miou(
-                self.model, images, labels.long(), self.num_classes, batch=8, device=self.device
-            )
-            freeze_batchnorm(self.model)
-        return float(scores.mean())
+    def _step(self) -> None:
+        images, labels = self.frames
+        pick = torch.randint(
+            len(images), (min(self.batch_size, len(images)),), generator=self.generator
+        )
+        x = to_tensor(images[pick.numpy()], self.device)
+        loss = self.criterion(self.model(x), labels[pick].long().to(self.device))
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+
+    def _roll_back(self) -> None:
+        pass
+
+    def _model(self) -> SegmentationModel:
+        return self.model
