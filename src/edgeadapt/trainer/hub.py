@@ -754,15 +754,15 @@ class Hub:
 
     def _recl_job(self, dev: Device) -> ReclJob | None:
         """Strategy recl: the device's retraining job, if it has one to run."""
-        state, session = dev.recl, dev.session
-        if state is None or session is None or state.job is None:
+        state, session, recl = dev.recl, dev.session, self.config.recl
+        if state is None or session is None or recl is None or state.job is None:
             return None
         if state.retrain is None or state.optimizer is None:
             return None
         return ReclJob(
             dev.device_id, state.retrain, state.optimizer, state.job, state.job_holdout,
-            dev.lock, session.generator, self.config.recl.batch_size if self.config.recl else 8,
-            self.num_classes, self.device, urgency=drift(dev.bank()),
+            dev.lock, session.generator, recl.batch_size, self.num_classes, self.device,
+            urgency=drift(dev.bank()),
         )  # fmt: skip
 
     def _retrained(self, dev: Device, job: ReclJob) -> None:
