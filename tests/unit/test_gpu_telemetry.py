@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 import torch
@@ -115,3 +116,21 @@ def test_the_real_nvml_backend_sees_this_process() -> None:
     assert 0.0 <= view.utilization <= 1.0
     assert view.own_memory_bytes is None or view.own_memory_bytes > 0
     assert 0.0 < t.share <= 1.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_step_timer_on_cuda_counts_the_gpu_s_work_not_the_launch() -> None:
+    from edgeadapt.trainer.jobs import StepTimer
+
+    x = torch.randn(8192, 8192, device="cuda")
+    torch.cuda.synchronize()
+    timer = StepTimer(torch.device("cuda"))
+    t0 = time.perf_counter()
+    timer.start()
+    for _ in range(20):
+        x = x @ x / 8192
+    launched = time.perf_counter() - t0  # the launches return before the work is done
+    seconds = timer.stop()
+    wall = time.perf_counter() - t0
+    assert launched < seconds <= wall + 1e-3

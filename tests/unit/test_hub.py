@@ -530,14 +530,25 @@ def test_housekeeping_tells_a_budgeted_device_when_it_may_speed_up(
     assert settings[-1].sampling_rate_fps > 1.5 * slow[0]
 
 
-@pytest.mark.parametrize("policy", ["micro-window", "urgency"])
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize(
+    ("policy", "device"),
+    [
+        ("micro-window", "cpu"),
+        ("urgency", "cpu"),
+        pytest.param("micro-window", "cuda", marks=[pytest.mark.gpu, CUDA]),
+    ],
+)
 def test_a_scheduled_round_trains_every_waiting_device_within_its_budget(
-    models: Models, tmp_path: Path, policy: str
+    models: Models, tmp_path: Path, policy: str, device: str
 ) -> None:
+    """On CUDA the slices are timed by CUDA events and the models stay on the GPU."""
     from edgeadapt.trainer.scheduler import SchedulerConfig
 
     scheduler = SchedulerConfig(policy, iterations=4, micro_window=0.05, round_cap=10.0)  # type: ignore[arg-type]
-    hub = make_hub(models, tmp_path, start=False, scheduler=scheduler)
+    hub = make_hub(models, tmp_path, start=False, device=device, scheduler=scheduler)
     sent = attach_all(hub, "cam-a", "cam-b")
     for seq in range(1, 4):  # 9 frames each: every 4th is held out for scoring slices
         submit(hub, "cam-a", batch(seq, 10.0 * seq))
@@ -557,6 +568,7 @@ def test_a_scheduled_round_trains_every_waiting_device_within_its_budget(
         assert dev.job is None
         assert dev.checksum == model_checksum(parameter_vector(session.model))
         assert len(dev.holdout) == 3  # 9 frames: the 1st, 5th and 9th are held out
+        assert next(session.model.parameters()).device.type == device
         view = hub.status()["devices"][["cam-a", "cam-b"].index(name)]["scheduler"]
         assert view["slices"] >= 1
         assert view["compute_seconds"] > 0

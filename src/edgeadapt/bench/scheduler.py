@@ -50,7 +50,7 @@ from edgeadapt.edge_agent.agent import upload_filter
 from edgeadapt.models.zoo import SegmentationModel
 from edgeadapt.recl.zoo import per_frame_miou
 from edgeadapt.trainer.device import HoldOut, Sample
-from edgeadapt.trainer.jobs import PhaseJob
+from edgeadapt.trainer.jobs import PhaseJob, StepTimer
 from edgeadapt.trainer.scheduler import POLICIES, Scheduler, SchedulerConfig
 from edgeadapt.video.codec import encode_h264
 from edgeadapt.video.synthetic import NUM_CLASSES
@@ -93,15 +93,20 @@ class RunResult:
 
 class Harness:
     def __init__(
-        self, cfg: SchedulerBenchConfig, teacher: SegmentationModel, student: SegmentationModel
+        self,
+        cfg: SchedulerBenchConfig,
+        teacher: SegmentationModel,
+        student: SegmentationModel,
+        device: torch.device | None = None,
     ) -> None:
         self.cfg = cfg
-        self.device = torch.device("cpu")
+        self.device = device or torch.device("cpu")
         self.teacher = Teacher(teacher, self.device)
         self.student = student.eval()
         self.rounds = int(cfg.duration // cfg.interval)
         self.data = [self._prepare(d) for d in range(max(cfg.devices))]
         self.per_iteration = self._time_iterations()
+        self.label_per_frame = self._time_labelling()
         self.budget = cfg.capacity * cfg.iterations * self.per_iteration
         self.micro_window = cfg.micro_window or cfg.iterations / 4 * self.per_iteration
 
@@ -129,15 +134,30 @@ class Harness:
         for _ in range(3):
             phase = session.begin_phase(len(first.images))
             assert phase is not None
-            t0 = time.perf_counter()
+            timer = StepTimer(self.device)  # what the scheduler's slices are accounted in
+            timer.start()
             session.step(phase, self.cfg.iterations)
-            samples.append((time.perf_counter() - t0) / self.cfg.iterations)
+            samples.append(timer.stop() / self.cfg.iterations)
             session.commit(phase)
+        return float(np.median(samples))
+
+    def _time_labelling(self) -> float:
+        """Seconds the teacher takes per uploaded frame (the trainer labels every upload),
+        median of 3 intervals' uploads."""
+        images = self.data[0].windows[0].images
+        samples = []
+        for _ in range(3):
+            timer = StepTimer(self.device)
+            timer.start()
+            self.teacher.label(images)
+            samples.append(timer.stop() / len(images))
         return float(np.median(samples))
 
     @torch.no_grad()
     def _miou(self, model: SegmentationModel, images: np.ndarray, labels: torch.Tensor) -> Any:
-        scores = per_frame_miou(model, images, labels.long(), NUM_CLASSES, batch=16)
+        scores = per_frame_miou(
+            model, images, labels.long(), NUM_CLASSES, batch=16, device=self.device
+        )
         freeze_batchnorm(model)
         return scores
 
@@ -170,7 +190,7 @@ class Harness:
                 model = sessions[d].model
                 if fraction < 1.0:  # the edge filters on its own model's uncertainty
                     with torch.no_grad():
-                        _, entropy = _edge_entropy(model, images)
+                        entropy = _edge_entropy(model, images, self.device)
                     keep = upload_filter(entropy, fraction)
                     images, labels = images[keep], labels[keep]
                     result.uplink_bytes[d] += len(encode_h264(list(images)))
@@ -216,14 +236,71 @@ class Harness:
             result.scores[d] += [(dd.eval_times[i], float(s)) for i, s in pairs]
 
 
-def _edge_entropy(model: SegmentationModel, images: np.ndarray) -> tuple[None, list[float]]:
+class _GpuRecorder:
+    """Samples NVML once a second while the benchmark runs (on a CUDA device; said once and
+    skipped elsewhere) and summarises what it saw."""
+
+    def __init__(self, device: torch.device, every: float = 1.0) -> None:
+        from edgeadapt.trainer.gpu import GpuTelemetry
+
+        self.telemetry = GpuTelemetry.open(device)
+        self.every = every
+        self.views: list[Any] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="nvml", daemon=True)
+
+    def __enter__(self) -> _GpuRecorder:
+        if self.telemetry.backend is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            view = self.telemetry.poll()
+            if view is not None:
+                self.views.append(view)
+
+    def summary(self) -> dict[str, Any]:
+        if self.telemetry.backend is None:
+            return {"available": False, "reason": self.telemetry.reason}
+        v = self.views
+
+        def stat(values: list[float | None], fn: Any, scale: float = 1.0) -> float | None:
+            xs = [x for x in values if x is not None]
+            return round(float(fn(xs)) * scale, 2) if xs else None
+
+        return {
+            "available": True,
+            "name": v[0].name if v else None,
+            "samples": len(v),
+            "errors": self.telemetry.errors,
+            "utilization_pct": {"mean": stat([x.utilization for x in v], np.mean, 100),
+                                "max": stat([x.utilization for x in v], np.max, 100)},
+            "own_utilization_pct_mean": stat([x.own_utilization for x in v], np.mean, 100),
+            "memory_used_gib_max": stat([x.memory_used_bytes for x in v], np.max, 2**-30),
+            "own_memory_gib_max": stat([x.own_memory_bytes for x in v], np.max, 2**-30),
+            "memory_total_gib": stat([x.memory_total_bytes for x in v], np.max, 2**-30),
+            "power_w": {"mean": stat([x.power_watts for x in v], np.mean),
+                        "max": stat([x.power_watts for x in v], np.max)},
+            "temperature_c_max": stat([x.temperature_c for x in v], np.max),
+        }  # fmt: skip
+
+
+def _edge_entropy(
+    model: SegmentationModel, images: np.ndarray, device: torch.device
+) -> list[float]:
     """Mean per-pixel entropy of the model's softmax per image (what the agent computes)."""
     from edgeadapt.models.data import to_tensor
 
     model.eval()
-    logp = torch.log_softmax(model(to_tensor(images, None)).float(), dim=1)
+    logp = torch.log_softmax(model(to_tensor(images, device)).float(), dim=1)
     freeze_batchnorm(model)
-    return None, (-(logp.exp() * logp).sum(1).mean(dim=(1, 2))).tolist()
+    return (-(logp.exp() * logp).sum(1).mean(dim=(1, 2))).tolist()
 
 
 def summarize(harness: Harness, result: RunResult) -> dict[str, Any]:
@@ -272,15 +349,62 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def real_time(harness: Harness, per_trainer: dict[str, int]) -> dict[str, Any]:
+    """Devices one trainer on this machine serves in real time at <= 1 point loss, per policy.
+
+    In real time the trainer has the whole update interval: it labels every device's uploads
+    with the teacher, and trains with what is left. The runs above measured, per policy, how far
+    the training budget can be over-subscribed (``r`` = devices / ``capacity``) at <= 1 point
+    loss; n devices over-subscribe what is left the same way when
+    ``n * K * step = r * (interval - n * frames * label)``."""
+    cfg = harness.cfg
+    frames = cfg.interval * cfg.sample_fps
+    step, label = harness.per_iteration, harness.label_per_frame
+
+    def devices(r: float) -> int:
+        return math.floor(r * cfg.interval / (cfg.iterations * step + r * frames * label) + 1e-9)
+
+    return {
+        "interval_s": cfg.interval,
+        "seconds_per_step": round(step, 5),
+        "label_s_per_frame": round(label, 5),
+        "seconds_per_device_round": round(cfg.iterations * step + frames * label, 4),
+        "devices_at_full_k": devices(1.0),
+        "devices_at_le_1_point_loss": {
+            p: devices(n / cfg.capacity) if n else 0 for p, n in per_trainer.items()
+        },
+        "basis": "over-subscription at <= 1 point loss measured above, on this machine's step "
+        "and labelling times",
+        "ams_reference": "AMS: 7 devices per V100 at round-robin (9 with the adaptive interval)",
+    }
+
+
 def run_benchmark(
-    cfg: SchedulerBenchConfig, teacher: SegmentationModel, student: SegmentationModel
+    cfg: SchedulerBenchConfig,
+    teacher: SegmentationModel,
+    student: SegmentationModel,
+    device: torch.device | None = None,
+) -> dict[str, Any]:
+    device = device or torch.device("cpu")
+    with _GpuRecorder(device) as gpu:
+        report = _run_benchmark(cfg, teacher, student, device)
+    report["gpu_telemetry"] = gpu.summary()
+    return report
+
+
+def _run_benchmark(
+    cfg: SchedulerBenchConfig,
+    teacher: SegmentationModel,
+    student: SegmentationModel,
+    device: torch.device,
 ) -> dict[str, Any]:
     t0 = time.monotonic()
-    harness = Harness(cfg, teacher, student)
+    harness = Harness(cfg, teacher, student, device)
     log.info(
-        "prepared %d devices x %d intervals in %.0fs; %.4f s per step, budget %.2f s per round",
-        max(cfg.devices), harness.rounds, time.monotonic() - t0, harness.per_iteration,
-        harness.budget,
+        "prepared %d devices x %d intervals on %s in %.0fs; %.4f s per step, %.4f s per "
+        "labelled frame, budget %.2f s per round",
+        max(cfg.devices), harness.rounds, device, time.monotonic() - t0, harness.per_iteration,
+        harness.label_per_frame, harness.budget,
     )  # fmt: skip
     # The reference: every device trained as if alone (round-robin, K steps each, no cap).
     # Devices are independent but for the budget, so one run gives each device's alone figure.
@@ -312,6 +436,7 @@ def run_benchmark(
         },
         "runs": runs,
         "devices_per_trainer": per_trainer,
+        "real_time": real_time(harness, per_trainer),
         "seconds_per_step": round(harness.per_iteration, 5),
         "budget_s_per_round": round(harness.budget, 3),
         "micro_window_s": round(harness.micro_window, 4),
@@ -351,6 +476,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True, help="JSON output; a .png beside it")
     parser.add_argument("--profile", default="bench", help="model training profile (bench, tiny)")
+    parser.add_argument(
+        "--device", default="auto", help="torch device: cpu, cuda or auto (CUDA when present)"
+    )
 
 
 def plot(path: Path, report: dict[str, Any]) -> None:
@@ -395,7 +523,7 @@ def plot(path: Path, report: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgeadapt.models.cache import ensure_checkpoint, training_args
-    from edgeadapt.models.train import make_model
+    from edgeadapt.models.train import make_model, pick_device
     from edgeadapt.models.zoo import load_weights
 
     counts: tuple[int, ...] = (2, 4, 8) if args.quick else (2, 4, 8, 16)
@@ -414,7 +542,8 @@ def run(args: argparse.Namespace) -> int:
         path = ensure_checkpoint(role, args.profile)
         models[role] = load_weights(make_model(training_args(role, args.profile)), path)
     torch.manual_seed(cfg.seed)
-    report = run_benchmark(cfg, models["teacher"], copy.deepcopy(models["student"]))
+    device = pick_device(args.device)
+    report = run_benchmark(cfg, models["teacher"], copy.deepcopy(models["student"]), device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     plot(args.out.with_suffix(".png"), report)
@@ -427,6 +556,8 @@ def run(args: argparse.Namespace) -> int:
                 },
                 "alone_miou": report["alone"]["miou_mean"],
                 "devices_per_trainer": report["devices_per_trainer"],
+                "real_time_devices": report["real_time"]["devices_at_le_1_point_loss"],
+                "torch_device": report["torch_device"],
                 "filter": {
                     k: v for k, v in (report.get("filter") or {}).items() if k != "filtered"
                 },
