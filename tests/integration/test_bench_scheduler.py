@@ -43,6 +43,15 @@ def test_bench_scheduler_end_to_end(tmp_path: Path) -> None:
                 report["alone"]["miou_mean"][n] - r["miou_mean"], abs=0.02
             )
     assert set(report["devices_per_trainer"]) == set(POLICIES)
+    rt = report["real_time"]  # an interval's labelling and K steps per device, on this machine
+    assert rt["seconds_per_device_round"] == pytest.approx(
+        4 * rt["seconds_per_step"] + 10 * rt["label_s_per_frame"], rel=0.01
+    )
+    assert rt["devices_at_full_k"] == pytest.approx(10.0 / rt["seconds_per_device_round"], abs=1)
+    for policy, n in report["devices_per_trainer"].items():
+        assert (rt["devices_at_le_1_point_loss"][policy] == 0) == (n == 0), policy
+    if report["torch_device"] == "cpu":
+        assert report["gpu_telemetry"] == {"available": False, "reason": "training on CPU"}
     f = report["filter"]
     assert f["upload_fraction"] == 0.7
     # 10 samples per interval, 7 uploaded: the filter's uplink is measured from its own encoding.

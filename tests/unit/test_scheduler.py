@@ -233,3 +233,18 @@ def test_a_job_that_cannot_train_gets_no_more_slices_and_the_others_go_on(policy
     assert "broken" not in result.trained
     assert result.trained == ["ok"]
     assert result.spent > 0
+
+
+def test_real_time_devices_share_the_interval_between_labelling_and_training() -> None:
+    from types import SimpleNamespace
+
+    from edgeadapt.bench.scheduler import SchedulerBenchConfig, real_time
+
+    cfg = SchedulerBenchConfig(interval=10.0, sample_fps=1.0, iterations=20, capacity=2)
+    harness = SimpleNamespace(cfg=cfg, per_iteration=0.02, label_per_frame=0.001)
+    rt = real_time(harness, {"round-robin": 2, "micro-window": 4, "urgency": 0})  # type: ignore[arg-type]
+    # 20 steps of 20 ms and 10 frames of 1 ms: 0.41 s per device, 24 devices in 10 s.
+    assert rt["seconds_per_device_round"] == 0.41
+    assert rt["devices_at_full_k"] == 24
+    # Twice over-subscribed at <= 1 point: n * 0.4 = 2 * (10 - n * 0.01) -> n = 47.6.
+    assert rt["devices_at_le_1_point_loss"] == {"round-robin": 24, "micro-window": 47, "urgency": 0}
