@@ -196,6 +196,37 @@ def test_urgency_trains_the_most_urgent_job_until_it_stops_improving() -> None:
     assert result.spent <= 20.0 + 1e-9
 
 
+@pytest.mark.parametrize("cap", [100.0, 4.0])
+def test_urgency_gives_no_job_more_than_its_iterations(cap: float) -> None:
+    """EdgeSync's training-time cap: the most urgent job, still improving, stops at its K steps,
+    so it does not starve the other."""
+    sched = Scheduler(SchedulerConfig("urgency", 20, 0.5, cap))
+    jobs = [Curve("calm", urgency=0.1, tau=100.0), Curve("urgent", urgency=0.9, tau=100.0)]
+    for _ in range(2):  # the first round times the steps as it goes
+        result = sched.run(jobs)
+        assert result.slices[0].key == "urgent"
+        assert {
+            k: sum(s.iterations for s in result.slices if s.key == k) for k in result.trained
+        } == {"urgent": 20, "calm": 20}
+        assert result.ended == "done"
+
+
+def test_an_over_subscribed_urgency_round_serves_the_most_urgent_first_and_defers_the_least() -> (
+    None
+):
+    sched = Scheduler(SchedulerConfig("urgency", 20, 0.5, 3.5))  # 35 steps for 60 wanted
+    jobs = [
+        Curve("calm", urgency=0.1, tau=100.0),
+        Curve("urgent", urgency=0.9, tau=100.0),
+        Curve("mild", urgency=0.5, tau=100.0),
+    ]
+    result = sched.run(jobs)
+    assert result.trained == ["urgent", "mild"]
+    steps = {k: sum(s.iterations for s in result.slices if s.key == k) for k in result.trained}
+    assert steps == {"urgent": 20, "mild": 15}
+    assert result.deferred == ["calm"]
+
+
 def test_urgency_with_a_budget_for_one_job_defers_the_rest() -> None:
     sched = Scheduler(SchedulerConfig("urgency", 1000, 1.0, 1.0))
     result = sched.run([Curve("low", urgency=0.1), Curve("high", urgency=0.3)])

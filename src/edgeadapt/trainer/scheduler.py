@@ -25,7 +25,10 @@ same budget, so they differ only in who gets it:
 - ``urgency`` (EdgeSync's training manager, edgesync.md §2.2-2.3): jobs in order of drift (how
   far the device's recent accuracy fell below its older accuracy, Eq. 4-5 corrected); the most
   urgent trains in slices until its held-out score has not improved for ``patience`` slices
-  (EdgeSync's early stopping), then the next, while the budget lasts.
+  (EdgeSync's early stopping) or it has had the time of its ``iterations`` steps (EdgeSync's
+  training-time cap, whose value the paper does not give), then the next, while the budget
+  lasts. Without the cap the most urgent job takes a whole round whenever timing noise makes the
+  round a little short, and the other devices starve.
 
 Compute time is measured by the jobs (CUDA events on a GPU, the process clock's wall time on a
 CPU); the scheduler only adds it up.
@@ -277,10 +280,15 @@ class Scheduler:
                 break
             best = job.evaluate()
             stale = 0
+            start = result.spent
             while job.key not in result.trained or (
-                stale < self.config.patience and result.budget - result.spent >= mu / 2
+                stale < self.config.patience
+                and result.budget - result.spent >= mu / 2
+                and result.spent - start < self._time_cap(job)
             ):
-                work = job.train(seconds=min(mu, max(result.budget - result.spent, mu / 2)))
+                left = self._time_cap(job) - (result.spent - start)
+                seconds = min(mu, max(result.budget - result.spent, mu / 2), left)
+                work = job.train(seconds=seconds)
                 if work.iterations == 0:  # the job cannot train (failed, or nothing to learn)
                     break
                 after = job.evaluate()
@@ -292,6 +300,12 @@ class Scheduler:
                         result.budget = min(cap, max(demand, result.spent))
         result.ended = "budget" if result.deferred else "done"
         return result
+
+    def _time_cap(self, job: Job) -> float:
+        """Urgency: EdgeSync's per-job training-time cap (its value is not given): the time of
+        the ``iterations`` steps round-robin gives a job. None while no step was ever timed."""
+        rate = self._rate(job.key)
+        return math.inf if rate is None else self.config.iterations * rate
 
 
 def drift(bank: Sequence[float], groups: int = 10) -> float:
