@@ -27,11 +27,13 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
+import functools
 import json
 import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,24 +136,24 @@ class Harness:
         for _ in range(3):
             phase = session.begin_phase(len(first.images))
             assert phase is not None
-            timer = StepTimer(self.device)  # what the scheduler's slices are accounted in
-            timer.start()
-            session.step(phase, self.cfg.iterations)
-            samples.append(timer.stop() / self.cfg.iterations)
+            samples.append(self._timed(functools.partial(session.step, phase, self.cfg.iterations)))
             session.commit(phase)
-        return float(np.median(samples))
+        return float(np.median(samples)) / self.cfg.iterations
 
     def _time_labelling(self) -> float:
         """Seconds the teacher takes per uploaded frame (the trainer labels every upload),
         median of 3 intervals' uploads."""
         images = self.data[0].windows[0].images
-        samples = []
-        for _ in range(3):
-            timer = StepTimer(self.device)
-            timer.start()
-            self.teacher.label(images)
-            samples.append(timer.stop() / len(images))
-        return float(np.median(samples))
+        samples = [self._timed(lambda: self.teacher.label(images)) for _ in range(3)]
+        return float(np.median(samples)) / len(images)
+
+    def _timed(self, work: Callable[[], object]) -> float:
+        """Compute seconds of ``work``, timed as the scheduler's slices are (``StepTimer``:
+        CUDA events on a GPU)."""
+        timer = StepTimer(self.device)
+        timer.start()
+        work()
+        return timer.stop()
 
     @torch.no_grad()
     def _miou(self, model: SegmentationModel, images: np.ndarray, labels: torch.Tensor) -> Any:

@@ -281,14 +281,15 @@ class Scheduler:
             best = job.evaluate()
             stale = 0
             start = result.spent
-            while job.key not in result.trained or (
-                stale < self.config.patience
-                and result.budget - result.spent >= mu / 2
-                and result.spent - start < self._time_cap(job)
-            ):
-                left = self._time_cap(job) - (result.spent - start)
-                seconds = min(mu, max(result.budget - result.spent, mu / 2), left)
-                work = job.train(seconds=seconds)
+            while True:
+                left = self._time_cap(job) - (result.spent - start)  # its own cap's rest
+                if job.key in result.trained and (
+                    stale >= self.config.patience
+                    or result.budget - result.spent < mu / 2
+                    or left <= 0
+                ):
+                    break
+                work = job.train(seconds=min(mu, max(result.budget - result.spent, mu / 2), left))
                 if work.iterations == 0:  # the job cannot train (failed, or nothing to learn)
                     break
                 after = job.evaluate()
@@ -303,7 +304,7 @@ class Scheduler:
 
     def _time_cap(self, job: Job) -> float:
         """Urgency: EdgeSync's per-job training-time cap (its value is not given): the time of
-        the ``iterations`` steps round-robin gives a job. None while no step was ever timed."""
+        the ``iterations`` steps round-robin gives a job; unbounded while no step was ever timed."""
         rate = self._rate(job.key)
         return math.inf if rate is None else self.config.iterations * rate
 
