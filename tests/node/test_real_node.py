@@ -87,13 +87,25 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.HTTPServer(("", 8000), H).serve_forever()
 """
 
+# kube-proxy programs a new endpoint a sync period after the EndpointSlice changes; until then
+# the Service's rule rejects connections, so the client retries a refused connect, as any
+# client of a just-ready Service does, and says how long it waited.
 CLIENT = """
-import socket, urllib.request
+import socket, time, urllib.error, urllib.request
 for name in ("web.smoke.svc", "web-0.web-headless.smoke.svc.cluster.local",
              "kubernetes.default.svc.cluster.local"):
     print(name, socket.gethostbyname(name), flush=True)
 for url in ("http://web.smoke.svc:8000/", "http://web-0.web-headless.smoke.svc:8000/"):
-    print(url, urllib.request.urlopen(url, timeout=10).read().decode(), flush=True)
+    start = time.monotonic()
+    while True:
+        try:
+            body = urllib.request.urlopen(url, timeout=10).read().decode()
+            break
+        except urllib.error.URLError as e:
+            if not isinstance(e.reason, ConnectionRefusedError) or time.monotonic() - start > 30:
+                raise
+            time.sleep(0.5)
+    print(url, body, "after %.1fs" % (time.monotonic() - start), flush=True)
 """
 
 
@@ -216,6 +228,18 @@ def test_pods_mount_volumes_pass_probes_and_reach_services_by_name(
         "the web pod Ready (readiness probe over HTTP)",
         interval=1,
     )
+
+    def endpoint_ready() -> bool:
+        slices = get_json(
+            cluster, "endpointslices", "-n", SMOKE_NS, "-l", "kubernetes.io/service-name=web"
+        )["items"]
+        return any(
+            (e.get("conditions") or {}).get("ready")
+            for s in slices
+            for e in s.get("endpoints") or []
+        )
+
+    wait_until(endpoint_ready, 60, "the web Service's EndpointSlice to list web-0", interval=1)
     cluster.apply(objects[-1:])
 
     def finished() -> str | None:
