@@ -103,10 +103,27 @@ def test_a_worsening_job_gets_only_its_first_slice() -> None:
     assert result.seconds("good") == pytest.approx(7.0)
 
 
-def test_a_round_where_every_gain_is_negative_ends_early_and_leaves_the_budget() -> None:
-    result = micro(cap=10.0).run([Curve("p", slope=0.01), Curve("q", slope=0.02)])
-    assert result.ended == "converged"
-    assert result.spent == pytest.approx(2.0)
+def test_while_no_gain_is_positive_the_job_with_least_compute_gets_the_next_slice() -> None:
+    # Both worsen; the round is their round-robin time (15 steps x 0.1 s each), which they share
+    # as round-robin would instead of leaving it idle.
+    p, q = Curve("p", slope=0.01), Curve("q", slope=0.02)
+    result = micro(cap=10.0, mu=0.5, iterations=15).run([p, q])
+    assert [s.key for s in result.slices] == ["p", "q"] * 3
+    assert [s.seconds for s in result.slices] == pytest.approx([0.5] * 6)
+    assert result.seconds("p") == result.seconds("q") == pytest.approx(1.5)
+    assert result.spent == pytest.approx(3.0)
+
+
+def test_a_job_that_gains_again_after_a_fill_slice_is_picked_greedily() -> None:
+    flat = Curve("z-flat", slope=0.0)  # never gains
+    late = Curve("late", gain=0.5, tau=4.0)
+    late_start = late.accuracy
+    late.accuracy = lambda t: late_start(max(t - 1.0, 0.0))  # type: ignore[method-assign]
+    result = micro(cap=8.0, iterations=40).run([late, flat])  # its first second shows nothing
+    keys = [s.key for s in result.slices]
+    assert keys[:3] == ["late", "z-flat", "late"]  # no gain yet: least compute, then the tie order
+    assert keys[3:] == ["late"] * 5  # its gain shows: greedy from then on
+    assert result.spent == pytest.approx(8.0)
 
 
 def test_more_jobs_than_slices_get_shorter_slices_so_initialising_takes_a_third() -> None:

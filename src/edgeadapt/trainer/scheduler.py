@@ -16,12 +16,15 @@ same budget, so they differ only in who gets it:
   slice per job to initialise, then always the job with the largest measured accuracy gain per
   second of compute, the gain measured on the device's held-out frames before and after its slice
   (the after-score is reused as the next before-score). Ties go to the job with less compute this
-  round, then to the job served longest ago. When every job's last gain is zero or negative the
-  round ends early and the rest of the budget stays idle. ``micro_window`` is the longest
-  slice: a round with more jobs than that allows uses shorter slices, so that initialising every
-  job takes at most a third of its budget (RECL leaves C·μ ≥ T open; this keeps most of the
-  round for the greedy part); a slice is at least one step, and jobs beyond what the budget can
-  initialise then are deferred to the next round, where they go first.
+  round, then to the job served longest ago. While every job's last gain is zero or negative (on
+  a few held-out frames a small true gain reads as noise) the next slice goes to the job with the
+  least compute this round that has not yet had the time of its ``iterations`` steps, as
+  round-robin would give it; once every job has had that, the round ends early and the rest of
+  the budget stays idle (RECL's loop would keep training the least bad job). ``micro_window``
+  is the longest slice: a round with more jobs than that allows uses shorter slices, so that
+  initialising every job takes at most a third of its budget (RECL leaves C·μ ≥ T open; this
+  keeps most of the round for the greedy part); a slice is at least one step, and jobs beyond
+  what the budget can initialise then are deferred to the next round, where they go first.
 - ``urgency`` (EdgeSync's training manager, edgesync.md §2.2-2.3): jobs in order of drift (how
   far the device's recent accuracy fell below its older accuracy, Eq. 4-5 corrected); the most
   urgent trains in slices until its held-out score has not improved for ``patience`` slices
@@ -257,13 +260,17 @@ class Scheduler:
                 result.budget = min(cap, max(demand, result.spent))
         while result.budget - result.spent >= mu / 2 and gains:
             best = max(gains.values())
-            if best <= 0:
-                result.ended = "converged"
-                break
-            pick = min(
-                (k for k, g in gains.items() if g == best),
-                key=lambda k: (spent[k], result.trained.index(k)),
-            )
+            if best > 0:
+                pick = min(
+                    (k for k, g in gains.items() if g == best),
+                    key=lambda k: (spent[k], result.trained.index(k)),
+                )
+            else:  # no job measurably gains: the rest goes as round-robin would give it
+                short = [k for k in gains if spent[k] < self._time_cap(by_key[k])]
+                if not short:
+                    result.ended = "converged"
+                    break
+                pick = min(short, key=lambda k: (spent[k], result.trained.index(k)))
             process(by_key[pick])
         if result.deferred:
             result.ended = "budget"
@@ -303,8 +310,9 @@ class Scheduler:
         return result
 
     def _time_cap(self, job: Job) -> float:
-        """Urgency: EdgeSync's per-job training-time cap (its value is not given): the time of
-        the ``iterations`` steps round-robin gives a job; unbounded while no step was ever timed."""
+        """The time of the ``iterations`` steps round-robin gives a job (unbounded while no step
+        was ever timed): urgency's per-job cap (EdgeSync's training-time cap, whose value the
+        paper does not give), and micro-window's share when no job measurably gains."""
         rate = self._rate(job.key)
         return math.inf if rate is None else self.config.iterations * rate
 
