@@ -119,7 +119,7 @@ class TrainerMetrics:
         self.rounds = Counter(
             "edgeadapt_trainer_scheduler_rounds_total",
             "Scheduling rounds, by policy and how they ended (done: every job had its share;"
-            " budget: jobs deferred; converged: no job gained any more)",
+            " budget: jobs deferred; converged: no job gained any more and each had its share)",
             ["policy", "ended"],
             registry=r,
         )

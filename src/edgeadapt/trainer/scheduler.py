@@ -258,20 +258,20 @@ class Scheduler:
             demand = self._demand([by_key[k] for k in result.trained])
             if demand is not None and len(result.trained) == len(jobs):
                 result.budget = min(cap, max(demand, result.spent))
+
+        def tie(key: str) -> tuple[float, int]:  # less compute this round, then served first
+            return spent[key], result.trained.index(key)
+
         while result.budget - result.spent >= mu / 2 and gains:
             best = max(gains.values())
             if best > 0:
-                pick = min(
-                    (k for k, g in gains.items() if g == best),
-                    key=lambda k: (spent[k], result.trained.index(k)),
-                )
+                candidates = [k for k, g in gains.items() if g == best]
             else:  # no job measurably gains: the rest goes as round-robin would give it
-                short = [k for k in gains if spent[k] < self._time_cap(by_key[k])]
-                if not short:
+                candidates = [k for k in gains if spent[k] < self._time_cap(by_key[k])]
+                if not candidates:
                     result.ended = "converged"
                     break
-                pick = min(short, key=lambda k: (spent[k], result.trained.index(k)))
-            process(by_key[pick])
+            process(by_key[min(candidates, key=tie)])
         if result.deferred:
             result.ended = "budget"
         return result
