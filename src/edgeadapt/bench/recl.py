@@ -25,7 +25,8 @@ Reported per variant: mean and p10 mIoU against the teacher over every device's 
 median and p90 seconds to recover after a cut (until within 2 points of the best 10 s mean the
 variant reaches in that segment), over all cuts and over cuts to scene types seen before,
 downlink and uplink kbps per device, zoo size over time, selection accuracy (the top-K holds the
-expert the exhaustive check would pick, once the zoo holds more than K) and CPU seconds spent on
+expert the exhaustive check would pick, once the zoo holds more than K; ``recl`` and
+``recl_unpruned``) and CPU seconds spent on
 selection, retraining and zoo updates.
 """
 
@@ -83,7 +84,10 @@ class ReclBenchConfig:
     update_fraction: float = 0.05  # coordinates a retraining job or AMS phase changes
     downlink_kbps: float = 250.0
     cache_size: int = 8
-    recl: ReclParams = field(default_factory=lambda: ReclParams(top_k=5, gamma=2, eta=2, q=48))
+    # The product's K (10). Pruning's q is scaled to the run: the paper's 3000 selections are
+    # hours of a fleet; 16 are the last 4 windows of 4 devices, so an expert is judged (and its
+    # grace period ends) within the quick run's 64 selections.
+    recl: ReclParams = field(default_factory=lambda: ReclParams(top_k=10, gamma=2, eta=2, q=16))
     gating_fit_steps: int = 60
     variants: tuple[str, ...] = VARIANTS
 
@@ -504,7 +508,7 @@ class Harness:
         result.selections += 1
         if zoo is not None:
             zoo.record(verdict.winner)
-            if variant == "recl" and len(zoo.snapshot.ids) > zoo.params.top_k:
+            if variant in ("recl", "recl_unpruned") and len(zoo.snapshot.ids) > zoo.params.top_k:
                 everyone = {
                     e: self.accuracy(
                         nn.utils.parameters_to_vector(zoo.model(e).parameters()).detach(), window
@@ -628,8 +632,14 @@ def targets(variants: dict[str, dict[str, Any]], budget: float) -> dict[str, Any
         both = variants.get("ams+recl")
         if both:
             out["ams+recl_ge_both"] = both["miou_mean"] >= max(ams["miou_mean"], recl["miou_mean"])
-    if recl and "selection_accuracy" in recl:
-        out["topk_holds_oracle_ge_80pct"] = recl["selection_accuracy"] >= 0.8
+    # Selection accuracy counts once the zoo holds more than K experts, which a pruned zoo may
+    # never do; the unpruned one then measures it.
+    for name in ("recl", "recl_unpruned"):
+        v = variants.get(name)
+        if v and "selection_accuracy" in v:
+            out["topk_holds_oracle_ge_80pct"] = v["selection_accuracy"] >= 0.8
+            out["topk_measured_on"] = name
+            break
     pruned, unpruned = variants.get("recl"), variants.get("recl_unpruned")
     if pruned and unpruned and "zoo_size" in pruned and "zoo_size" in unpruned:
         out["pruned_zoo_le_third"] = pruned["zoo_size"]["final"] * 3 <= max(

@@ -1,0 +1,50 @@
+"""The RECL benchmark's figures: recovery after a cut and the issue's targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgeadapt.bench.recl import recovery_seconds, targets
+
+
+def variant(miou: float, recovery: float | None, **extra: Any) -> dict[str, Any]:
+    return {
+        "miou_mean": miou,
+        "recovery_recurring_s": {"median": recovery},
+        "downlink_kbps": [100.0, 120.0],
+        **extra,
+    }
+
+
+def test_recovery_ends_where_the_10s_mean_comes_within_2_points_of_the_segments_best() -> None:
+    # Scored every 2 s: 0.5 until 20 s into the segment, then 0.8.
+    scores = [(float(t), 0.5 if t < 20 else 0.8) for t in range(0, 60, 2)]
+    cuts = [(0.0, 60.0, True), (58.0, 70.0, False)]  # the second has one scored frame: skipped
+    assert recovery_seconds(scores, cuts) == [(20.0, True)]
+
+
+def test_selection_accuracy_comes_from_the_unpruned_zoo_when_the_pruned_one_stays_small() -> None:
+    variants = {
+        "ams": variant(60.0, 9.0),
+        "recl": variant(62.5, 2.0, zoo_size={"final": 4}),
+        "recl_unpruned": variant(62.8, 2.5, zoo_size={"final": 18}, selection_accuracy=0.85),
+    }
+    out = targets(variants, budget=250.0)
+    assert out["recl_recovery_le_third_of_ams"] is True
+    assert out["recl_miou_ge_ams_plus_2"] is True
+    assert out["topk_holds_oracle_ge_80pct"] is True
+    assert out["topk_measured_on"] == "recl_unpruned"
+    assert out["pruned_zoo_le_third"] is True, "4 x 3 <= 18"
+    assert out["pruning_costs_le_half_point"] is True
+    assert out["downlink_within_budget"] is True
+
+    variants["recl"]["selection_accuracy"] = 0.6  # the pruned zoo's own figure comes first
+    variants["recl"]["zoo_size"] = {"final": 7}
+    variants["recl_unpruned"]["miou_mean"] = 63.1
+    variants["ams"]["downlink_kbps"] = [260.0]
+    out = targets(variants, budget=250.0)
+    assert out["topk_holds_oracle_ge_80pct"] is False
+    assert out["topk_measured_on"] == "recl"
+    assert out["pruned_zoo_le_third"] is False, "7 x 3 > 18"
+    assert out["pruning_costs_le_half_point"] is False, "63.1 - 62.5 > 0.5"
+    assert out["downlink_within_budget"] is False
