@@ -88,7 +88,7 @@ class ReclBenchConfig:
     # hours of a fleet; 16 are the last 4 windows of 4 devices, so an expert is judged (and its
     # grace period ends) within the quick run's 64 selections.
     recl: ReclParams = field(default_factory=lambda: ReclParams(top_k=10, gamma=2, eta=2, q=16))
-    gating_fit_steps: int = 60
+    gating_fit_steps: int = 200  # the gating service's default (--fit-steps)
     variants: tuple[str, ...] = VARIANTS
 
 
