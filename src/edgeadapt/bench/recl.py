@@ -25,9 +25,8 @@ Reported per variant: mean and p10 mIoU against the teacher over every device's 
 median and p90 seconds to recover after a cut (until within 2 points of the best 10 s mean the
 variant reaches in that segment), over all cuts and over cuts to scene types seen before,
 downlink and uplink kbps per device, zoo size over time, selection accuracy (the top-K holds the
-expert the exhaustive check would pick, once the zoo holds more than K; ``recl`` and
-``recl_unpruned``) and CPU seconds spent on
-selection, retraining and zoo updates.
+expert the exhaustive check would pick, once the zoo holds more than K; on ``recl`` and
+``recl_unpruned``) and CPU seconds spent on selection, retraining and zoo updates.
 """
 
 from __future__ import annotations
