@@ -26,11 +26,12 @@ class Curve:
         self.urgency, self.slope = urgency, slope
         self.t = 0.0
         self.evaluations = 0
+        self.fell = 0.0  # new frames it does worse on (between rounds)
 
     def accuracy(self, t: float) -> float:
         if self.slope is not None:
-            return 0.5 - self.slope * t
-        return self.gain * (1 - math.exp(-t / self.tau))
+            return 0.5 - self.slope * t - self.fell
+        return self.gain * (1 - math.exp(-t / self.tau)) - self.fell
 
     def train(self, *, iterations: int | None = None, seconds: float | None = None) -> Work:
         if iterations is None:
@@ -126,6 +127,34 @@ def test_a_job_that_gains_again_after_a_fill_slice_is_picked_greedily() -> None:
     assert result.spent == pytest.approx(8.0)
 
 
+def test_a_later_round_starts_with_the_job_whose_score_fell_most_without_initial_slices() -> None:
+    sched = micro(cap=10.0, mu=0.5, iterations=20)  # a job's K steps take 2 s
+    jobs = [Curve(k) for k in "abc"]
+    first = sched.run(jobs)
+    assert [s.key for s in first.slices[:3]] == ["a", "b", "c"]  # one slice each, to initialise
+    jobs[1].fell, jobs[2].fell = 0.05, 0.2  # c's new frames cost it most
+    evaluations = [j.evaluations for j in jobs]
+    second = sched.run(jobs)
+    # c's estimate is 0.2 over its 2 s, b's 0.05 over 2 s, a's 0: no initial slices; c until
+    # its measured gain falls below b's estimate, then b; a, which lost nothing, waits
+    assert [s.key for s in second.slices] == ["c"] * 10 + ["b"] * 2
+    # every job was scored once before the round (a free evaluation instead of a slice)
+    assert all(j.evaluations >= e + 1 for j, e in zip(jobs, evaluations, strict=True))
+    assert second.spent == pytest.approx(6.0)  # what round-robin would spend: 3 x 2 s
+
+
+def test_a_job_that_did_not_fall_gets_the_round_robin_fill_once_others_stop_gaining() -> None:
+    sched = micro(cap=10.0, mu=0.5, iterations=5)  # a job's K steps take 0.5 s
+    steady, worse = Curve("steady"), Curve("worse", slope=0.01)
+    sched.run([steady, worse])
+    worse.fell = 0.1  # it fell, but training makes it worse still
+    second = sched.run([steady, worse])
+    keys = [s.key for s in second.slices]
+    assert keys[0] == "worse"  # its fall made it the first pick; its slice then lost accuracy
+    assert "steady" in keys  # then neither gains: the fill gives steady its K steps' time
+    assert second.seconds("steady") == pytest.approx(0.5)
+
+
 def test_more_jobs_than_slices_get_shorter_slices_so_initialising_takes_a_third() -> None:
     jobs = [Curve(k, per_iteration=0.05) for k in "abcdefgh"]
     result = micro(cap=6.0).run(jobs)  # 8 slices of 1 s would take the whole round
@@ -176,18 +205,50 @@ def test_an_over_subscribed_round_robin_round_gives_every_job_the_same_smaller_s
     assert result.spent == pytest.approx(4.0)
 
 
+def test_round_robin_s_left_over_steps_go_to_the_jobs_with_the_least_compute() -> None:
+    sched = Scheduler(SchedulerConfig("round-robin", 20, 1.0, 3.0))
+    jobs = [Curve(k) for k in "abcd"]
+    first = sched.run(jobs)  # untimed: a's 20 steps time the step; b, c, d share the 1 s left
+    assert [s.iterations for s in first.slices] == [20, 4, 3, 3]  # b has the left-over step
+    # 30 steps for 4 jobs: 7 each, and the 2 left over to the two with the least compute so far
+    second = sched.run(jobs)
+    assert [(s.key, s.iterations) for s in second.slices] == [
+        ("a", 7),
+        ("b", 7),
+        ("c", 8),
+        ("d", 8),
+    ]
+    assert second.spent == pytest.approx(3.0)
+    third = sched.run(jobs)  # a, still the most served, again gets none of them
+    assert sum(s.iterations for s in third.slices) == 30
+    assert third.slices[0].iterations == 7
+
+
 def test_round_robin_s_first_round_times_one_job_and_keeps_to_the_cap() -> None:
     sched = Scheduler(SchedulerConfig("round-robin", 20, 1.0, 4.0))
     jobs = [Curve(k) for k in "abcdefgh"]  # 8 x 20 x 0.1 s = 16 s against a 4 s cap
     result = sched.run(jobs)
-    # a's 20 steps time the step; the 2 s left are shared by the 7 others (2 steps each)
-    assert [(s.key, s.iterations) for s in result.slices] == [("a", 20)] + [
-        (k, 2) for k in "bcdefgh"
-    ]
-    assert result.spent <= 4.0 * 1.05
+    # a's 20 steps time the step; the 2 s left (20 steps) are shared by the 7 others: 2 steps
+    # each, and the 6 steps left over go one each to the first six
+    assert [(s.key, s.iterations) for s in result.slices] == (
+        [("a", 20)] + [(k, 3) for k in "bcdefg"] + [("h", 2)]
+    )
+    assert result.spent == pytest.approx(4.0)
     assert result.ended == "done"
     # A job never timed is assumed as fast as the others: it gets the same share at once.
     assert [s.iterations for s in sched.run([Curve("new"), *jobs[3:6]]).slices] == [10] * 4
+
+
+def test_round_robin_s_last_job_gets_the_steps_that_fit_when_steps_ran_slow() -> None:
+    sched = Scheduler(SchedulerConfig("round-robin", 20, 1.0, 4.0))
+    jobs = [Curve(k) for k in "abcd"]
+    sched.run(jobs)
+    jobs[0].per_iteration = 0.165  # a's 10 steps take 1.65 s instead of 1 s
+    result = sched.run(jobs)
+    # 0.55 s of the round's 4.2 s (with its 5 % slack) is left for d: 5 steps instead of 10
+    assert [s.iterations for s in result.slices] == [10, 10, 10, 5]
+    assert not result.deferred
+    assert result.spent == pytest.approx(4.15)
 
 
 def test_round_robin_defers_jobs_when_even_one_step_each_is_too_much() -> None:

@@ -9,22 +9,30 @@ GPU this trainer may use (NVML: other processes' load shrinks it). Every policy 
 same budget, so they differ only in who gets it:
 
 - ``round-robin`` (AMS, thesis appendix C): every job ``iterations`` steps, in turn; an
-  over-subscribed round gives every job the same smaller share. Before any step was ever timed,
+  over-subscribed round gives every job the same smaller share (the steps whole shares leave
+  over go one each to the jobs with the least compute so far); when steps ran slower than
+  measured, the last jobs get the steps that still fit, and those no step fits are deferred.
+  Before any step was ever timed,
   the first job's ``iterations`` steps time it; a job never timed is assumed as fast as the
   others (the trainer's jobs train the same student).
-- ``micro-window`` (RECL Algorithm 1, recl.md §2.6): slices of ``micro_window`` seconds; one
-  slice per job to initialise, then always the job with the largest measured accuracy gain per
-  second of compute, the gain measured on the device's held-out frames before and after its slice
-  (the after-score is reused as the next before-score). Ties go to the job with less compute this
-  round, then to the job served longest ago. While every job's last gain is zero or negative (on
-  a few held-out frames a small true gain reads as noise) the next slice goes to the job with the
-  least compute this round that has not yet had the time of its ``iterations`` steps, as
-  round-robin would give it; once every job has had that, the round ends early and the rest of
-  the budget stays idle (RECL's loop would keep training the least bad job). ``micro_window``
-  is the longest slice: a round with more jobs than that allows uses shorter slices, so that
-  initialising every job takes at most a third of its budget (RECL leaves C·μ ≥ T open; this
-  keeps most of the round for the greedy part); a slice is at least one step, and jobs beyond
-  what the budget can initialise then are deferred to the next round, where they go first.
+- ``micro-window`` (RECL Algorithm 1, recl.md §2.6): slices of at most ``micro_window`` seconds,
+  always to the job with the largest accuracy gain per second of compute, the gain measured on
+  the device's held-out frames before and after its slice (the after-score is reused as the
+  next before-score). A job's first round gives it one slice to initialise, as Algorithm 1 does
+  every window; ``micro_window`` then shrinks so that these slices take at most a third of the
+  round (RECL leaves C·μ ≥ T open), a slice is at least one step, and jobs the budget cannot
+  initialise are deferred to the next round, where they go first. In later rounds a job is not
+  initialised again: one evaluation (free, as in RECL) gives its estimate, how far its held-out
+  score fell since its last slice (the new frames it does worse on) per second of its
+  ``iterations`` steps' time. Initialising every job every round cost a third of each round in
+  slices of one or two steps whose gains read as noise; carrying a job's last measured gain
+  into the next round instead scored worse than either (the model and its frames have changed
+  since). Ties go to the job with less compute this round, then to the job served longest ago.
+  While no job's gain is positive (on a few held-out frames a small true gain reads as noise)
+  the next slice goes to the job with the least compute this round that has not yet had the
+  time of its ``iterations`` steps, as round-robin would give it; once every job has had that,
+  the round ends early and the rest of the budget stays idle (RECL's loop would keep training
+  the least bad job).
 - ``urgency`` (EdgeSync's training manager, edgesync.md §2.2-2.3): jobs in order of drift (how
   far the device's recent accuracy fell below its older accuracy, Eq. 4-5 corrected); the most
   urgent trains in slices until its held-out score has not improved for ``patience`` slices
@@ -126,6 +134,7 @@ class _Stats:
     last_round: int = -1  # the round that last trained this job
     seconds: float = 0.0  # compute seconds, all rounds
     slices: int = 0
+    score: float | None = None  # micro-window: held-out score after the job's last slice
 
 
 class Scheduler:
@@ -216,12 +225,23 @@ class Scheduler:
         demand = self._demand(jobs) or 0.0
         budget = result.budget = min(demand, cap)
         left, wanted = budget - result.spent, self._demand(rest) or 0.0
-        steps = k if wanted <= left else max(1, int(k * max(left, 0.0) / wanted))
-        for job in rest:
+        # Over-subscribed: every job the same share of its K steps; the steps that whole shares
+        # leave over go one each to the jobs with the least compute so far, so the round spends
+        # its budget and no job gets the extra step every round.
+        share = k if wanted <= left else k * max(left, 0.0) / wanted
+        base = max(1, int(share))
+        extra = round((share - base) * len(rest)) if share > base else 0
+        least = sorted(range(len(rest)), key=lambda n: (self._stat(rest[n].key).seconds, n))
+        plus = set(least[:extra])
+        for n, job in enumerate(rest):
+            steps = base + (n in plus)
             rate = self._rate(job.key) or 0.0
-            if result.trained and result.spent + steps * rate > budget * SLACK:
-                result.deferred.append(job.key)
-                continue
+            if result.trained and rate > 0:  # slower steps than measured: fewer, or none
+                fit = int((budget * SLACK - result.spent) / rate)
+                if fit < 1:
+                    result.deferred.append(job.key)
+                    continue
+                steps = min(steps, fit)
             work = job.train(iterations=steps)
             if work.iterations:
                 self._record(result, job, work, None)
@@ -232,35 +252,46 @@ class Scheduler:
         cap = self.config.round_cap * share
         demand = self._demand(jobs)
         result = Round("micro-window", cap if demand is None else min(cap, demand))
-        mu = min(self.config.micro_window, INIT_SHARE * result.budget / max(len(jobs), 1))
         gains: dict[str, float] = {}
         score: dict[str, float] = {}
         spent: dict[str, float] = {}
         by_key = {j.key: j for j in jobs}
+        fresh = [j for j in jobs if self._stat(j.key).score is None]
+        for job in jobs:  # a job scored before: how far it fell since, over its K steps' time
+            last = self._stat(job.key).score
+            if last is not None:
+                score[job.key] = before = job.evaluate()
+                cap_s = self._time_cap(job)
+                gains[job.key] = max(0.0, last - before) / cap_s if math.isfinite(cap_s) else 0.0
+                spent[job.key] = 0.0
+        mu = min(self.config.micro_window, INIT_SHARE * result.budget / max(len(fresh), 1))
 
-        def process(job: Job) -> None:
+        def process(job: Job, longest: float) -> None:
             before = score[job.key] if job.key in score else job.evaluate()
-            work = job.train(seconds=min(mu, max(result.budget - result.spent, mu / 2)))
+            work = job.train(seconds=min(longest, max(result.budget - result.spent, mu / 2)))
             if work.iterations == 0:  # the job cannot train (failed, or nothing to learn)
                 gains.pop(job.key, None)
                 return
             after = job.evaluate()  # reused as the next slice's before-score
             gain = (after - before) / max(work.seconds, 1e-9)
             score[job.key], gains[job.key] = after, gain
+            self._stat(job.key).score = after
             spent[job.key] = spent.get(job.key, 0.0) + work.seconds
             self._record(result, job, work, gain)
 
-        for job in jobs:  # one slice each, to initialise
+        for job in fresh:  # one slice each, to initialise
             if result.trained and result.budget - result.spent < mu / 2:
                 result.deferred.append(job.key)
                 continue
-            process(job)
-            demand = self._demand([by_key[k] for k in result.trained])
-            if demand is not None and len(result.trained) == len(jobs):
-                result.budget = min(cap, max(demand, result.spent))
+            process(job, mu)
+        demand = self._demand(jobs)
+        if demand is not None and not result.deferred:
+            result.budget = min(cap, max(demand, result.spent))
+
+        order = {j.key: n for n, j in enumerate(jobs)}
 
         def tie(key: str) -> tuple[float, int]:  # less compute this round, then served first
-            return spent[key], result.trained.index(key)
+            return spent[key], order[key]
 
         while result.budget - result.spent >= mu / 2 and gains:
             best = max(gains.values())
@@ -271,7 +302,7 @@ class Scheduler:
                 if not candidates:
                     result.ended = "converged"
                     break
-            process(by_key[min(candidates, key=tie)])
+            process(by_key[min(candidates, key=tie)], self.config.micro_window)
         if result.deferred:
             result.ended = "budget"
         return result
