@@ -12,9 +12,8 @@ same budget, so they differ only in who gets it:
   over-subscribed round gives every job the same smaller share (the steps whole shares leave
   over go one each to the jobs with the least compute so far); when steps ran slower than
   measured, the last jobs get the steps that still fit, and those no step fits are deferred.
-  Before any step was ever timed,
-  the first job's ``iterations`` steps time it; a job never timed is assumed as fast as the
-  others (the trainer's jobs train the same student).
+  Before any step was ever timed, the first job's ``iterations`` steps time it; a job never
+  timed is assumed as fast as the others (the trainer's jobs train the same student).
 - ``micro-window`` (RECL Algorithm 1, recl.md §2.6): slices of at most ``micro_window`` seconds,
   always to the job with the largest accuracy gain per second of compute, the gain measured on
   the device's held-out frames before and after its slice (the after-score is reused as the
@@ -228,9 +227,9 @@ class Scheduler:
         # Over-subscribed: every job the same share of its K steps; the steps that whole shares
         # leave over go one each to the jobs with the least compute so far, so the round spends
         # its budget and no job gets the extra step every round.
-        share = k if wanted <= left else k * max(left, 0.0) / wanted
-        base = max(1, int(share))
-        extra = round((share - base) * len(rest)) if share > base else 0
+        each = k if wanted <= left else k * max(left, 0.0) / wanted
+        base = max(1, int(each))
+        extra = round((each - base) * len(rest)) if each > base else 0
         least = sorted(range(len(rest)), key=lambda n: (self._stat(rest[n].key).seconds, n))
         plus = set(least[:extra])
         for n, job in enumerate(rest):
@@ -256,14 +255,16 @@ class Scheduler:
         score: dict[str, float] = {}
         spent: dict[str, float] = {}
         by_key = {j.key: j for j in jobs}
-        fresh = [j for j in jobs if self._stat(j.key).score is None]
+        fresh: list[Job] = []  # never scored: one slice each, to initialise
         for job in jobs:  # a job scored before: how far it fell since, over its K steps' time
             last = self._stat(job.key).score
-            if last is not None:
-                score[job.key] = before = job.evaluate()
-                cap_s = self._time_cap(job)
-                gains[job.key] = max(0.0, last - before) / cap_s if math.isfinite(cap_s) else 0.0
-                spent[job.key] = 0.0
+            if last is None:
+                fresh.append(job)
+                continue
+            score[job.key] = before = job.evaluate()
+            cap_s = self._time_cap(job)
+            gains[job.key] = max(0.0, last - before) / cap_s if math.isfinite(cap_s) else 0.0
+            spent[job.key] = 0.0
         mu = min(self.config.micro_window, INIT_SHARE * result.budget / max(len(fresh), 1))
 
         def process(job: Job, longest: float) -> None:
