@@ -335,8 +335,10 @@ def test_idle_devices_leave_memory_and_come_back(models: Models, tmp_path: Path)
     wait(lambda: kinds(sent).count("update") == 1)
     checksum = hub.devices["cam-1"].checksum
     hub.detach("cam-1", send)
+    assert (hub.scheduler.job_view("cam-1")["slices"] or 0) >= 1
     wait(lambda: "cam-1" not in hub.devices, timeout=10)
     assert hub.metrics.evictions._value.get() == 1
+    assert hub.scheduler.job_view("cam-1")["slices"] == 0, "its measurements left with it"
     welcome = hub.attach(register(hub, 1, checksum), _drop, lambda reason: None)
     assert kinds(welcome) == ["welcome"]
     assert welcome[0].welcome.model_version == 1

@@ -1151,6 +1151,9 @@ class Hub:
                 self.devices.pop(dev.device_id, None)
         finally:
             dev.lock.release()
+        # Housekeeping runs on the worker thread, as rounds do: the scheduler's measurements of
+        # the device (step time, held-out score) go with it, and a reconnect starts them anew.
+        self.scheduler.forget(dev.device_id)
         self.metrics.evictions.inc()
         log.info("idle device evicted from memory", extra={"device": dev.device_id})
 
