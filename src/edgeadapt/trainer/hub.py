@@ -937,6 +937,7 @@ class Hub:
                 "end": dev.last_frame_time,
                 "winner": verdict.winner,
                 "expert": state.expert or None,
+                "scores": {k: round(100 * v, 2) for k, v in scores.items()},
             }
         )
         state.last_pick = verdict.winner
