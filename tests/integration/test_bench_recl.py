@@ -31,6 +31,8 @@ def test_bench_recl_end_to_end(tmp_path: Path) -> None:
             "2",
             "--duration",
             "90",
+            "--iterations",
+            "9",
             "--variants",
             ",".join(variants),
             "--out",
@@ -45,6 +47,7 @@ def test_bench_recl_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert list(report["variants"]) == variants
+    assert report["config"]["iterations"] == 9
     for name, v in report["variants"].items():
         assert 0 < v["miou_mean"] <= 100, name
         assert v["miou_p10"] <= v["miou_mean"]
@@ -57,3 +60,15 @@ def test_bench_recl_end_to_end(tmp_path: Path) -> None:
     assert report["targets"]["downlink_within_budget"] is True
     png = out.with_suffix(".png")
     assert png.read_bytes().startswith(b"\x89PNG"), "the figures are drawn beside the JSON"
+
+
+def test_bench_recl_refuses_iterations_that_are_not_a_multiple_of_3(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgeadapt", "bench", "recl", "--iterations", "10",
+         "--out", str(tmp_path / "recl.json")],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "--iterations must be a positive multiple of 3, got 10" in proc.stderr
+    assert not (tmp_path / "recl.json").exists()

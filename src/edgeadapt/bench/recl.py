@@ -701,6 +701,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--devices", type=int, default=4)
     parser.add_argument("--duration", type=float, help="seconds of video per device (override)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=ReclBenchConfig.iterations,
+        help="Adam steps per device and window, every variant; a multiple of 3 (%(default)s)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="JSON output; a .png beside it")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
     parser.add_argument("--profile", default="bench", help="model training profile (bench, tiny)")
@@ -761,6 +767,9 @@ def run(args: argparse.Namespace) -> int:
     from edgeadapt.models.train import make_model
     from edgeadapt.models.zoo import load_weights
 
+    if args.iterations < 3 or args.iterations % 3:
+        # AMS spends a third of them on each of a window's three 10 s updates: equal compute.
+        raise SystemExit(f"--iterations must be a positive multiple of 3, got {args.iterations}")
     variants = tuple(v for v in args.variants.split(",") if v)
     unknown = set(variants) - set(VARIANTS)
     if unknown:
@@ -769,6 +778,7 @@ def run(args: argparse.Namespace) -> int:
         devices=args.devices,
         duration=args.duration or (480.0 if args.quick else 1200.0),
         seed=args.seed,
+        iterations=args.iterations,
         variants=variants,
     )
     models = {}
