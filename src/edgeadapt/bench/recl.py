@@ -90,6 +90,12 @@ class ReclBenchConfig:
     gating_fit_steps: int = 200  # the gating service's default (--fit-steps)
     variants: tuple[str, ...] = VARIANTS
 
+    def __post_init__(self) -> None:
+        n = self.iterations
+        if n < 3 or n % 3:
+            # AMS spends a third of them on each of a window's three 10 s updates: equal compute.
+            raise ValueError(f"--iterations must be a positive multiple of 3, got {n}")
+
 
 @dataclass
 class Window:
@@ -767,20 +773,20 @@ def run(args: argparse.Namespace) -> int:
     from edgeadapt.models.train import make_model
     from edgeadapt.models.zoo import load_weights
 
-    if args.iterations < 3 or args.iterations % 3:
-        # AMS spends a third of them on each of a window's three 10 s updates: equal compute.
-        raise SystemExit(f"--iterations must be a positive multiple of 3, got {args.iterations}")
     variants = tuple(v for v in args.variants.split(",") if v)
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
-    cfg = ReclBenchConfig(
-        devices=args.devices,
-        duration=args.duration or (480.0 if args.quick else 1200.0),
-        seed=args.seed,
-        iterations=args.iterations,
-        variants=variants,
-    )
+    try:
+        cfg = ReclBenchConfig(
+            devices=args.devices,
+            duration=args.duration or (480.0 if args.quick else 1200.0),
+            seed=args.seed,
+            iterations=args.iterations,
+            variants=variants,
+        )
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     models = {}
     for role in ("teacher", "student"):
         path = ensure_checkpoint(role, args.profile)

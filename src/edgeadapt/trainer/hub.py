@@ -930,6 +930,7 @@ class Hub:
                     extra={"device": dev.device_id, "error": str(exc)},
                 )
         state.windows += 1
+        shown = {k: round(100 * v, 2) for k, v in scores.items()}  # as /status and the log give it
         state.history.append(
             {
                 "window": window.index,
@@ -937,7 +938,7 @@ class Hub:
                 "end": dev.last_frame_time,
                 "winner": verdict.winner,
                 "expert": state.expert or None,
-                "scores": {k: round(100 * v, 2) for k, v in scores.items()},
+                "scores": shown,
             }
         )
         state.last_pick = verdict.winner
@@ -960,7 +961,7 @@ class Hub:
                 "device": dev.device_id,
                 "window": window.index,
                 "winner": verdict.winner,
-                "scores": {k: round(100 * v, 2) for k, v in scores.items()},
+                "scores": shown,
                 "promising": verdict.promising,
                 "version": dev.version,
             },
