@@ -33,6 +33,8 @@ def test_bench_recl_end_to_end(tmp_path: Path) -> None:
             "90",
             "--iterations",
             "9",
+            "--scene-seconds",
+            "30-60",
             "--variants",
             ",".join(variants),
             "--out",
@@ -48,6 +50,7 @@ def test_bench_recl_end_to_end(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert list(report["variants"]) == variants
     assert report["config"]["iterations"] == 9
+    assert report["config"]["scene_s"] == [30, 60]
     for name, v in report["variants"].items():
         assert 0 < v["miou_mean"] <= 100, name
         assert v["miou_p10"] <= v["miou_mean"]
@@ -71,4 +74,21 @@ def test_bench_recl_refuses_iterations_that_are_not_a_multiple_of_3(tmp_path: Pa
     )  # fmt: skip
     assert proc.returncode != 0
     assert "--iterations must be a positive multiple of 3, got 10" in proc.stderr
+    assert not (tmp_path / "recl.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("90", "--scene-seconds takes LO-HI seconds, got '90'"),
+     ("120-60", "--scene-seconds needs 1 <= LO <= HI, got 120-60")],
+)  # fmt: skip
+def test_bench_recl_refuses_bad_scene_seconds(tmp_path: Path, value: str, message: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgeadapt", "bench", "recl", "--scene-seconds", value,
+         "--out", str(tmp_path / "recl.json")],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert message in proc.stderr
     assert not (tmp_path / "recl.json").exists()

@@ -64,3 +64,23 @@ def test_spec_parsing_and_errors() -> None:
         open_source("synthetic:seed")
     with pytest.raises(IndexError):
         v.frame(125)
+
+
+def test_scene_lengths_come_from_the_spec_and_round_trip() -> None:
+    v = open_source("synthetic:seed=5,duration=900,library=6,types=3,scene=90-180")
+    assert isinstance(v, SyntheticVideo)
+    assert v.spec.endswith(",library=6,types=3,scene=90-180")
+    lengths = [s.end - s.start for s in v.segments[:-1]]  # the last one is cut by the duration
+    assert len(lengths) >= 4
+    assert all(90 <= x <= 180 for x in lengths)
+    again = open_source(v.spec)
+    assert isinstance(again, SyntheticVideo)
+    assert again.segments == v.segments
+    # The default draws the same timeline as before the option existed: 25-80 s segments.
+    default = SyntheticVideo(seed=5, duration=900)
+    assert "scene=" not in default.spec
+    assert all(25 <= s.end - s.start <= 80 for s in default.segments[:-1])
+    with pytest.raises(ValueError, match="scene takes LO-HI"):
+        open_source("synthetic:scene=90")
+    with pytest.raises(ValueError, match="1 <= LO <= HI"):
+        open_source("synthetic:scene=120-60")

@@ -58,7 +58,7 @@ from edgeadapt.recl.store import ZooStore
 from edgeadapt.recl.zoo import Candidate, Zoo, per_frame_miou
 from edgeadapt.video.codec import decode_h264, encode_h264
 from edgeadapt.video.source import open_source
-from edgeadapt.video.synthetic import NUM_CLASSES, SyntheticVideo
+from edgeadapt.video.synthetic import NUM_CLASSES, SEGMENT_S, SyntheticVideo
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class ReclBenchConfig:
     duration: float = 480.0
     library: int = 6
     types: int = 3
+    scene_s: tuple[float, float] = SEGMENT_S  # how long a scene lasts before a cut, seconds
     seed: int = 1
     window_s: float = 30.0
     sample_fps: float = 1.0
@@ -95,6 +96,9 @@ class ReclBenchConfig:
         if n < 3 or n % 3:
             # AMS spends a third of them on each of a window's three 10 s updates: equal compute.
             raise ValueError(f"--iterations must be a positive multiple of 3, got {n}")
+        lo, hi = self.scene_s
+        if not 1.0 <= lo <= hi:
+            raise ValueError(f"--scene-seconds needs 1 <= LO <= HI, got {lo:g}-{hi:g}")
 
 
 @dataclass
@@ -117,12 +121,21 @@ class DeviceData:
     cuts: list[tuple[float, float, bool]]  # (start, end, recurring scene type)
 
 
-def library_video(seed: int, device: int, duration: float, library: int, types: int) -> str:
-    """The synthetic video of a benchmark's ``device``: segments from a shared scene library."""
-    return (
-        f"synthetic:seed={seed * 100 + device},duration={duration:g},"
-        f"library={library},types={types}"
-    )
+def library_video(
+    seed: int,
+    device: int,
+    duration: float,
+    library: int,
+    types: int,
+    scene_s: tuple[float, float] = SEGMENT_S,
+) -> str:
+    """The synthetic video of a benchmark's ``device``: segments of ``scene_s`` seconds from a
+    shared scene library."""
+    spec = f"synthetic:seed={seed * 100 + device},duration={duration:g}"
+    spec += f",library={library},types={types}"
+    if scene_s != SEGMENT_S:
+        spec += f",scene={scene_s[0]:g}-{scene_s[1]:g}"
+    return spec
 
 
 def prepare_device(
@@ -245,7 +258,7 @@ class Harness:
     # -- data ---------------------------------------------------------------------------------
     def _prepare(self, d: int) -> DeviceData:
         cfg = self.cfg
-        spec = library_video(cfg.seed, d, cfg.duration, cfg.library, cfg.types)
+        spec = library_video(cfg.seed, d, cfg.duration, cfg.library, cfg.types, cfg.scene_s)
         return prepare_device(
             spec, self.teacher, self.num_windows, cfg.window_s, cfg.sample_fps, cfg.eval_stride
         )
@@ -713,9 +726,25 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         default=ReclBenchConfig.iterations,
         help="Adam steps per device and window, every variant; a multiple of 3 (%(default)s)",
     )
+    parser.add_argument(
+        "--scene-seconds",
+        default="{:g}-{:g}".format(*SEGMENT_S),
+        help="LO-HI: how long a scene lasts before a cut, drawn uniformly (%(default)s)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="JSON output; a .png beside it")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
     parser.add_argument("--profile", default="bench", help="model training profile (bench, tiny)")
+
+
+def parse_seconds_range(text: str) -> tuple[float, float]:
+    """``LO-HI`` seconds, as ``--scene-seconds`` takes them."""
+    lo, dash, hi = text.partition("-")
+    try:
+        if not dash:
+            raise ValueError
+        return float(lo), float(hi)
+    except ValueError:
+        raise ValueError(f"--scene-seconds takes LO-HI seconds, got {text!r}") from None
 
 
 def plot(path: Path, report: dict[str, Any]) -> None:
@@ -783,6 +812,7 @@ def run(args: argparse.Namespace) -> int:
             duration=args.duration or (480.0 if args.quick else 1200.0),
             seed=args.seed,
             iterations=args.iterations,
+            scene_s=parse_seconds_range(args.scene_seconds),
             variants=variants,
         )
     except ValueError as exc:

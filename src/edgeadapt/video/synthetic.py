@@ -39,6 +39,7 @@ ROAD, SIDEWALK, BUILDING, VEGETATION, SKY, PERSON, CAR = range(NUM_CLASSES)
 
 LIBRARY_SEED = 20_211_011
 LIBRARY_SIZE = 16
+SEGMENT_S = (25.0, 80.0)  # seconds a segment lasts, drawn uniformly
 CANVAS_MULT = 4  # background canvas is this many frame widths wide; panning wraps around it
 
 # Texture kinds
@@ -432,16 +433,21 @@ class Segment:
 
 
 def build_timeline(
-    seed: int, duration: float, library_size: int = LIBRARY_SIZE, types_per_video: int = 4
+    seed: int,
+    duration: float,
+    library_size: int = LIBRARY_SIZE,
+    types_per_video: int = 4,
+    segment_s: tuple[float, float] = SEGMENT_S,
 ) -> tuple[Segment, ...]:
-    """Segments of 25-80 s over ``duration``; a few scene types that recur."""
+    """Segments of ``segment_s`` seconds (25-80) over ``duration``; a few scene types that
+    recur."""
     rng = np.random.default_rng([seed, 1])
     types = [int(i) for i in rng.choice(library_size, size=types_per_video, replace=False)]
     segments: list[Segment] = []
     t = 0.0
     prev: int | None = None
     while t < duration:
-        length = float(rng.uniform(25.0, 80.0))
+        length = float(rng.uniform(*segment_s))
         choices = [i for i in types if i != prev] or types
         style_index = int(rng.choice(choices))
         stationary = bool(rng.uniform() < 0.25)
@@ -471,7 +477,8 @@ def build_timeline(
 
 class SyntheticVideo(VideoSource):
     """The drifting synthetic video ``synthetic:seed=N,duration=S,size=WxH,fps=F``; ``types=T``
-    scene types per video (4) drawn from the first ``library=L`` of the shared library (16)."""
+    scene types per video (4) drawn from the first ``library=L`` of the shared library (16),
+    segments of ``scene=LO-HI`` seconds (25-80)."""
 
     def __init__(
         self,
@@ -482,23 +489,28 @@ class SyntheticVideo(VideoSource):
         fps: float = 30.0,
         library_size: int = LIBRARY_SIZE,
         types_per_video: int = 4,
+        segment_s: tuple[float, float] = SEGMENT_S,
     ) -> None:
         if duration <= 0 or fps <= 0 or width < 16 or height < 16:
             raise ValueError("synthetic video needs duration > 0, fps > 0 and size >= 16x16")
+        if not 1.0 <= segment_s[0] <= segment_s[1]:
+            raise ValueError(f"scene lengths need 1 <= LO <= HI seconds, got {segment_s}")
         self.seed, self.fps, self.width, self.height = seed, fps, width, height
         self.library_size = library_size
         self._num_frames = round(duration * fps)
-        self.segments = build_timeline(seed, duration, library_size, types_per_video)
+        self.segments = build_timeline(seed, duration, library_size, types_per_video, segment_s)
         self._starts = [s.start for s in self.segments]
         self._phase = float(np.random.default_rng([seed, 2]).uniform(0, 2 * math.pi))
         self.spec = f"synthetic:seed={seed},duration={duration:g},size={width}x{height},fps={fps:g}"
         if (library_size, types_per_video) != (LIBRARY_SIZE, 4):
             self.spec += f",library={library_size},types={types_per_video}"
+        if segment_s != SEGMENT_S:
+            self.spec += f",scene={segment_s[0]:g}-{segment_s[1]:g}"
 
     @classmethod
     def from_spec(cls, spec: str) -> SyntheticVideo:
         body = spec.partition(":")[2]
-        kwargs: dict[str, float | int] = {}
+        kwargs: dict[str, float | int | tuple[float, float]] = {}
         for item in filter(None, body.split(",")):
             key, sep, value = item.partition("=")
             key = key.strip()
@@ -513,6 +525,11 @@ class SyntheticVideo(VideoSource):
                     kwargs[name[key]] = int(value)
                 elif key in ("duration", "fps"):
                     kwargs[key] = float(value)
+                elif key == "scene":
+                    lo, dash, hi = value.partition("-")
+                    if not dash:
+                        raise ValueError("scene takes LO-HI seconds")
+                    kwargs["segment_s"] = (float(lo), float(hi))
                 else:
                     raise ValueError(f"unknown synthetic spec key {key!r}")
             except ValueError as exc:
