@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgeadapt.bench.recl import recovery_seconds, targets
+import numpy as np
+import pytest
+import torch
+
+from edgeadapt.bench.recl import ReclBenchConfig, Window, recovery_seconds, targets
+from edgeadapt.trainer.recl import Window as TrainerWindow
 
 
 def variant(miou: float, recovery: float | None, **extra: Any) -> dict[str, Any]:
@@ -48,3 +53,28 @@ def test_selection_accuracy_comes_from_the_unpruned_zoo_when_the_pruned_one_stay
     assert out["pruned_zoo_le_third"] is False, "7 x 3 > 18"
     assert out["pruning_costs_le_half_point"] is False, "63.1 - 62.5 > 0.5"
     assert out["downlink_within_budget"] is False
+
+
+@pytest.mark.parametrize("batches", [[30], [2] * 15, [7, 7, 7, 9]])
+def test_the_benchmark_holds_out_the_frames_the_trainer_holds_out(batches: list[int]) -> None:
+    n = sum(batches)
+    images = np.zeros((n, 4, 4, 3), dtype=np.uint8)
+    labels = torch.zeros((n, 4, 4), dtype=torch.long)
+    trainer = TrainerWindow()
+    trained: list[int] = []
+    at = 0
+    for size in batches:  # the agent's batches, however the window's frames arrive
+        part = slice(at, at + size)
+        trained += [
+            at + i for i in trainer.add(images[part], labels[part], list(range(at, at + size)))
+        ]
+        at += size
+    bench = Window(images, labels, [float(t) for t in range(n)], 0)
+    assert bench.held == trainer.holdout
+    assert bench.train == trained
+    assert not set(bench.held) & set(bench.train)
+
+
+def test_a_window_too_short_to_hold_a_frame_out_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 5 frames"):
+        ReclBenchConfig(window_s=4.0, sample_fps=1.0)

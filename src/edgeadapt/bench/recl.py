@@ -12,12 +12,14 @@ recent models costs a message.
 
 - ``ams``: AMS alone (its sampling of the window at 1 fps, 10 s update phases, sparse updates);
 - ``recl``: at each window's end the gating network's top-K experts, the device's model and its
-  last retrained model are scored on the window's teacher-labelled frames and the best is sent;
-  a retraining job warm-started from it trains on the window and sends its sparse delta (the
-  top ``gamma`` fraction of the change, as AMS would) to the trainer's copy; models that beat the
+  last retrained model are scored on the window's held-out frames (every fifth, never trained
+  on, as the trainer holds them out) against the teacher and the best is sent; a retraining job
+  warm-started from it trains on the window's other frames and sends its sparse delta (the top
+  ``gamma`` fraction of the change, as AMS would) to the trainer's copy; models that beat the
   others by alpha are admitted to the shared zoo past gamma, and unused ones pruned;
 - ``recl_no_reuse``: the same without the zoo (the device's model and its last retrained one);
-- ``ams+recl``: RECL's selection at window boundaries, AMS's streaming within windows;
+- ``ams+recl``: RECL's selection at window boundaries, AMS's streaming within windows (on the
+  frames that are not held out; the model the device started the window with is a candidate);
 - ``oracle_reuse``: ``recl`` with the safety checker trying every expert (no gating);
 - ``recl_unpruned``: ``recl`` with pruning off (the zoo-size comparison).
 
@@ -56,6 +58,7 @@ from edgeadapt.models.zoo import SegmentationModel
 from edgeadapt.recl.rules import ReclParams, safety_check
 from edgeadapt.recl.store import ZooStore
 from edgeadapt.recl.zoo import Candidate, Zoo, per_frame_miou
+from edgeadapt.trainer.recl import HOLDOUT_EVERY
 from edgeadapt.video.codec import decode_h264, encode_h264
 from edgeadapt.video.source import open_source
 from edgeadapt.video.synthetic import NUM_CLASSES, SEGMENT_S, SyntheticVideo
@@ -96,6 +99,8 @@ class ReclBenchConfig:
         if n < 3 or n % 3:
             # AMS spends a third of them on each of a window's three 10 s updates: equal compute.
             raise ValueError(f"--iterations must be a positive multiple of 3, got {n}")
+        if self.window_s * self.sample_fps < HOLDOUT_EVERY:
+            raise ValueError(f"a window needs at least {HOLDOUT_EVERY} frames (one held out)")
         lo, hi = self.scene_s
         if not 1.0 <= lo <= hi:
             raise ValueError(f"--scene-seconds needs 1 <= LO <= HI, got {lo:g}-{hi:g}")
@@ -109,6 +114,16 @@ class Window:
     labels: torch.Tensor
     times: list[float]
     nbytes: int
+
+    @property
+    def held(self) -> list[int]:
+        """The frames the safety checker scores on and nothing trains on (as in the trainer)."""
+        return [i for i in range(len(self.times)) if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1]
+
+    @property
+    def train(self) -> list[int]:
+        held = set(self.held)
+        return [i for i in range(len(self.times)) if i not in held]
 
 
 @dataclass
@@ -213,6 +228,7 @@ class Device:
     scores: list[tuple[float, float]] = field(default_factory=list)
     current: tuple[str, torch.Tensor] | None = None  # the trainer's view of the device's model
     retrained: tuple[str, torch.Tensor] | None = None
+    start: torch.Tensor | None = None  # the model the window began with (ams+recl)
     session: AMSSession | None = None
     bytes_per_coordinate: float = 2.5  # of AMS updates, measured after the first
 
@@ -279,8 +295,11 @@ class Harness:
         return self.work
 
     def accuracy(self, weights: torch.Tensor, window: Window) -> float:
+        """Mean mIoU on the window's held-out frames."""
+        held = window.held
+        model = self.load(weights)
         return float(
-            per_frame_miou(self.load(weights), window.images, window.labels, NUM_CLASSES).mean()
+            per_frame_miou(model, window.images[held], window.labels[held], NUM_CLASSES).mean()
         )
 
     def retrain(self, start: torch.Tensor, window: Window, seed: int) -> torch.Tensor:
@@ -291,11 +310,11 @@ class Harness:
         freeze_batchnorm(model)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         gen = torch.Generator().manual_seed(seed)
-        frames = to_tensor(window.images)
+        frames, labels = to_tensor(window.images[window.train]), window.labels[window.train]
         criterion = nn.CrossEntropyLoss()
         for _ in range(cfg.iterations):
             pick = torch.randint(len(frames), (cfg.batch_size,), generator=gen)
-            loss = criterion(model(frames[pick]), window.labels[pick])
+            loss = criterion(model(frames[pick]), labels[pick])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -422,7 +441,7 @@ class Harness:
             for d, dev in enumerate(devices):
                 window = self.data[d].windows[w]
                 if dev.session is not None:
-                    self._ams_window(d, dev, window, t0, t1, result)
+                    self._ams_window(d, dev, window, t0, t1, result, variant == "ams+recl")
                 else:
                     self.score(d, dev, t0, t1)
                 if variant == "ams":
@@ -442,14 +461,23 @@ class Harness:
         return result
 
     def _ams_window(
-        self, d: int, dev: Device, window: Window, t0: float, t1: float, result: VariantResult
+        self,
+        d: int,
+        dev: Device,
+        window: Window,
+        t0: float,
+        t1: float,
+        result: VariantResult,
+        hold_out: bool,
     ) -> None:
-        """Three AMS phases over the window: ingest 10 s of frames, train, send the update."""
+        """Three AMS phases over the window: ingest 10 s of frames (less the held-out ones with
+        ``hold_out``), train, send the update."""
         assert dev.session is not None
         phase = (t1 - t0) / 3
+        usable = set(window.train if hold_out else range(len(window.times)))
         for p in range(3):
             a, b = t0 + p * phase, t0 + (p + 1) * phase
-            sel = [i for i, t in enumerate(window.times) if a <= t < b]
+            sel = [i for i, t in enumerate(window.times) if a <= t < b and i in usable]
             self.score(d, dev, a, b)
             if sel:
                 dev.session.ingest(
@@ -502,6 +530,8 @@ class Harness:
         candidates: dict[str, torch.Tensor] = {dev.current[0]: dev.current[1]}
         if dev.retrained is not None and variant != "ams+recl":
             candidates[dev.retrained[0]] = dev.retrained[1]
+        if dev.start is not None and variant == "ams+recl":
+            candidates[f"d{d}-w{w}-start"] = dev.start
         if zoo is not None and zoo.snapshot.ids:
             ids = (
                 zoo.snapshot.ids
@@ -546,6 +576,7 @@ class Harness:
             if verdict.winner != dev.current[0]:
                 weights, _ = self.deploy(dev, now, winner, verdict.winner, result)
                 dev.session.optimizer.set_flat_params(weights.clone())
+            dev.start = dev.session.optimizer.flat_params().detach().clone()
             return
         weights, running = self.deploy(dev, now, winner, verdict.winner, result)
         dev.current = (running or f"d{d}-w{w}-partial", weights)
