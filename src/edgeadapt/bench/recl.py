@@ -58,10 +58,16 @@ from edgeadapt.models.zoo import SegmentationModel
 from edgeadapt.recl.rules import ReclParams, safety_check
 from edgeadapt.recl.store import ZooStore
 from edgeadapt.recl.zoo import Candidate, Zoo, per_frame_miou
-from edgeadapt.trainer.recl import HOLDOUT_EVERY
+from edgeadapt.trainer.recl import HOLDOUT_EVERY, held_out
 from edgeadapt.video.codec import decode_h264, encode_h264
 from edgeadapt.video.source import open_source
-from edgeadapt.video.synthetic import NUM_CLASSES, SEGMENT_S, SyntheticVideo
+from edgeadapt.video.synthetic import (
+    NUM_CLASSES,
+    SEGMENT_S,
+    SyntheticVideo,
+    check_scene_seconds,
+    parse_scene_seconds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +107,7 @@ class ReclBenchConfig:
             raise ValueError(f"--iterations must be a positive multiple of 3, got {n}")
         if self.window_s * self.sample_fps < HOLDOUT_EVERY:
             raise ValueError(f"a window needs at least {HOLDOUT_EVERY} frames (one held out)")
-        lo, hi = self.scene_s
-        if not 1.0 <= lo <= hi:
-            raise ValueError(f"--scene-seconds needs 1 <= LO <= HI, got {lo:g}-{hi:g}")
+        check_scene_seconds(self.scene_s, "--scene-seconds")
 
 
 @dataclass
@@ -118,7 +122,7 @@ class Window:
     @property
     def held(self) -> list[int]:
         """The frames the safety checker scores on and nothing trains on (as in the trainer)."""
-        return [i for i in range(len(self.times)) if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1]
+        return [i for i in range(len(self.times)) if held_out(i)]
 
     @property
     def train(self) -> list[int]:
@@ -767,17 +771,6 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--profile", default="bench", help="model training profile (bench, tiny)")
 
 
-def parse_seconds_range(text: str) -> tuple[float, float]:
-    """``LO-HI`` seconds, as ``--scene-seconds`` takes them."""
-    lo, dash, hi = text.partition("-")
-    try:
-        if not dash:
-            raise ValueError
-        return float(lo), float(hi)
-    except ValueError:
-        raise ValueError(f"--scene-seconds takes LO-HI seconds, got {text!r}") from None
-
-
 def plot(path: Path, report: dict[str, Any]) -> None:
     """The report's figures per variant: accuracy, recovery, downlink, and the zoo over time."""
     import matplotlib
@@ -843,7 +836,7 @@ def run(args: argparse.Namespace) -> int:
             duration=args.duration or (480.0 if args.quick else 1200.0),
             seed=args.seed,
             iterations=args.iterations,
-            scene_s=parse_seconds_range(args.scene_seconds),
+            scene_s=parse_scene_seconds(args.scene_seconds, "--scene-seconds"),
             variants=variants,
         )
     except ValueError as exc:

@@ -64,6 +64,11 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
 ]
 
 
+def held_out(position: int) -> bool:
+    """Whether a window's ``position``-th frame is held out for the safety checker."""
+    return position % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+
+
 class GatingError(Exception):
     """The gating service could not answer (unreachable, refused, or a malformed reply)."""
 
@@ -241,7 +246,7 @@ class Window:
         for i in range(len(images)):
             if self.start is None:
                 self.start = float(times[i])
-            if self.seen % HOLDOUT_EVERY == HOLDOUT_EVERY - 1:
+            if held_out(self.seen):
                 self.holdout.append(len(self.images))
             else:
                 train.append(i)

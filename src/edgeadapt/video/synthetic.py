@@ -432,6 +432,25 @@ class Segment:
     dissolve: float  # seconds of dissolve from the previous segment; 0 = cut
 
 
+def parse_scene_seconds(text: str, name: str = "scene") -> tuple[float, float]:
+    """Segment lengths given as ``LO-HI`` seconds (``name``: what the error calls them)."""
+    lo, dash, hi = text.partition("-")
+    try:
+        if not dash:
+            raise ValueError
+        segment_s = (float(lo), float(hi))
+    except ValueError:
+        raise ValueError(f"{name} takes LO-HI seconds, got {text!r}") from None
+    return check_scene_seconds(segment_s, name)
+
+
+def check_scene_seconds(segment_s: tuple[float, float], name: str = "scene") -> tuple[float, float]:
+    lo, hi = segment_s
+    if not 1.0 <= lo <= hi:
+        raise ValueError(f"{name} needs 1 <= LO <= HI, got {lo:g}-{hi:g}")
+    return segment_s
+
+
 def build_timeline(
     seed: int,
     duration: float,
@@ -493,8 +512,7 @@ class SyntheticVideo(VideoSource):
     ) -> None:
         if duration <= 0 or fps <= 0 or width < 16 or height < 16:
             raise ValueError("synthetic video needs duration > 0, fps > 0 and size >= 16x16")
-        if not 1.0 <= segment_s[0] <= segment_s[1]:
-            raise ValueError(f"scene lengths need 1 <= LO <= HI seconds, got {segment_s}")
+        check_scene_seconds(segment_s)
         self.seed, self.fps, self.width, self.height = seed, fps, width, height
         self.library_size = library_size
         self._num_frames = round(duration * fps)
@@ -526,10 +544,7 @@ class SyntheticVideo(VideoSource):
                 elif key in ("duration", "fps"):
                     kwargs[key] = float(value)
                 elif key == "scene":
-                    lo, dash, hi = value.partition("-")
-                    if not dash:
-                        raise ValueError("scene takes LO-HI seconds")
-                    kwargs["segment_s"] = (float(lo), float(hi))
+                    kwargs["segment_s"] = parse_scene_seconds(value)
                 else:
                     raise ValueError(f"unknown synthetic spec key {key!r}")
             except ValueError as exc:
