@@ -35,6 +35,8 @@ def test_bench_recl_end_to_end(tmp_path: Path) -> None:
             "9",
             "--scene-seconds",
             "30-60",
+            "--horizon-seconds",
+            "60",
             "--variants",
             ",".join(variants),
             "--out",
@@ -51,6 +53,7 @@ def test_bench_recl_end_to_end(tmp_path: Path) -> None:
     assert list(report["variants"]) == variants
     assert report["config"]["iterations"] == 9
     assert report["config"]["scene_s"] == [30, 60]
+    assert report["config"]["horizon_s"] == 60
     for name, v in report["variants"].items():
         assert 0 < v["miou_mean"] <= 100, name
         assert v["miou_p10"] <= v["miou_mean"]

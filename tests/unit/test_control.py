@@ -61,3 +61,17 @@ def test_horizon_buffer_draws_only_from_the_horizon_and_evicts() -> None:
     assert labels.dtype == torch.long
     with pytest.raises(LookupError):
         buf.sample(1, now=100.0, generator=gen)
+
+
+def test_horizon_buffer_hands_out_its_recent_samples_without_copying_them() -> None:
+    buf = HorizonBuffer(horizon=10.0)
+    for t in range(30):
+        buf.add(torch.full((3, 2, 2), t, dtype=torch.uint8), torch.zeros(2, 2), float(t))
+    frames, labels = buf.recent(25.0)
+    assert [int(f[0, 0, 0]) for f in frames] == list(range(19, 26))  # [now - horizon, now]
+    assert len(labels) == len(frames)
+    assert frames[0] is buf.frames[0], "the job shares the buffer's tensors"
+    buf.add(torch.full((3, 2, 2), 40, dtype=torch.uint8), torch.zeros(2, 2), 40.0)
+    assert len(buf) == 1
+    assert len(frames) == 7, "eviction leaves a handed-out list alone"
+    assert buf.recent(100.0) == ([], [])

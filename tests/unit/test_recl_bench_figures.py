@@ -78,3 +78,12 @@ def test_the_benchmark_holds_out_the_frames_the_trainer_holds_out(batches: list[
 def test_a_window_too_short_to_hold_a_frame_out_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 5 frames"):
         ReclBenchConfig(window_s=4.0, sample_fps=1.0)
+
+
+@pytest.mark.parametrize("horizon", [20.0, 600.0])
+def test_a_horizon_shorter_than_a_window_or_longer_than_the_video_is_refused(
+    horizon: float,
+) -> None:
+    with pytest.raises(ValueError, match="--horizon-seconds must be between the window"):
+        ReclBenchConfig(duration=480.0, horizon_s=horizon)
+    assert ReclBenchConfig(duration=480.0, horizon_s=30.0).horizon_s == 30.0

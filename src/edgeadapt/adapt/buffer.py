@@ -49,6 +49,15 @@ class HorizonBuffer:
         hi = bisect.bisect_right(self.times, now)
         return range(lo, hi)
 
+    def recent(self, now: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The samples inside the horizon at ``now``, oldest first: (frames, labels).
+
+        The lists are new; the tensors are the buffer's own (shared, not copied), so a job may
+        keep them while the buffer moves on.
+        """
+        win = self.window(now)
+        return self.frames[win.start : win.stop], self.labels[win.start : win.stop]
+
     def sample(
         self, batch_size: int, now: float, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,9 +14,11 @@ recent models costs a message.
 - ``recl``: at each window's end the gating network's top-K experts, the device's model and its
   last retrained model are scored on the window's held-out frames (every fifth, never trained
   on, as the trainer holds them out) against the teacher and the best is sent; a retraining job
-  warm-started from it trains on the window's other frames and sends its sparse delta (the top
-  ``gamma`` fraction of the change, as AMS would) to the trainer's copy; models that beat the
-  others by alpha are admitted to the shared zoo past gamma, and unused ones pruned;
+  warm-started from it trains on the training frames of the horizon (``--horizon-seconds``,
+  AMS's 240 s: the window's and the ones before it, as the trainer's job does) and sends its
+  sparse delta (the top ``gamma`` fraction of the change, as AMS would) to the trainer's copy;
+  models that beat the others by alpha are admitted to the shared zoo past gamma, and unused
+  ones pruned;
 - ``recl_no_reuse``: the same without the zoo (the device's model and its last retrained one);
 - ``ams+recl``: RECL's selection at window boundaries, AMS's streaming within windows (on the
   frames that are not held out; the model the device started the window with is a candidate);
@@ -88,6 +90,9 @@ class ReclBenchConfig:
     sample_fps: float = 1.0
     eval_stride: float = 2.0
     iterations: int = 15  # Adam steps per device and window, every variant
+    # Seconds of a device's recent frames training draws from, every variant (AMS's T_horizon;
+    # RECL's retraining jobs, as the trainer's: whole windows, the one just ended and older).
+    horizon_s: float = AMSConfig.t_horizon
     batch_size: int = 8
     lr: float = 1e-3
     update_fraction: float = 0.05  # coordinates a retraining job or AMS phase changes
@@ -108,6 +113,11 @@ class ReclBenchConfig:
         if self.window_s * self.sample_fps < HOLDOUT_EVERY:
             raise ValueError(f"a window needs at least {HOLDOUT_EVERY} frames (one held out)")
         check_scene_seconds(self.scene_s, "--scene-seconds")
+        if not self.window_s <= self.horizon_s <= self.duration:
+            raise ValueError(
+                f"--horizon-seconds must be between the window ({self.window_s:g} s) and the"
+                f" video's length ({self.duration:g} s), got {self.horizon_s:g}"
+            )
 
 
 @dataclass
@@ -271,6 +281,7 @@ class Harness:
         self.params = list(self.student.parameters())
         self.base = nn.utils.parameters_to_vector(self.params).detach().clone()
         self.num_windows = int(cfg.duration // cfg.window_s)
+        self.horizon_windows = max(1, round(cfg.horizon_s / cfg.window_s))
         self.data = [self._prepare(d) for d in range(cfg.devices)]
         self._mark_recurring()
         self.work = copy.deepcopy(self.student).eval()
@@ -306,15 +317,16 @@ class Harness:
             per_frame_miou(model, window.images[held], window.labels[held], NUM_CLASSES).mean()
         )
 
-    def retrain(self, start: torch.Tensor, window: Window, seed: int) -> torch.Tensor:
-        """``iterations`` Adam steps from ``start`` on the window; the top fraction of the
-        change is kept (rounded to float16, as it travels), the rest reverts."""
+    def retrain(self, start: torch.Tensor, windows: list[Window], seed: int) -> torch.Tensor:
+        """``iterations`` Adam steps from ``start`` on the windows' training frames; the top
+        fraction of the change is kept (rounded to float16, as it travels), the rest reverts."""
         cfg = self.cfg
         model = self.load(start.clone())
         freeze_batchnorm(model)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         gen = torch.Generator().manual_seed(seed)
-        frames, labels = to_tensor(window.images[window.train]), window.labels[window.train]
+        frames = torch.cat([to_tensor(x.images[x.train]) for x in windows])
+        labels = torch.cat([x.labels[x.train] for x in windows])
         criterion = nn.CrossEntropyLoss()
         for _ in range(cfg.iterations):
             pick = torch.randint(len(frames), (cfg.batch_size,), generator=gen)
@@ -430,6 +442,7 @@ class Harness:
             )
         if variant in ("ams", "ams+recl"):
             ams = AMSConfig(
+                t_horizon=cfg.horizon_s,
                 t_update=10.0,
                 iterations=cfg.iterations // 3,
                 gamma=cfg.update_fraction,
@@ -585,7 +598,9 @@ class Harness:
         weights, running = self.deploy(dev, now, winner, verdict.winner, result)
         dev.current = (running or f"d{d}-w{w}-partial", weights)
         c0 = time.process_time()
-        dev.retrained = (f"d{d}-w{w}", self.retrain(winner, window, seed=w * 100 + d))
+        # The job's horizon, as the trainer's: this window's training frames and older ones.
+        recent = self.data[d].windows[max(0, w + 1 - self.horizon_windows) : w + 1]
+        dev.retrained = (f"d{d}-w{w}", self.retrain(winner, recent, seed=w * 100 + d))
         result.cpu["retraining"] += time.process_time() - c0
 
     def _candidate(
@@ -762,6 +777,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         help="Adam steps per device and window, every variant; a multiple of 3 (%(default)s)",
     )
     parser.add_argument(
+        "--horizon-seconds",
+        type=float,
+        default=ReclBenchConfig.horizon_s,
+        help="seconds of recent frames training draws from, every variant (%(default)g)",
+    )
+    parser.add_argument(
         "--scene-seconds",
         default="{:g}-{:g}".format(*SEGMENT_S),
         help="LO-HI: how long a scene lasts before a cut, drawn uniformly (%(default)s)",
@@ -836,6 +857,7 @@ def run(args: argparse.Namespace) -> int:
             duration=args.duration or (480.0 if args.quick else 1200.0),
             seed=args.seed,
             iterations=args.iterations,
+            horizon_s=args.horizon_seconds,
             scene_s=parse_scene_seconds(args.scene_seconds, "--scene-seconds"),
             variants=variants,
         )

@@ -84,7 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--t-update", type=float, default=AMSConfig.t_update)
-    p.add_argument("--t-horizon", type=float, default=AMSConfig.t_horizon)
+    p.add_argument(
+        "--t-horizon",
+        type=float,
+        default=AMSConfig.t_horizon,
+        help="seconds of recent frames training draws from (AMS phases; recl retraining jobs)",
+    )
     p.add_argument("--iterations", type=int, default=AMSConfig.iterations, help="AMS K")
     p.add_argument("--gamma", type=float, default=AMSConfig.gamma)
     p.add_argument("--lr", type=float, default=AMSConfig.lr)

@@ -848,7 +848,7 @@ class Hub:
         recl: ReclConfig,
     ) -> None:
         """Strategy recl: the frames join the AMS horizon (its controller still sets the
-        sampling rate), and the device's retraining job (on the last window's frames) waits for
+        sampling rate), and the device's retraining job (on the horizon's frames) waits for
         the next round; nothing is sent before the window ends."""
         session, state = dev.session, dev.recl
         assert session is not None
@@ -952,7 +952,9 @@ class Hub:
             state.retrain = copy.deepcopy(session.model)
             freeze_batchnorm(state.retrain)
             state.optimizer = torch.optim.Adam(state.retrain.parameters(), lr=recl.lr)
-            state.job, state.job_steps = window.training(), 0
+            # Its frames: the AMS horizon's (this window's training frames and older ones).
+            frames, kept = session.buffer.recent(dev.last_frame_time)
+            state.job, state.job_steps = ((frames, kept) if frames else None), 0
             state.job_holdout = (images, labels)
         self.metrics.recl_seconds.observe(time.perf_counter() - t0)
         log.info(

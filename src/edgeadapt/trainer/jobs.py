@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from edgeadapt.adapt.ams import AMSSession, Phase, freeze_batchnorm
-from edgeadapt.models.data import to_tensor
 from edgeadapt.models.zoo import SegmentationModel
 from edgeadapt.recl.zoo import per_frame_miou
 from edgeadapt.trainer.scheduler import Work, drift
@@ -197,11 +196,13 @@ class PhaseJob(SlicedJob):
 class ReclJob(SlicedJob):
     """Strategy recl: one device's retraining job (RECL §2.5) as the scheduler runs it.
 
-    The job fine-tunes its own copy of the model the last window's safety check picked, on that
-    window's training frames, while the next window fills; slices are scored on the same window's
-    held-out frames (RECL's "test subset"). The device's deployed model is untouched until the
-    next window's end decides whether the retrained model wins. A failed slice leaves the copy
-    as it is (the safety check judges it like any candidate).
+    The job fine-tunes its own copy of the model the last window's safety check picked, while
+    the next window fills, on the device's training frames of the last ``ams.t_horizon`` seconds
+    (the AMS horizon; RECL's own horizon is one window, which overfits: recl.md §2.5); slices
+    are scored on the last window's held-out frames (RECL's "test subset"). The device's
+    deployed model is untouched until the next window's end decides whether the retrained model
+    wins. A failed slice leaves the copy as it is (the safety check judges it like any
+    candidate).
     """
 
     def __init__(
@@ -209,7 +210,7 @@ class ReclJob(SlicedJob):
         key: str,
         model: SegmentationModel,
         optimizer: torch.optim.Optimizer,
-        frames: tuple[np.ndarray, torch.Tensor],
+        frames: tuple[list[torch.Tensor], list[torch.Tensor]],
         holdout: tuple[np.ndarray, torch.Tensor] | None,
         lock: threading.RLock,
         generator: torch.Generator,
@@ -221,7 +222,7 @@ class ReclJob(SlicedJob):
         super().__init__(key, lock, holdout, urgency, num_classes, device)
         self.model = model
         self.optimizer = optimizer
-        self.frames = frames
+        self.frames = frames  # uint8 3 x H x W frames and their labels, shared with the buffer
         self.generator = generator
         self.batch_size = batch_size
         self.criterion = torch.nn.CrossEntropyLoss()
@@ -241,9 +242,10 @@ class ReclJob(SlicedJob):
         images, labels = self.frames
         pick = torch.randint(
             len(images), (min(self.batch_size, len(images)),), generator=self.generator
-        )
-        x = to_tensor(images[pick.numpy()], self.device)
-        loss = self.criterion(self.model(x), labels[pick].long().to(self.device))
+        ).tolist()
+        x = torch.stack([images[i] for i in pick]).to(self.device).float().div_(255.0)
+        y = torch.stack([labels[i] for i in pick]).long().to(self.device)
+        loss = self.criterion(self.model(x), y)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()

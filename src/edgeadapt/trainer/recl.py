@@ -13,9 +13,11 @@ window (recl.md §2.1 to 2.9):
    that differ, as float16, or every coordinate when that is smaller);
 4. the retrained model is offered to the zoo (``Admit``) when it beats every other candidate by
    the zoo's alpha, and the pick is recorded (it decides pruning);
-5. a retraining job starts from the winner (warm start) on the window's training frames; it
-   runs while the next window fills (``iterations`` steps per processed batch), and its model is
-   that window's "last retrained model".
+5. a retraining job starts from the winner (warm start) on the device's training frames of
+   the last ``ams.t_horizon`` seconds (240 s), the window's and those before it: RECL's own
+   horizon is one window, which overfits (recl.md §2.5), and AMS trains on this horizon too; the
+   job runs while the next window fills (``iterations`` steps per processed batch), and its
+   model is that window's "last retrained model".
 
 ``recl`` sends nothing between window ends; ``ams+recl`` keeps AMS's sparse updates within
 windows (the AMS session's model, trained on the horizon, is then both the device's model and
@@ -264,14 +266,6 @@ class Window:
             torch.stack([self.labels[i] for i in self.holdout]),
         )
 
-    def training(self) -> tuple[np.ndarray, torch.Tensor] | None:
-        """The frames that are not held out (None if there are none)."""
-        held = set(self.holdout)
-        idx = [i for i in range(len(self.images)) if i not in held]
-        if not idx:
-            return None
-        return np.stack([self.images[i] for i in idx]), torch.stack([self.labels[i] for i in idx])
-
     def all_frames(self, limit: int | None = None) -> tuple[np.ndarray, torch.Tensor]:
         idx = list(range(len(self.images)))
         if limit is not None and len(idx) > limit:
@@ -288,10 +282,10 @@ class DeviceRecl:
 
     window: Window = field(default_factory=Window)
     # Strategy recl: the retraining job started at the last window's end, warm-started from
-    # that window's winner and trained on that window's frames while the next one fills.
+    # that window's winner and trained on the horizon's frames while the next one fills.
     retrain: SegmentationModel | None = None
     optimizer: torch.optim.Optimizer | None = None
-    job: tuple[np.ndarray, torch.Tensor] | None = None  # the frames it trains on
+    job: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # the frames it trains on
     job_holdout: tuple[np.ndarray, torch.Tensor] | None = None  # and scores its slices on
     job_steps: int = 0
     start: torch.Tensor | None = None  # the device's model when the window began (ams+recl)
