@@ -66,6 +66,19 @@ class HorizonBuffer:
         if len(win) == 0:
             raise LookupError("no samples inside the horizon")
         picks = torch.randint(win.start, win.stop, (batch_size,), generator=generator).tolist()
-        frames = torch.stack([self.frames[i] for i in picks]).float().div_(255.0)
-        labels = torch.stack([self.labels[i] for i in picks]).long()
-        return frames, labels
+        return gather(self.frames, self.labels, picks)
+
+
+def gather(
+    frames: list[torch.Tensor],
+    labels: list[torch.Tensor],
+    picks: list[int],
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A mini-batch of stored samples: float frames in [0, 1] and long labels on ``device``
+    (the uint8 frames travel there before they are widened)."""
+    x = torch.stack([frames[i] for i in picks])
+    if device is not None:
+        x = x.to(device)
+    y = torch.stack([labels[i] for i in picks]).long()
+    return x.float().div_(255.0), (y if device is None else y.to(device))

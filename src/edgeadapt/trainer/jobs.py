@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from edgeadapt.adapt.ams import AMSSession, Phase, freeze_batchnorm
+from edgeadapt.adapt.buffer import gather
 from edgeadapt.models.zoo import SegmentationModel
 from edgeadapt.recl.zoo import per_frame_miou
 from edgeadapt.trainer.scheduler import Work, drift
@@ -243,8 +244,7 @@ class ReclJob(SlicedJob):
         pick = torch.randint(
             len(images), (min(self.batch_size, len(images)),), generator=self.generator
         ).tolist()
-        x = torch.stack([images[i] for i in pick]).to(self.device).float().div_(255.0)
-        y = torch.stack([labels[i] for i in pick]).long().to(self.device)
+        x, y = gather(images, labels, pick, self.device)
         loss = self.criterion(self.model(x), y)
         self.optimizer.zero_grad()
         loss.backward()
