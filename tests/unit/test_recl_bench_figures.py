@@ -75,6 +75,19 @@ def test_the_benchmark_holds_out_the_frames_the_trainer_holds_out(batches: list[
     assert not set(bench.held) & set(bench.train)
 
 
+def test_the_benchmark_scores_candidates_on_the_frames_the_trainer_scores_them_on() -> None:
+    n = 30
+    window = Window(
+        np.zeros((n, 4, 4, 3), dtype=np.uint8),
+        torch.zeros((n, 4, 4), dtype=torch.long),
+        [float(t) for t in range(n)],
+        0,
+    )
+    assert window.scored(streams=False) == list(range(n)), "recl: every frame"
+    assert window.scored(streams=True) == window.held, "ams+recl: the held-out ones"
+    assert len(window.held) == 6
+
+
 def test_a_window_too_short_to_hold_a_frame_out_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 5 frames"):
         ReclBenchConfig(window_s=4.0, sample_fps=1.0)

@@ -245,6 +245,47 @@ def test_a_window_ends_with_the_safety_checkers_pick(
         hub.stop()
 
 
+@pytest.mark.parametrize(("strategy", "scored"), [("recl", 10), ("ams+recl", 2)])
+def test_candidates_are_scored_on_the_frames_none_of_them_trained_on(
+    models: Models, tmp_path: Path, strategy: str, scored: int
+) -> None:
+    hub = make_hub(models, tmp_path, FakeGating({"zoo-a": perturbed(models[1], 4)}), strategy)
+    sizes: list[int] = []
+    score = hub._holdout_miou
+
+    def spy(flat: torch.Tensor, images: np.ndarray, labels: torch.Tensor) -> float:
+        sizes.append(len(images))
+        return score(flat, images, labels)
+
+    hub._holdout_miou = spy  # type: ignore[method-assign]
+    hub.start()
+    try:
+        sent: list[pb.TrainerMessage] = []
+        hub.attach(register(hub), sent.append, lambda reason: None)
+        for seq in range(2):  # 10 frames: the first window ends with the second batch
+            assert hub.try_submit("cam-1", frames(seq, 4000.0 + 2.5 * seq))
+        dev = hub.devices["cam-1"]
+        state, session = dev.recl, dev.session
+        assert state is not None
+        assert session is not None
+        wait(lambda: state.windows >= 1)
+        # recl: no candidate trained on the window, so all 10 frames; ams+recl: AMS trained the
+        # device's model on 8 of them, so the 2 held out.
+        assert sizes, "the candidates were scored"
+        assert set(sizes) == {scored}
+        with dev.lock:
+            # Training (AMS's, or the job's that started at the window's end) never sees the
+            # held-out frames; a job's slices are scored on them.
+            assert len(session.buffer) == 8
+            if strategy == "recl":
+                assert state.job is not None
+                assert state.job_holdout is not None
+                assert len(state.job[0]) == 8
+                assert len(state.job_holdout[0]) == 2
+    finally:
+        hub.stop()
+
+
 def test_strategy_recl_retraining_jobs_run_in_the_schedulers_rounds(
     models: Models, tmp_path: Path
 ) -> None:

@@ -12,16 +12,17 @@ recent models costs a message.
 
 - ``ams``: AMS alone (its sampling of the window at 1 fps, 10 s update phases, sparse updates);
 - ``recl``: at each window's end the gating network's top-K experts, the device's model and its
-  last retrained model are scored on the window's held-out frames (every fifth, never trained
-  on, as the trainer holds them out) against the teacher and the best is sent; a retraining job
-  warm-started from it trains on the training frames of the horizon (``--horizon-seconds``,
-  AMS's 240 s: the window's and the ones before it, as the trainer's job does) and sends its
+  last retrained model are scored on the window's frames (none of them has trained on any, as
+  in the trainer) against the teacher and the best is sent; a retraining job warm-started from
+  it trains on the training frames of the horizon (``--horizon-seconds``, AMS's 240 s: the
+  window's and the ones before it, less every fifth, held out as in the trainer) and sends its
   sparse delta (the top ``gamma`` fraction of the change, as AMS would) to the trainer's copy;
   models that beat the others by alpha are admitted to the shared zoo past gamma, and unused
   ones pruned;
 - ``recl_no_reuse``: the same without the zoo (the device's model and its last retrained one);
 - ``ams+recl``: RECL's selection at window boundaries, AMS's streaming within windows (on the
-  frames that are not held out; the model the device started the window with is a candidate);
+  frames that are not held out; the candidates are scored on the held-out ones; the model the
+  device started the window with is a candidate);
 - ``oracle_reuse``: ``recl`` with the safety checker trying every expert (no gating);
 - ``recl_unpruned``: ``recl`` with pruning off (the zoo-size comparison).
 
@@ -131,13 +132,20 @@ class Window:
 
     @property
     def held(self) -> list[int]:
-        """The frames the safety checker scores on and nothing trains on (as in the trainer)."""
+        """The frames nothing trains on (as in the trainer): ams+recl's safety checker scores
+        on them."""
         return [i for i in range(len(self.times)) if held_out(i)]
 
     @property
     def train(self) -> list[int]:
         held = set(self.held)
         return [i for i in range(len(self.times)) if i not in held]
+
+    def scored(self, streams: bool) -> list[int]:
+        """The frames the safety checker scores on at the window's end: the held-out ones when
+        AMS streamed (its model trained on the others), else every frame (no candidate has
+        trained on any of them)."""
+        return self.held if streams else list(range(len(self.times)))
 
 
 @dataclass
@@ -309,12 +317,11 @@ class Harness:
         nn.utils.vector_to_parameters(weights, self.work.parameters())
         return self.work
 
-    def accuracy(self, weights: torch.Tensor, window: Window) -> float:
-        """Mean mIoU on the window's held-out frames."""
-        held = window.held
+    def accuracy(self, weights: torch.Tensor, window: Window, frames: list[int]) -> float:
+        """Mean mIoU on the window's ``frames``."""
         model = self.load(weights)
         return float(
-            per_frame_miou(model, window.images[held], window.labels[held], NUM_CLASSES).mean()
+            per_frame_miou(model, window.images[frames], window.labels[frames], NUM_CLASSES).mean()
         )
 
     def retrain(self, start: torch.Tensor, windows: list[Window], seed: int) -> torch.Tensor:
@@ -559,7 +566,8 @@ class Harness:
                 candidates.setdefault(
                     e, nn.utils.parameters_to_vector(zoo.model(e).parameters()).detach().clone()
                 )
-        scores = {c: self.accuracy(v, window) for c, v in candidates.items()}
+        scored = window.scored(streams=variant == "ams+recl")
+        scores = {c: self.accuracy(v, window, scored) for c, v in candidates.items()}
         retrained_id = dev.retrained[0] if dev.retrained is not None else None
         if variant == "ams+recl":  # the streamed model, trained through this window
             retrained_id = dev.current[0]
@@ -576,7 +584,9 @@ class Harness:
             if variant in ("recl", "recl_unpruned") and len(zoo.snapshot.ids) > zoo.params.top_k:
                 everyone = {
                     e: self.accuracy(
-                        nn.utils.parameters_to_vector(zoo.model(e).parameters()).detach(), window
+                        nn.utils.parameters_to_vector(zoo.model(e).parameters()).detach(),
+                        window,
+                        scored,
                     )
                     for e in zoo.snapshot.ids
                 }

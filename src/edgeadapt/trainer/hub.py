@@ -880,7 +880,11 @@ class Hub:
         assert self.gating is not None
         t0 = time.perf_counter()
         window = state.window
-        images, labels = window.held_out()
+        held_images, held_labels = window.held_out()
+        # What the candidates are scored on: under ams+recl the device's model trained on the
+        # window's other frames, so its held-out ones; under recl every frame (no candidate has
+        # trained on any: the retraining job's frames end where the window begins).
+        images, labels = (held_images, held_labels) if recl.streams else window.all_frames()
         current = session.optimizer.flat_params().detach().cpu().clone()
         candidates: dict[str, torch.Tensor] = {"current": current}
         retrained: str | None = None
@@ -955,7 +959,7 @@ class Hub:
             # Its frames: the AMS horizon's (this window's training frames and older ones).
             frames, kept = session.buffer.recent(dev.last_frame_time)
             state.job, state.job_steps = ((frames, kept) if frames else None), 0
-            state.job_holdout = (images, labels)
+            state.job_holdout = (held_images, held_labels)
         self.metrics.recl_seconds.observe(time.perf_counter() - t0)
         log.info(
             "window ended",

@@ -2,12 +2,15 @@
 
 For a policy with ``strategy: recl`` or ``ams+recl`` the hub cuts each device's teacher-labelled
 frames into windows of ``window_s`` seconds (capture time). Every ``HOLDOUT_EVERY``-th frame is
-held out: never trained on, it is what the safety checker scores candidates on. At the end of a
+held out: never trained on, it is what the checks score on. At the end of a
 window (recl.md §2.1 to 2.9):
 
 1. the window's frames go to the zoo's gating service, which answers the top-K experts;
 2. the safety checker scores those experts, the model the device runs and the model retrained
-   for it during the window on the held-out frames against the teacher's labels;
+   for it during the window against the teacher's labels: under ``recl`` on every frame of the
+   window (no candidate has trained on any of them: the retraining job's frames end where the
+   window begins), under ``ams+recl`` on the held-out ones (AMS trained the device's model on
+   the others);
 3. the device is switched to the winner: a zoo expert the agent holds in its expert cache costs
    one ``SwitchExpert`` message; any other model travels as one update (only the coordinates
    that differ, as float16, or every coordinate when that is smaller);
@@ -17,7 +20,8 @@ window (recl.md §2.1 to 2.9):
    the last ``ams.t_horizon`` seconds (240 s), the window's and those before it: RECL's own
    horizon is one window, which overfits (recl.md §2.5), and AMS trains on this horizon too; the
    job runs while the next window fills (``iterations`` steps per processed batch), and its
-   model is that window's "last retrained model".
+   model is that window's "last retrained model" (its slices are scored on the window's
+   held-out frames).
 
 ``recl`` sends nothing between window ends; ``ams+recl`` keeps AMS's sparse updates within
 windows (the AMS session's model, trained on the horizon, is then both the device's model and
