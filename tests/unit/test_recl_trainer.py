@@ -251,13 +251,13 @@ def test_candidates_are_scored_on_the_frames_none_of_them_trained_on(
 ) -> None:
     hub = make_hub(models, tmp_path, FakeGating({"zoo-a": perturbed(models[1], 4)}), strategy)
     sizes: list[int] = []
-    score = hub._holdout_miou
+    score = hub._miou_of
 
     def spy(flat: torch.Tensor, images: np.ndarray, labels: torch.Tensor) -> float:
         sizes.append(len(images))
         return score(flat, images, labels)
 
-    hub._holdout_miou = spy  # type: ignore[method-assign]
+    hub._miou_of = spy  # type: ignore[method-assign]
     hub.start()
     try:
         sent: list[pb.TrainerMessage] = []

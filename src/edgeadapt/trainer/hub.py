@@ -861,7 +861,7 @@ class Hub:
             dev.train_now = now
             self._pending[dev.device_id] = None
 
-    def _holdout_miou(self, flat: torch.Tensor, images: np.ndarray, labels: torch.Tensor) -> float:
+    def _miou_of(self, flat: torch.Tensor, images: np.ndarray, labels: torch.Tensor) -> float:
         """Mean per-frame mIoU against the teacher of the model with parameters ``flat``."""
         torch.nn.utils.vector_to_parameters(
             flat.to(self.device), [p for p in self._scratch.parameters() if p.requires_grad]
@@ -912,7 +912,7 @@ class Hub:
                 "gating service unavailable; the window ends without reuse",
                 extra={"device": dev.device_id, "error": str(exc)},
             )
-        scores = {key: self._holdout_miou(flat, images, labels) for key, flat in candidates.items()}
+        scores = {key: self._miou_of(flat, images, labels) for key, flat in candidates.items()}
         verdict = safety_check(scores, current="current", retrained=retrained, alpha=self._alpha)
         messages: list[pb.TrainerMessage] = []
         if verdict.winner == "current":
