@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from edgeadapt.bench.recl import ReclBenchConfig, Window, recovery_seconds, targets
+from edgeadapt.trainer.recl import SELECT_FRAMES
 from edgeadapt.trainer.recl import Window as TrainerWindow
 
 
@@ -86,6 +87,22 @@ def test_the_benchmark_scores_candidates_on_the_frames_the_trainer_scores_them_o
     assert window.scored(streams=False) == list(range(n)), "recl: every frame"
     assert window.scored(streams=True) == window.held, "ams+recl: the held-out ones"
     assert len(window.held) == 6
+
+
+def test_a_long_window_is_scored_on_the_evenly_spaced_frames_the_trainer_sends_to_select() -> None:
+    n = 48
+    images = np.arange(n, dtype=np.uint8)[:, None, None, None].repeat(4, 1).repeat(4, 2)
+    images = images.repeat(3, 3)
+    labels = torch.zeros((n, 4, 4), dtype=torch.long)
+    trainer = TrainerWindow()
+    trainer.add(images, labels, [float(t) for t in range(n)])
+    sent = trainer.all_frames(SELECT_FRAMES)[0]
+    bench = Window(images, labels, [float(t) for t in range(n)], 0)
+    picks = bench.scored(streams=False)
+    assert len(picks) == SELECT_FRAMES < n
+    assert [int(images[i, 0, 0, 0]) for i in picks] == [int(x[0, 0, 0]) for x in sent]
+    assert picks[0] == 0
+    assert picks[-1] == n - 1
 
 
 def test_a_window_too_short_to_hold_a_frame_out_is_refused() -> None:

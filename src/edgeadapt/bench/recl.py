@@ -61,7 +61,7 @@ from edgeadapt.models.zoo import SegmentationModel
 from edgeadapt.recl.rules import ReclParams, safety_check
 from edgeadapt.recl.store import ZooStore
 from edgeadapt.recl.zoo import Candidate, Zoo, per_frame_miou
-from edgeadapt.trainer.recl import HOLDOUT_EVERY, held_out
+from edgeadapt.trainer.recl import HOLDOUT_EVERY, SELECT_FRAMES, held_out, spaced
 from edgeadapt.video.codec import decode_h264, encode_h264
 from edgeadapt.video.source import open_source
 from edgeadapt.video.synthetic import (
@@ -142,10 +142,10 @@ class Window:
         return [i for i in range(len(self.times)) if i not in held]
 
     def scored(self, streams: bool) -> list[int]:
-        """The frames the safety checker scores on at the window's end: the held-out ones when
-        AMS streamed (its model trained on the others), else every frame (no candidate has
-        trained on any of them)."""
-        return self.held if streams else list(range(len(self.times)))
+        """The frames the safety checker scores on at the window's end, as the trainer's: the
+        held-out ones when AMS streamed (its model trained on the others), else the frames the
+        trainer sends to Select (no candidate has trained on any of them)."""
+        return self.held if streams else spaced(len(self.times), SELECT_FRAMES)
 
 
 @dataclass

@@ -881,10 +881,11 @@ class Hub:
         t0 = time.perf_counter()
         window = state.window
         held_images, held_labels = window.held_out()
+        selected, selected_labels = window.all_frames(SELECT_FRAMES)
         # What the candidates are scored on: under ams+recl the device's model trained on the
-        # window's other frames, so its held-out ones; under recl every frame (no candidate has
-        # trained on any: the retraining job's frames end where the window begins).
-        images, labels = (held_images, held_labels) if recl.streams else window.all_frames()
+        # window's other frames, so its held-out ones; under recl the frames sent to Select (no
+        # candidate has trained on any: the retraining job's frames end where the window begins).
+        images, labels = (held_images, held_labels) if recl.streams else (selected, selected_labels)
         current = session.optimizer.flat_params().detach().cpu().clone()
         candidates: dict[str, torch.Tensor] = {"current": current}
         retrained: str | None = None
@@ -899,7 +900,7 @@ class Hub:
         reachable = True
         try:
             top_k, self._alpha = self.gating.zoo_params()
-            _, choices = self.gating.select(window.all_frames(SELECT_FRAMES)[0], top_k)
+            _, choices = self.gating.select(selected, top_k)
             for choice in choices:
                 key = f"expert:{choice.id}"
                 candidates[key] = self.gating.expert(choice, self.student.arch, self.student)

@@ -2,15 +2,16 @@
 
 For a policy with ``strategy: recl`` or ``ams+recl`` the hub cuts each device's teacher-labelled
 frames into windows of ``window_s`` seconds (capture time). Every ``HOLDOUT_EVERY``-th frame is
-held out: never trained on, it is what the checks score on. At the end of a
-window (recl.md §2.1 to 2.9):
+held out: never trained on, it is what the checks score on. At the end of a window (recl.md
+§2.1 to 2.9):
 
 1. the window's frames go to the zoo's gating service, which answers the top-K experts;
 2. the safety checker scores those experts, the model the device runs and the model retrained
-   for it during the window against the teacher's labels: under ``recl`` on every frame of the
-   window (no candidate has trained on any of them: the retraining job's frames end where the
-   window begins), under ``ams+recl`` on the held-out ones (AMS trained the device's model on
-   the others);
+   for it during the window against the teacher's labels: under ``recl`` on the frames sent to
+   the gating service (every frame of the window, or ``SELECT_FRAMES`` evenly spaced ones: no
+   candidate has trained on any of them, as the retraining job's frames end where the window
+   begins), under ``ams+recl`` on the held-out ones (AMS trained the device's model on the
+   others);
 3. the device is switched to the winner: a zoo expert the agent holds in its expert cache costs
    one ``SwitchExpert`` message; any other model travels as one update (only the coordinates
    that differ, as float16, or every coordinate when that is smaller);
@@ -73,6 +74,13 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
 def held_out(position: int) -> bool:
     """Whether a window's ``position``-th frame is held out for the safety checker."""
     return position % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+
+
+def spaced(count: int, limit: int | None) -> list[int]:
+    """Positions of at most ``limit`` of a window's ``count`` frames, evenly spaced."""
+    if limit is None or count <= limit:
+        return list(range(count))
+    return [int(i) for i in np.linspace(0, count - 1, limit).round()]
 
 
 class GatingError(Exception):
@@ -271,9 +279,7 @@ class Window:
         )
 
     def all_frames(self, limit: int | None = None) -> tuple[np.ndarray, torch.Tensor]:
-        idx = list(range(len(self.images)))
-        if limit is not None and len(idx) > limit:
-            idx = [int(i) for i in np.linspace(0, len(idx) - 1, limit).round()]
+        idx = spaced(len(self.images), limit)
         return np.stack([self.images[i] for i in idx]), torch.stack([self.labels[i] for i in idx])
 
     def next(self) -> Window:
