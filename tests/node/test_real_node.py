@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import time
 from datetime import datetime
@@ -229,17 +230,28 @@ def test_pods_mount_volumes_pass_probes_and_reach_services_by_name(
         interval=1,
     )
 
-    def endpoint_ready() -> bool:
+    # CoreDNS answers a Service's names from its EndpointSlices, and the two Services' slices are
+    # written independently: the client starts once both list web-0 ready (the headless one under
+    # its hostname, which is what makes web-0.web-headless resolvable), so that a lookup never
+    # races the endpointslice controller and lands in CoreDNS's negative cache.
+    def endpoint_ready(service: str) -> bool:
         slices = get_json(
-            cluster, "endpointslices", "-n", SMOKE_NS, "-l", "kubernetes.io/service-name=web"
+            cluster, "endpointslices", "-n", SMOKE_NS, "-l", f"kubernetes.io/service-name={service}"
         )["items"]
         return any(
             (e.get("conditions") or {}).get("ready")
+            and (service != "web-headless" or e.get("hostname") == "web-0")
             for s in slices
             for e in s.get("endpoints") or []
         )
 
-    wait_until(endpoint_ready, 60, "the web Service's EndpointSlice to list web-0", interval=1)
+    for service in ("web", "web-headless"):
+        wait_until(
+            functools.partial(endpoint_ready, service),
+            60,
+            f"the {service} Service's EndpointSlice to list web-0",
+            interval=1,
+        )
     cluster.apply(objects[-1:])
 
     def finished() -> str | None:
