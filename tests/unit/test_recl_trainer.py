@@ -20,7 +20,15 @@ from edgeadapt.models.zoo import SegmentationModel, build_student, build_teacher
 from edgeadapt.stream.messages import update_bytes
 from edgeadapt.trainer.device import Batch
 from edgeadapt.trainer.hub import Hub, HubConfig
-from edgeadapt.trainer.recl import Choice, GatingError, ReclConfig, Window
+from edgeadapt.trainer.recl import (
+    SCENE_DROP,
+    SCENE_HISTORY,
+    Choice,
+    GatingError,
+    ReclConfig,
+    Window,
+    scene_change,
+)
 from edgeadapt.trainer.scheduler import SchedulerConfig
 from edgeadapt.trainer.store import DeviceStore
 
@@ -69,12 +77,16 @@ def make_hub(
     gating: FakeGating,
     strategy: str = "recl",
     scheduler: SchedulerConfig | None = None,
+    window_s: float = 4.0,
+    scene_drop: float = 0.0,  # random frames: off, unless a test scores them itself
 ) -> Hub:
     teacher, student = (copy.deepcopy(m) for m in models)
     cfg = HubConfig(
         ams=AMSConfig(iterations=2, batch_size=2, t_update=2.0),
         resync_interval=0.0,
-        recl=ReclConfig(strategy, window_s=4.0, iterations=2, batch_size=2),
+        recl=ReclConfig(
+            strategy, window_s=window_s, iterations=2, batch_size=2, scene_drop=scene_drop
+        ),
         scheduler=scheduler,
     )
     return Hub(
@@ -391,3 +403,81 @@ def test_on_a_budgeted_downlink_a_switch_carries_the_largest_changes_that_fit(
     with dev.lock:
         assert hub._deploy(dev, perturbed(models[1], 6), "", 30.0) is None
     assert dev.recl.switches_held == 1
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("record", "fell"),
+    [
+        ([0.8] * 5 + [0.65] * 3, 3),  # 15 points down on the last 3 frames
+        ([0.8] * 5 + [0.72] * 3, 0),  # 8 points: noise
+        ([0.8] * 2 + [0.4] * 3, 0),  # too little baseline to judge
+        ([0.8] * 5 + [0.4] * 2, 2),  # two of the last three fell: it began two frames ago
+        ([0.8] * 5 + [0.4, 0.8, 0.8], 0),  # one bad frame is not a change
+        ([0.8] * 5 + [0.4, NAN, 0.4], 0),  # an unscored frame: wait for a third
+        ([0.8, NAN, 0.8, 0.8, 0.4, 0.4, 0.4], 3),  # the baseline skips unscored frames
+        # against the frames kept (the last SCENE_HISTORY), not a model's long-gone past
+        ([0.95] * 100 + [0.6] * (SCENE_HISTORY - 3) + [0.52] * 3, 0),
+        ([0.4] * 3 + [0.8] * 5, 0),  # a rise is not a change
+    ],
+)
+def test_a_fall_in_the_running_models_accuracy_is_a_scene_change(
+    record: list[float], fell: int
+) -> None:
+    assert scene_change(record) == fell
+    assert scene_change(record, 0.0) == 0, "0 turns it off"
+    assert scene_change([0.8] * 5 + [0.8 - SCENE_DROP - 0.01] * 3) == 3
+
+
+def test_a_scene_change_switches_the_device_at_once_on_the_frames_since_it(
+    models: Models, tmp_path: Path
+) -> None:
+    experts = {"zoo-a": perturbed(models[1], 4), "zoo-b": perturbed(models[1], 5)}
+    gating = FakeGating(experts)
+    hub = make_hub(models, tmp_path, gating, window_s=20.0, scene_drop=SCENE_DROP)
+    # The device's model scores 0.8 on every frame until the fifth of the second batch's
+    # frames, then 0.4; zoo-a is best on the frames after the change.
+    accuracy = {0: [0.8] * 5, 1: [0.8, 0.8, 0.4, 0.4, 0.4], 2: [0.4] * 5}
+    batch_no = iter(range(3))
+
+    def score(dev: Any, images: np.ndarray, labels: torch.Tensor) -> tuple[list[float], float]:
+        return accuracy[next(batch_no)], 0.5 * len(images)
+
+    sizes: list[int] = []
+
+    def miou_of(flat: torch.Tensor, images: np.ndarray, labels: torch.Tensor) -> float:
+        sizes.append(len(images))
+        return 0.9 if torch.equal(flat, experts["zoo-a"]) else 0.3
+
+    hub._score = score  # type: ignore[method-assign]
+    hub._miou_of = miou_of  # type: ignore[method-assign]
+    hub.start()
+    try:
+        sent: list[pb.TrainerMessage] = []
+        hub.attach(register(hub), sent.append, lambda reason: None)
+        dev = hub.devices["cam-1"]
+        state = dev.recl
+        assert state is not None
+        for seq in range(3):  # 7.5 s of a 20 s window
+            assert hub.try_submit("cam-1", frames(seq, 5000.0 + 2.5 * seq))
+            wait(lambda s=seq: sum(m.WhichOneof("body") == "batch_ack" for m in sent) > s)  # type: ignore[misc]
+        assert state.windows == 0, "the window has not ended"
+        assert state.scene_changes == 1, "one change: the record restarts with the new model"
+        assert gating.selects == [3], "Select saw the 3 frames since the change"
+        assert set(sizes) == {3}, "and the candidates were scored on them"
+        assert state.last_pick == "expert:zoo-a"
+        assert state.expert == "zoo-a"
+        assert gating.records == [["zoo-a"]], "the pick counts for pruning"
+        switched = [m for m in sent if m.WhichOneof("body") == "update" and m.update.expert_id]
+        assert [m.update.expert_id for m in switched] == ["zoo-a"]
+        assert state.window.since == 7
+        assert state.accuracy == [0.4] * 5, "the new model's own record"
+        assert state.history[-1]["scene_change"] == pytest.approx(5000.0 + 2.5 + 2.0), "seen at the second batch's end"
+        # The window's end selects on the frames since the change, not the whole window.
+        with dev.lock:
+            selected, _ = state.window.recent(32)
+        assert len(selected) == 15 - 7
+    finally:
+        hub.stop()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgeadapt.trainer.__main__ import _check_args, parse_args, policy_defaults
+from edgeadapt.trainer.recl import SCENE_DROP
 
 
 def test_policy_parameters_become_defaults_and_flags_win(tmp_path: Path) -> None:
@@ -25,7 +26,7 @@ def test_policy_parameters_become_defaults_and_flags_win(tmp_path: Path) -> None
                     "adaptiveInterval": "Disabled",
                 },
                 "sampling": {"rMinFps": 0.2, "rMaxFps": 2.0, "phiTarget": 0.25},
-                "recl": {"windowSeconds": 45},
+                "recl": {"windowSeconds": 45, "sceneDropPoints": 15},
                 "scheduler": {"policy": "micro-window", "microWindowSeconds": 0.5},
             }
         )
@@ -40,6 +41,8 @@ def test_policy_parameters_become_defaults_and_flags_win(tmp_path: Path) -> None
     assert (args.r_min, args.r_max, args.phi_target) == (0.2, 2.0, 0.25)
     assert args.strategy == "ams+recl"
     assert args.window_seconds == 45
+    assert args.scene_drop_points == 15
+    assert parse_args([]).scene_drop_points == 100 * SCENE_DROP, "the trainer's default"
     assert args.scheduler == "micro-window"
     assert args.micro_window_seconds == 0.5
 

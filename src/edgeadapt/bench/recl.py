@@ -61,7 +61,14 @@ from edgeadapt.models.zoo import SegmentationModel
 from edgeadapt.recl.rules import ReclParams, safety_check
 from edgeadapt.recl.store import ZooStore
 from edgeadapt.recl.zoo import Candidate, Zoo, per_frame_miou
-from edgeadapt.trainer.recl import HOLDOUT_EVERY, SELECT_FRAMES, held_out, spaced
+from edgeadapt.trainer.recl import (
+    HOLDOUT_EVERY,
+    SCENE_HISTORY,
+    SELECT_FRAMES,
+    held_out,
+    scene_change,
+    spaced,
+)
 from edgeadapt.video.codec import decode_h264, encode_h264
 from edgeadapt.video.source import open_source
 from edgeadapt.video.synthetic import (
@@ -141,11 +148,16 @@ class Window:
         held = set(self.held)
         return [i for i in range(len(self.times)) if i not in held]
 
-    def scored(self, streams: bool) -> list[int]:
+    def selected(self, since: int = 0) -> list[int]:
+        """The frames the trainer sends to Select: those since the last scene change (the
+        window's start when there was none), at most ``SELECT_FRAMES``, evenly spaced."""
+        return [since + i for i in spaced(len(self.times) - since, SELECT_FRAMES)]
+
+    def scored(self, streams: bool, since: int = 0) -> list[int]:
         """The frames the safety checker scores on at the window's end, as the trainer's: the
         held-out ones when AMS streamed (its model trained on the others), else the frames the
         trainer sends to Select (no candidate has trained on any of them)."""
-        return self.held if streams else spaced(len(self.times), SELECT_FRAMES)
+        return self.held if streams else self.selected(since)
 
 
 @dataclass
@@ -253,6 +265,10 @@ class Device:
     start: torch.Tensor | None = None  # the model the window began with (ams+recl)
     session: AMSSession | None = None
     bytes_per_coordinate: float = 2.5  # of AMS updates, measured after the first
+    # Strategy recl, as the trainer watches a window: the device's model's mIoU on each frame
+    # since that model started running, and where the window's last scene change began.
+    accuracy: list[float] = field(default_factory=list)
+    since: int = 0
 
 
 @dataclass
@@ -264,6 +280,7 @@ class VariantResult:
     oracle_hits: int = 0
     oracle_checks: int = 0
     switches: int = 0
+    scene_selections: int = 0  # selections at a scene change, within a window
     cached_switches: int = 0
     partial_switches: int = 0
     cpu: dict[str, float] = field(
@@ -467,7 +484,7 @@ class Harness:
                 if dev.session is not None:
                     self._ams_window(d, dev, window, t0, t1, result, variant == "ams+recl")
                 else:
-                    self.score(d, dev, t0, t1)
+                    self._watch(variant, zoo, d, w, dev, window, t0, t1, result)
                 if variant == "ams":
                     continue
                 self._select(variant, zoo, d, w, dev, window, t1, result, queue)
@@ -536,6 +553,93 @@ class Harness:
         flat = dev.session.optimizer.flat_params().detach().clone()
         dev.current = (f"d{d}-ams", flat)
 
+    def _watch(
+        self,
+        variant: str,
+        zoo: Zoo | None,
+        d: int,
+        w: int,
+        dev: Device,
+        window: Window,
+        t0: float,
+        t1: float,
+        result: VariantResult,
+    ) -> None:
+        """Strategy recl within a window, as the trainer: the device's model is scored on each
+        frame as it arrives, and a scene change selects at once on the frames after it."""
+        dev.since, at = 0, t0
+        for i, t in enumerate(window.times):
+            self.score(d, dev, at, t)
+            at = t
+            assert dev.current is not None
+            dev.accuracy.append(self.accuracy(dev.current[1], window, [i]))
+            del dev.accuracy[:-SCENE_HISTORY]
+            fell = scene_change(dev.accuracy)
+            if fell:
+                self._scene_select(variant, zoo, d, w, dev, window, i + 1 - fell, i, t, result)
+        self.score(d, dev, at, t1)
+
+    def _scene_select(
+        self,
+        variant: str,
+        zoo: Zoo | None,
+        d: int,
+        w: int,
+        dev: Device,
+        window: Window,
+        first: int,
+        last: int,
+        now: float,
+        result: VariantResult,
+    ) -> None:
+        """A scene change seen at frame ``last``, begun at ``first``: the safety checker picks
+        among the device's model, its last retrained one and the zoo's top-K on the frames
+        since it began; the window goes on, and its end selects on those frames and later
+        ones."""
+        assert dev.current is not None
+        c0 = time.process_time()
+        dev.since = max(dev.since, first, 0)
+        frames = [dev.since + i for i in spaced(last + 1 - dev.since, SELECT_FRAMES)]
+        candidates: dict[str, torch.Tensor] = {dev.current[0]: dev.current[1]}
+        if dev.retrained is not None:
+            candidates[dev.retrained[0]] = dev.retrained[1]
+        if zoo is not None and zoo.snapshot.ids:
+            self._experts(variant, zoo, window.images[frames], candidates)
+        scores = {c: self.accuracy(v, window, frames) for c, v in candidates.items()}
+        verdict = safety_check(scores, current=dev.current[0], retrained=None, alpha=0.0)
+        result.cpu["selection"] += time.process_time() - c0
+        result.scene_selections += 1
+        if zoo is not None:
+            zoo.record(verdict.winner)
+        if verdict.winner != dev.current[0]:
+            weights, running = self.deploy(
+                dev, now, candidates[verdict.winner], verdict.winner, result
+            )
+            self._running(dev, (running or f"d{d}-w{w}-scene-partial", weights))
+        dev.accuracy = []  # no second check until the model has a new baseline
+
+    @staticmethod
+    def _running(dev: Device, model: tuple[str, torch.Tensor]) -> None:
+        """The trainer's view of the device's model is now ``model``; a changed model starts
+        its own record of per-frame accuracy."""
+        if dev.current is None or not torch.equal(dev.current[1], model[1]):
+            dev.accuracy = []
+        dev.current = model
+
+    def _experts(
+        self,
+        variant: str,
+        zoo: Zoo,
+        images: np.ndarray,
+        candidates: dict[str, torch.Tensor],
+    ) -> None:
+        """Add the zoo's top-K for ``images`` (every expert for oracle_reuse) to ``candidates``."""
+        ids = zoo.snapshot.ids if variant == "oracle_reuse" else [e for e, _ in zoo.select(images)]
+        for e in ids:
+            candidates.setdefault(
+                e, nn.utils.parameters_to_vector(zoo.model(e).parameters()).detach().clone()
+            )
+
     def _select(
         self,
         variant: str,
@@ -557,16 +661,8 @@ class Harness:
         if dev.start is not None and variant == "ams+recl":
             candidates[f"d{d}-w{w}-start"] = dev.start
         if zoo is not None and zoo.snapshot.ids:
-            ids = (
-                zoo.snapshot.ids
-                if variant == "oracle_reuse"
-                else [e for e, _ in zoo.select(window.images)]
-            )
-            for e in ids:
-                candidates.setdefault(
-                    e, nn.utils.parameters_to_vector(zoo.model(e).parameters()).detach().clone()
-                )
-        scored = window.scored(streams=variant == "ams+recl")
+            self._experts(variant, zoo, window.images[window.selected(dev.since)], candidates)
+        scored = window.scored(variant == "ams+recl", dev.since)
         scores = {c: self.accuracy(v, window, scored) for c, v in candidates.items()}
         retrained_id = dev.retrained[0] if dev.retrained is not None else None
         if variant == "ams+recl":  # the streamed model, trained through this window
@@ -606,7 +702,7 @@ class Harness:
             dev.start = dev.session.optimizer.flat_params().detach().clone()
             return
         weights, running = self.deploy(dev, now, winner, verdict.winner, result)
-        dev.current = (running or f"d{d}-w{w}-partial", weights)
+        self._running(dev, (running or f"d{d}-w{w}-partial", weights))
         c0 = time.process_time()
         # The job's horizon, as the trainer's: this window's training frames and older ones.
         recent = self.data[d].windows[max(0, w + 1 - self.horizon_windows) : w + 1]
@@ -683,6 +779,7 @@ def summarize(harness: Harness, result: VariantResult) -> dict[str, Any]:
         "downlink_kbps": [round(b * 8 / seconds / 1000, 1) for b in result.downlink_bytes],
         "uplink_kbps": [round(b * 8 / seconds / 1000, 1) for b in uplink],
         "switches": result.switches,
+        "scene_selections": result.scene_selections,
         "cached_switches": result.cached_switches,
         "partial_switches": result.partial_switches,
         "cpu_seconds": {k: round(v, 1) for k, v in result.cpu.items()},

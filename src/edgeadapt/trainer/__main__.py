@@ -112,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--window-seconds", type=float, default=30.0, help="RECL's window T (capture time)"
     )
     p.add_argument(
+        "--scene-drop-points",
+        type=float,
+        default=10.0,  # trainer.recl.SCENE_DROP
+        help="strategy recl: a fall of this many mIoU points in the device's model's accuracy"
+        " is a scene change, which selects at once rather than at the window's end (0: never)",
+    )
+    p.add_argument(
         "--scheduler",
         choices=POLICIES,
         help="who trains next: round-robin (AMS), micro-window (RECL Algorithm 1), urgency"
@@ -189,6 +196,7 @@ POLICY_FIELDS = {
     ("sampling", "phiTarget"): "phi_target",
     ("sampling", "uploadFraction"): "upload_fraction",
     ("recl", "windowSeconds"): "window_seconds",
+    ("recl", "sceneDropPoints"): "scene_drop_points",
     ("scheduler", "policy"): "scheduler",
     ("scheduler", "microWindowSeconds"): "micro_window_seconds",
 }
@@ -254,6 +262,10 @@ def _check_args(args: argparse.Namespace) -> str | None:
             "--gating needs --gating-ca (or --insecure)",
         ),
         (args.window_seconds <= 0, "--window-seconds must be positive"),
+        (
+            not 0 <= args.scene_drop_points <= 100,
+            "--scene-drop-points must be between 0 and 100",
+        ),
         (args.micro_window_seconds <= 0, "--micro-window-seconds must be positive"),
         (
             args.upload_fraction is not None and not 0 < args.upload_fraction <= 1,
@@ -400,7 +412,13 @@ def _serve(
         max_queued_bytes=int(args.max_queued_mb * 2**20),
         checkpoint_interval=args.checkpoint_interval,
         idle_evict_after=args.idle_evict_after,
-        recl=ReclConfig(args.strategy, args.window_seconds, lr=args.lr, batch_size=args.batch_size)
+        recl=ReclConfig(
+            args.strategy,
+            args.window_seconds,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            scene_drop=args.scene_drop_points / 100,
+        )
         if uses_recl(args.strategy)
         else None,
         upload_fraction=args.upload_fraction,

@@ -74,11 +74,13 @@ from edgeadapt.trainer.gpu import GpuTelemetry
 from edgeadapt.trainer.jobs import PhaseJob, ReclJob
 from edgeadapt.trainer.metrics import TrainerMetrics
 from edgeadapt.trainer.recl import (
+    SCENE_HISTORY,
     SELECT_FRAMES,
     DeviceRecl,
     GatingClient,
     GatingError,
     ReclConfig,
+    scene_change,
 )
 from edgeadapt.trainer.scheduler import Job, Round, Scheduler, SchedulerConfig, drift
 from edgeadapt.trainer.store import DeviceStore, UpdateRecord
@@ -586,23 +588,26 @@ class Hub:
                     dev.deliver(pb.TrainerMessage(batch_ack=pb.BatchAck(seq=batch.seq, frames=0)))
 
     @torch.no_grad()
-    def _score(self, dev: Device, images: np.ndarray, labels: torch.Tensor) -> tuple[float, float]:
-        """Sum of per-frame mIoU of the device's model and of the pretrained student."""
+    def _score(
+        self, dev: Device, images: np.ndarray, labels: torch.Tensor
+    ) -> tuple[list[float], float]:
+        """Per-frame mIoU of the device's model, and the sum of the pretrained student's."""
         model = dev.session.model if dev.session is not None else None
-        miou = miou_base = 0.0
+        mious: list[float] = []
+        miou_base = 0.0
         step = max(1, self.config.score_chunk)
         for i in range(0, len(images), step):
             x = to_tensor(images[i : i + step], self.device)
             truth = labels[i : i + step]
             base = self.student(x).argmax(1).cpu()
             pred = model(x).argmax(1).cpu() if model is not None else base
-            miou += sum(
-                frame_miou(p, t, self.num_classes) for p, t in zip(pred, truth, strict=True)
-            )
+            mious += [
+                float(frame_miou(p, t, self.num_classes)) for p, t in zip(pred, truth, strict=True)
+            ]
             miou_base += sum(
                 frame_miou(p, t, self.num_classes) for p, t in zip(base, truth, strict=True)
             )
-        return float(miou), float(miou_base)
+        return mious, float(miou_base)
 
     def _process(self, dev: Device, work: list[tuple[Batch, torch.Tensor | None]]) -> None:
         """Score and learn a device's waiting batches, then acknowledge them and send the update."""
@@ -625,9 +630,12 @@ class Hub:
                     labels[keep],
                     [batch.times[i] for i in keep],
                 )
+                per_frame = [math.nan] * len(keep)
                 try:
-                    miou, miou_base = self._score(dev, images, kept)
-                    dev.scores.append(Score(times[-1], miou, miou_base, len(keep), dev.version))
+                    per_frame, miou_base = self._score(dev, images, kept)
+                    dev.scores.append(
+                        Score(times[-1], sum(per_frame), miou_base, len(keep), dev.version)
+                    )
                 except Exception:  # e.g. out of GPU memory: the batch is still learned
                     log.exception("cannot score a batch", extra={"device": dev.device_id})
                     self.metrics.thread_failures.labels("process").inc()
@@ -638,6 +646,8 @@ class Hub:
                 if dev.recl is not None and dev.adapt:
                     # RECL holds some frames out of training for its safety checker.
                     train = dev.recl.window.add(images, kept, times)
+                    dev.recl.accuracy += per_frame
+                    del dev.recl.accuracy[:-SCENE_HISTORY]
                     if not train:
                         continue
                     images, kept, times = images[train], kept[train], [times[i] for i in train]
@@ -664,6 +674,15 @@ class Hub:
                 and dev.recl.window.due(dev.last_frame_time, recl.window_s)
             ):
                 window_end = self._end_window(dev, recl)
+            elif (
+                recl is not None
+                and not recl.streams
+                and dev.recl is not None
+                and dev.session is not None
+                and dev.adapt
+                and scene_change(dev.recl.accuracy, recl.scene_drop)
+            ):
+                window_end = self._scene_select(dev, recl)
             if time.monotonic() - dev.last_checkpoint >= self.config.checkpoint_interval:
                 self._checkpoint_quietly(dev)
             for seq, frames in acks:
@@ -881,7 +900,7 @@ class Hub:
         t0 = time.perf_counter()
         window = state.window
         held_images, held_labels = window.held_out()
-        selected, selected_labels = window.all_frames(SELECT_FRAMES)
+        selected, selected_labels = window.recent(SELECT_FRAMES)
         # What the candidates are scored on: under ams+recl the device's model trained on the
         # window's other frames, so its held-out ones; under recl the frames sent to Select (no
         # candidate has trained on any: the retraining job's frames end where the window begins).
@@ -896,23 +915,7 @@ class Hub:
         elif state.retrain is not None and state.job_steps:
             retrained = "retrained"
             candidates["retrained"] = parameter_vector(state.retrain).detach().cpu().clone()
-        experts: dict[str, str] = {}  # candidate key -> expert id
-        reachable = True
-        try:
-            top_k, self._alpha = self.gating.zoo_params()
-            _, choices = self.gating.select(selected, top_k)
-            for choice in choices:
-                key = f"expert:{choice.id}"
-                candidates[key] = self.gating.expert(choice, self.student.arch, self.student)
-                experts[key] = choice.id
-        except GatingError as exc:
-            reachable = False
-            state.gating_errors += 1
-            self.metrics.thread_failures.labels("gating").inc()
-            log.warning(
-                "gating service unavailable; the window ends without reuse",
-                extra={"device": dev.device_id, "error": str(exc)},
-            )
+        experts, reachable = self._reuse(dev, selected, candidates)
         scores = {key: self._miou_of(flat, images, labels) for key, flat in candidates.items()}
         verdict = safety_check(scores, current="current", retrained=retrained, alpha=self._alpha)
         messages: list[pb.TrainerMessage] = []
@@ -970,6 +973,97 @@ class Hub:
                 "winner": verdict.winner,
                 "scores": shown,
                 "promising": verdict.promising,
+                "version": dev.version,
+            },
+        )
+        return messages
+
+    def _reuse(
+        self, dev: Device, selected: np.ndarray, candidates: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, str], bool]:
+        """Add the gating service's top-K experts for ``selected`` to ``candidates``; returns
+        candidate key -> expert id, and whether the service answered (when it does not, the
+        selection goes on without reuse and the failure is counted)."""
+        assert dev.recl is not None
+        assert self.gating is not None
+        experts: dict[str, str] = {}
+        try:
+            top_k, self._alpha = self.gating.zoo_params()
+            _, choices = self.gating.select(selected, top_k)
+            for choice in choices:
+                key = f"expert:{choice.id}"
+                candidates[key] = self.gating.expert(choice, self.student.arch, self.student)
+                experts[key] = choice.id
+        except GatingError as exc:
+            dev.recl.gating_errors += 1
+            self.metrics.thread_failures.labels("gating").inc()
+            log.warning(
+                "gating service unavailable; the selection goes on without reuse",
+                extra={"device": dev.device_id, "error": str(exc)},
+            )
+            return {}, False
+        return experts, True
+
+    def _scene_select(self, dev: Device, recl: ReclConfig) -> list[pb.TrainerMessage]:
+        """Strategy recl, a scene change within a window: the safety checker picks among the
+        device's model, its last retrained one and the zoo's top-K for the frames since the
+        change, at once rather than at the window's end. The window, its retraining job and
+        admission go on; the window's end selects on the frames since the change."""
+        session, state = dev.session, dev.recl
+        assert session is not None
+        assert state is not None
+        assert self.gating is not None
+        t0 = time.perf_counter()
+        window = state.window
+        fell = scene_change(state.accuracy, recl.scene_drop)
+        window.since = max(window.since, len(window.images) - fell)
+        images, labels = window.recent(SELECT_FRAMES)
+        candidates = {"current": session.optimizer.flat_params().detach().cpu().clone()}
+        if state.retrain is not None and state.job_steps:
+            candidates["retrained"] = parameter_vector(state.retrain).detach().cpu().clone()
+        experts, reachable = self._reuse(dev, images, candidates)
+        scores = {key: self._miou_of(flat, images, labels) for key, flat in candidates.items()}
+        verdict = safety_check(scores, current="current", retrained=None, alpha=self._alpha)
+        messages: list[pb.TrainerMessage] = []
+        pick = state.expert
+        if verdict.winner != "current":
+            pick = experts.get(verdict.winner, "")
+            message = self._deploy(dev, candidates[verdict.winner], pick, recl.window_s)
+            if message is not None:
+                messages.append(message)
+        if reachable:
+            try:
+                self.gating.record([pick])
+            except GatingError as exc:
+                state.gating_errors += 1
+                log.warning(
+                    "cannot reach the gating service after a scene change",
+                    extra={"device": dev.device_id, "error": str(exc)},
+                )
+        state.accuracy = []  # the next check needs a baseline of the model now chosen
+        state.scene_changes += 1
+        shown = {k: round(100 * v, 2) for k, v in scores.items()}
+        state.history.append(
+            {
+                "window": window.index,
+                "scene_change": dev.last_frame_time,
+                "winner": verdict.winner,
+                "expert": state.expert or None,
+                "scores": shown,
+            }
+        )
+        state.last_pick = verdict.winner
+        state.last_scores = dict(verdict.scores)
+        if pick:
+            state.picks[pick] += 1
+        self.metrics.recl_seconds.observe(time.perf_counter() - t0)
+        log.info(
+            "scene change",
+            extra={
+                "device": dev.device_id,
+                "window": window.index,
+                "winner": verdict.winner,
+                "scores": shown,
                 "version": dev.version,
             },
         )
@@ -1056,6 +1150,7 @@ class Hub:
         dev.checksum = checksum
         dev.updates_sent += 1
         state.expert = expert_id
+        state.accuracy = []  # a new model: its own record of per-frame accuracy
         state.switches += 1
         with dev.chain_lock:
             if cached:

@@ -24,7 +24,14 @@ held out: never trained on, it is what the checks score on. At the end of a wind
    model is that window's "last retrained model" (its slices are scored on the window's
    held-out frames).
 
-``recl`` sends nothing between window ends; ``ams+recl`` keeps AMS's sparse updates within
+Under ``recl`` a window need not wait for its end when the scene changes (beyond the paper,
+whose windows are fixed: recl.md §6): the device's model is scored on every frame as it
+arrives, and when its median mIoU over the last ``SCENE_FRAMES`` frames falls ``scene_drop``
+(10 points, the policy's ``recl.sceneDropPoints``) below its mean on the frames before them,
+steps 1 to 3 run at once on the frames since the change (``scene_change``). The window, its
+retraining job and admission go on; the window's end selects on the frames since the change.
+
+``recl`` sends nothing else between window ends; ``ams+recl`` keeps AMS's sparse updates within
 windows (the AMS session's model, trained on the horizon, is then both the device's model and
 its retrained one, and the model it started the window with is a candidate too).
 
@@ -38,6 +45,7 @@ import collections
 import copy
 import hashlib
 import logging
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -62,6 +70,13 @@ log = logging.getLogger(__name__)
 STRATEGIES = ("recl", "ams+recl")
 HOLDOUT_EVERY = 5  # every fifth frame of a window is held out for the safety checker
 SELECT_FRAMES = 32  # frames of a window sent to Select (evenly spaced)
+# A scene change (strategy recl): the device's model, scored on each frame as it arrives, falls
+# by SCENE_DROP in mean mIoU over the last SCENE_FRAMES frames against the SCENE_BASELINE or more
+# frames before them that it was scored on.
+SCENE_FRAMES = 3
+SCENE_BASELINE = 3
+SCENE_DROP = 0.10
+SCENE_HISTORY = 60  # frames of that record kept
 RPC_TIMEOUT = 30.0
 EXPERTS_KEPT = 32  # expert parameter vectors kept in the trainer's memory
 MAX_EXPERT_BYTES = 256 << 20
@@ -83,6 +98,27 @@ def spaced(count: int, limit: int | None) -> list[int]:
     return [int(i) for i in np.linspace(0, count - 1, limit).round()]
 
 
+def scene_change(accuracy: Sequence[float], drop: float = SCENE_DROP) -> int:
+    """How many of the last frames show a new scene under the device's model (0: none).
+
+    ``accuracy`` is that model's mIoU on each frame since it started running (NaN where a
+    frame could not be scored); ``drop`` is the fall that counts (0: never). The scene changed
+    when the median of the last ``SCENE_FRAMES`` frames is ``drop`` below the mean of the
+    ``SCENE_BASELINE`` or more before them (one bad frame is not a change); it began with the
+    first of those frames that fell."""
+    if drop <= 0:
+        return 0
+    accuracy = accuracy[-SCENE_HISTORY:]
+    before = [a for a in accuracy[:-SCENE_FRAMES] if not math.isnan(a)]
+    recent = list(accuracy[-SCENE_FRAMES:])
+    if len(before) < SCENE_BASELINE or len(recent) < SCENE_FRAMES or any(map(math.isnan, recent)):
+        return 0
+    floor = sum(before) / len(before) - drop
+    if sorted(recent)[len(recent) // 2] >= floor:
+        return 0
+    return len(recent) - next(i for i, a in enumerate(recent) if a < floor)
+
+
 class GatingError(Exception):
     """The gating service could not answer (unreachable, refused, or a malformed reply)."""
 
@@ -94,12 +130,17 @@ class ReclConfig:
     iterations: int = 10  # retraining iterations per processed batch (strategy recl)
     lr: float = 1e-3
     batch_size: int = 8
+    # Strategy recl: the fall in the device's model's mIoU (a fraction) that is a scene change
+    # and selects at once rather than at the window's end; 0 waits for the window's end.
+    scene_drop: float = SCENE_DROP
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy {self.strategy!r}: RECL strategies are {STRATEGIES}")
         if self.window_s <= 0:
             raise ValueError(f"window must be positive, got {self.window_s}")
+        if not 0 <= self.scene_drop <= 1:
+            raise ValueError(f"scene drop must be in [0, 1], got {self.scene_drop}")
 
     @property
     def streams(self) -> bool:
@@ -253,6 +294,7 @@ class Window:
     labels: list[torch.Tensor] = field(default_factory=list)
     holdout: list[int] = field(default_factory=list)  # positions in images/labels
     seen: int = 0  # frames of the window so far (the held-out choice counts them)
+    since: int = 0  # where the window's last scene change began (a position)
 
     def add(self, images: np.ndarray, labels: torch.Tensor, times: Sequence[float]) -> list[int]:
         """Keep a batch's frames; the positions (in the batch) that are for training."""
@@ -282,6 +324,12 @@ class Window:
         idx = spaced(len(self.images), limit)
         return np.stack([self.images[i] for i in idx]), torch.stack([self.labels[i] for i in idx])
 
+    def recent(self, limit: int | None = None) -> tuple[np.ndarray, torch.Tensor]:
+        """The frames since the window's last scene change (all of them when there was none),
+        at most ``limit``, evenly spaced: what selection looks at."""
+        idx = [self.since + i for i in spaced(len(self.images) - self.since, limit)]
+        return np.stack([self.images[i] for i in idx]), torch.stack([self.labels[i] for i in idx])
+
     def next(self) -> Window:
         return Window(index=self.index + 1)
 
@@ -299,6 +347,10 @@ class DeviceRecl:
     job_holdout: tuple[np.ndarray, torch.Tensor] | None = None  # and scores its slices on
     job_steps: int = 0
     start: torch.Tensor | None = None  # the device's model when the window began (ams+recl)
+    # Strategy recl: the mIoU of the model the device runs on each frame since it began to run
+    # it (NaN where a frame could not be scored); a fall is a scene change (``scene_change``).
+    accuracy: list[float] = field(default_factory=list)
+    scene_changes: int = 0
     expert: str = ""  # the zoo expert the device runs, if it runs one unchanged
     cache_size: int = 0  # the agent's expert cache: its size, and what it holds (LRU order)
     cached: collections.OrderedDict[str, int] = field(default_factory=collections.OrderedDict)
@@ -332,6 +384,7 @@ class DeviceRecl:
         return {
             "window": self.window.index,
             "windows": self.windows,
+            "scene_changes": self.scene_changes,
             "expert": self.expert or None,
             "switches": self.switches,
             "switches_cached": self.switches_cached,
