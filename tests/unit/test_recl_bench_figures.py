@@ -96,13 +96,21 @@ def test_a_long_window_is_scored_on_the_evenly_spaced_frames_the_trainer_sends_t
     labels = torch.zeros((n, 4, 4), dtype=torch.long)
     trainer = TrainerWindow()
     trainer.add(images, labels, [float(t) for t in range(n)])
-    sent = trainer.all_frames(SELECT_FRAMES)[0]
+    sent = trainer.recent(SELECT_FRAMES)[0]
     bench = Window(images, labels, [float(t) for t in range(n)], 0)
     picks = bench.scored(streams=False)
     assert len(picks) == SELECT_FRAMES < n
     assert [int(images[i, 0, 0, 0]) for i in picks] == [int(x[0, 0, 0]) for x in sent]
     assert picks[0] == 0
     assert picks[-1] == n - 1
+    # After a scene change at frame 20, both look only at the frames since it.
+    trainer.since = 20
+    picks = bench.scored(streams=False, since=20)
+    assert picks == list(range(20, n))
+    assert [int(images[i, 0, 0, 0]) for i in picks] == [
+        int(x[0, 0, 0]) for x in trainer.recent(SELECT_FRAMES)[0]
+    ]
+    assert bench.scored(streams=True, since=20) == bench.held, "ams+recl: no scene changes"
 
 
 def test_a_window_too_short_to_hold_a_frame_out_is_refused() -> None:

@@ -474,7 +474,8 @@ def test_a_scene_change_switches_the_device_at_once_on_the_frames_since_it(
         assert [m.update.expert_id for m in switched] == ["zoo-a"]
         assert state.window.since == 7
         assert state.accuracy == [0.4] * 5, "the new model's own record"
-        assert state.history[-1]["scene_change"] == pytest.approx(5000.0 + 2.5 + 2.0), "seen at the second batch's end"
+        seen = state.history[-1]["scene_change"]
+        assert seen == pytest.approx(5000.0 + 2.5 + 2.0), "at the second batch's last frame"
         # The window's end selects on the frames since the change, not the whole window.
         with dev.lock:
             selected, _ = state.window.recent(32)
