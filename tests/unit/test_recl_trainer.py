@@ -474,8 +474,17 @@ def test_a_scene_change_switches_the_device_at_once_on_the_frames_since_it(
         assert [m.update.expert_id for m in switched] == ["zoo-a"]
         assert state.window.since == 7
         assert state.accuracy == [0.4] * 5, "the new model's own record"
-        seen = state.history[-1]["scene_change"]
-        assert seen == pytest.approx(5000.0 + 2.5 + 2.0), "at the second batch's last frame"
+        # The retraining job restarted from the new model on the horizon as it was then: the
+        # 8 training frames of the first two batches (the window's first job had none), scored
+        # on the held-out frame since the change.
+        with dev.lock:
+            assert state.job is not None
+            assert state.job_holdout is not None
+            assert len(state.job[0]) == 8
+            assert len(state.job_holdout[0]) == 1
+        event = state.history[-1]
+        assert event["event"] == "scene change"
+        assert event["end"] == pytest.approx(5000.0 + 2.5 + 2.0), "at the second batch's end"
         # The window's end selects on the frames since the change, not the whole window.
         with dev.lock:
             selected, _ = state.window.recent(32)

@@ -18,7 +18,10 @@ recent models costs a message.
   window's and the ones before it, less every fifth, held out as in the trainer) and sends its
   sparse delta (the top ``gamma`` fraction of the change, as AMS would) to the trainer's copy;
   models that beat the others by alpha are admitted to the shared zoo past gamma, and unused
-  ones pruned;
+  ones pruned. Within a window the device's model is scored on each frame as it arrives (one
+  frame per upload); a scene change (``trainer.recl.scene_change``) selects at once on the frames
+  since it and restarts the job from the winner, the two jobs sharing the window's steps pro
+  rata to the frames each ran for, as the trainer's do;
 - ``recl_no_reuse``: the same without the zoo (the device's model and its last retrained one);
 - ``ams+recl``: RECL's selection at window boundaries, AMS's streaming within windows (on the
   frames that are not held out; the candidates are scored on the held-out ones; the model the
@@ -161,6 +164,27 @@ class Window:
 
 
 @dataclass
+class Job:
+    """Strategy recl: a device's retraining job, warm-started from ``start`` at frame ``begun``
+    of a window, on ``data`` (windows and their frame positions). As in the trainer, it trains
+    while the window fills: its steps are the window's ``iterations`` pro rata to the frames it
+    ran for, so a job restarted at a scene change splits one window's compute with the first."""
+
+    id: str
+    start: torch.Tensor
+    data: list[tuple[Window, list[int]]]
+    seed: int
+    begun: int = 0
+    # its own copy of the model, trained so far, and what training it goes on with
+    steps: int = 0
+    model: nn.Module | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    generator: torch.Generator | None = None
+    frames: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    labels: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+
+
+@dataclass
 class DeviceData:
     video: SyntheticVideo
     windows: list[Window]
@@ -261,7 +285,7 @@ class Device:
     link: Link
     scores: list[tuple[float, float]] = field(default_factory=list)
     current: tuple[str, torch.Tensor] | None = None  # the trainer's view of the device's model
-    retrained: tuple[str, torch.Tensor] | None = None
+    job: Job | None = None  # strategy recl: the retraining job running through this window
     start: torch.Tensor | None = None  # the model the window began with (ams+recl)
     session: AMSSession | None = None
     bytes_per_coordinate: float = 2.5  # of AMS updates, measured after the first
@@ -341,25 +365,34 @@ class Harness:
             per_frame_miou(model, window.images[frames], window.labels[frames], NUM_CLASSES).mean()
         )
 
-    def retrain(self, start: torch.Tensor, windows: list[Window], seed: int) -> torch.Tensor:
-        """``iterations`` Adam steps from ``start`` on the windows' training frames; the top
-        fraction of the change is kept (rounded to float16, as it travels), the rest reverts."""
+    def retrain(self, job: Job, steps: int) -> torch.Tensor:
+        """Train ``job`` on its frames until it has taken ``steps`` Adam steps in all (it keeps
+        its model, optimiser and sampler between calls, as the trainer's job does between
+        slices); returns its model with only the top fraction of the change from its start
+        kept (rounded to float16, as it travels), the rest reverted."""
         cfg = self.cfg
-        model = self.load(start.clone())
-        freeze_batchnorm(model)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        gen = torch.Generator().manual_seed(seed)
-        frames = torch.cat([to_tensor(x.images[x.train]) for x in windows])
-        labels = torch.cat([x.labels[x.train] for x in windows])
+        if job.model is None:
+            job.model = copy.deepcopy(self.work).eval()
+            nn.utils.vector_to_parameters(job.start.clone(), job.model.parameters())
+            freeze_batchnorm(job.model)
+            job.optimizer = torch.optim.Adam(job.model.parameters(), lr=cfg.lr)
+            job.generator = torch.Generator().manual_seed(job.seed)
+            if any(idx for _, idx in job.data):
+                job.frames = torch.cat([to_tensor(x.images[idx]) for x, idx in job.data if idx])
+                job.labels = torch.cat([x.labels[idx] for x, idx in job.data if idx])
+        assert job.optimizer is not None
         criterion = nn.CrossEntropyLoss()
-        for _ in range(cfg.iterations):
-            pick = torch.randint(len(frames), (cfg.batch_size,), generator=gen)
-            loss = criterion(model(frames[pick]), labels[pick])
-            opt.zero_grad()
+        while job.steps < steps and len(job.frames):
+            pick = torch.randint(len(job.frames), (cfg.batch_size,), generator=job.generator)
+            loss = criterion(job.model(job.frames[pick]), job.labels[pick])
+            job.optimizer.zero_grad()
             loss.backward()
-            opt.step()
-        model.eval()
-        after = nn.utils.parameters_to_vector(model.parameters()).detach()
+            job.optimizer.step()
+            job.steps += 1
+        start = job.start
+        if job.steps == 0:
+            return start.clone()
+        after = nn.utils.parameters_to_vector(job.model.parameters()).detach()
         delta = after - start
         k = max(1, int(cfg.update_fraction * len(delta)))
         keep = torch.topk(delta.abs(), k).indices
@@ -601,10 +634,13 @@ class Harness:
         dev.since = max(dev.since, first, 0)
         frames = [dev.since + i for i in spaced(last + 1 - dev.since, SELECT_FRAMES)]
         candidates: dict[str, torch.Tensor] = {dev.current[0]: dev.current[1]}
-        if dev.retrained is not None:
-            candidates[dev.retrained[0]] = dev.retrained[1]
         if zoo is not None and zoo.snapshot.ids:
             self._experts(variant, zoo, window.images[frames], candidates)
+        result.cpu["selection"] += time.process_time() - c0
+        if dev.job is not None:  # what the job has done so far
+            retrained = self._job_model(dev.job, window, last + 1, result)
+            candidates.setdefault(retrained[0], retrained[1])
+        c0 = time.process_time()
         scores = {c: self.accuracy(v, window, frames) for c, v in candidates.items()}
         verdict = safety_check(scores, current=dev.current[0], retrained=None, alpha=0.0)
         result.cpu["selection"] += time.process_time() - c0
@@ -617,6 +653,27 @@ class Harness:
             )
             self._running(dev, (running or f"d{d}-w{w}-scene-partial", weights))
         dev.accuracy = []  # no second check until the model has a new baseline
+        # The job restarts from the device's model on the horizon as it is now, which holds
+        # the new scene's training frames so far (the job the window began with had none).
+        horizon = self.data[d].windows[max(0, w + 1 - self.horizon_windows) : w]
+        so_far = [i for i in window.train if i <= last]
+        dev.job = Job(
+            f"d{d}-w{w}-s{last}",
+            dev.current[1].clone(),
+            [(x, x.train) for x in horizon] + [(window, so_far)],
+            seed=w * 100 + d + 1000 * (last + 1),
+            begun=last + 1,
+        )
+
+    def _job_model(
+        self, job: Job, window: Window, upto: int, result: VariantResult
+    ) -> tuple[str, torch.Tensor]:
+        """The model ``job`` has trained by frame ``upto`` of ``window``."""
+        c0 = time.process_time()
+        steps = round(self.cfg.iterations * (upto - job.begun) / len(window.times))
+        model = self.retrain(job, steps)
+        result.cpu["retraining"] += time.process_time() - c0
+        return job.id, model
 
     @staticmethod
     def _running(dev: Device, model: tuple[str, torch.Tensor]) -> None:
@@ -656,15 +713,19 @@ class Harness:
         assert dev.current is not None
         c0 = time.process_time()
         candidates: dict[str, torch.Tensor] = {dev.current[0]: dev.current[1]}
-        if dev.retrained is not None and variant != "ams+recl":
-            candidates[dev.retrained[0]] = dev.retrained[1]
+        retrained = None
+        if dev.job is not None and variant != "ams+recl":
+            result.cpu["selection"] += time.process_time() - c0
+            retrained = self._job_model(dev.job, window, len(window.times), result)
+            c0 = time.process_time()
+            candidates[retrained[0]] = retrained[1]
         if dev.start is not None and variant == "ams+recl":
             candidates[f"d{d}-w{w}-start"] = dev.start
         if zoo is not None and zoo.snapshot.ids:
             self._experts(variant, zoo, window.images[window.selected(dev.since)], candidates)
         scored = window.scored(variant == "ams+recl", dev.since)
         scores = {c: self.accuracy(v, window, scored) for c, v in candidates.items()}
-        retrained_id = dev.retrained[0] if dev.retrained is not None else None
+        retrained_id = retrained[0] if retrained is not None else None
         if variant == "ams+recl":  # the streamed model, trained through this window
             retrained_id = dev.current[0]
         verdict = safety_check(
@@ -691,8 +752,8 @@ class Harness:
                 result.oracle_hits += best in scores
             if verdict.promising and variant == "ams+recl":
                 queue.append(self._candidate((f"d{d}-w{w}", dev.current[1]), d, w, window))
-            elif verdict.promising and dev.retrained is not None and w > 0:
-                queue.append(self._candidate(dev.retrained, d, w - 1, self.data[d].windows[w - 1]))
+            elif verdict.promising and retrained is not None and w > 0:
+                queue.append(self._candidate(retrained, d, w - 1, self.data[d].windows[w - 1]))
         winner = candidates[verdict.winner]
         if variant == "ams+recl":
             assert dev.session is not None
@@ -703,11 +764,11 @@ class Harness:
             return
         weights, running = self.deploy(dev, now, winner, verdict.winner, result)
         self._running(dev, (running or f"d{d}-w{w}-partial", weights))
-        c0 = time.process_time()
-        # The job's horizon, as the trainer's: this window's training frames and older ones.
+        # The next window's job starts from the model the device will run (as the trainer's,
+        # the winner or the part of it the link carries) on the horizon: this window's training
+        # frames and older ones.
         recent = self.data[d].windows[max(0, w + 1 - self.horizon_windows) : w + 1]
-        dev.retrained = (f"d{d}-w{w}", self.retrain(winner, recent, seed=w * 100 + d))
-        result.cpu["retraining"] += time.process_time() - c0
+        dev.job = Job(f"d{d}-w{w}", weights.clone(), [(x, x.train) for x in recent], w * 100 + d)
 
     def _candidate(
         self, model: tuple[str, torch.Tensor], d: int, w: int, window: Window

@@ -942,6 +942,7 @@ class Hub:
         state.history.append(
             {
                 "window": window.index,
+                "event": "window end",
                 "start": window.start,
                 "end": dev.last_frame_time,
                 "winner": verdict.winner,
@@ -957,13 +958,7 @@ class Hub:
         state.window = window.next()
         state.start = session.optimizer.flat_params().detach().cpu().clone()
         if not recl.streams:
-            state.retrain = copy.deepcopy(session.model)
-            freeze_batchnorm(state.retrain)
-            state.optimizer = torch.optim.Adam(state.retrain.parameters(), lr=recl.lr)
-            # Its frames: the AMS horizon's (this window's training frames and older ones).
-            frames, kept = session.buffer.recent(dev.last_frame_time)
-            state.job, state.job_steps = ((frames, kept) if frames else None), 0
-            state.job_holdout = (held_images, held_labels)
+            self._start_job(dev, recl, (held_images, held_labels))
         self.metrics.recl_seconds.observe(time.perf_counter() - t0)
         log.info(
             "window ended",
@@ -977,6 +972,22 @@ class Hub:
             },
         )
         return messages
+
+    def _start_job(
+        self, dev: Device, recl: ReclConfig, holdout: tuple[np.ndarray, torch.Tensor] | None
+    ) -> None:
+        """Strategy recl: the device's retraining job starts afresh from the model it runs, on
+        the AMS horizon's frames (the window's training frames so far and older ones); its
+        slices are scored on ``holdout``."""
+        session, state = dev.session, dev.recl
+        assert session is not None
+        assert state is not None
+        state.retrain = copy.deepcopy(session.model)
+        freeze_batchnorm(state.retrain)
+        state.optimizer = torch.optim.Adam(state.retrain.parameters(), lr=recl.lr)
+        frames, kept = session.buffer.recent(dev.last_frame_time)
+        state.job, state.job_steps = ((frames, kept) if frames else None), 0
+        state.job_holdout = holdout
 
     def _reuse(
         self, dev: Device, selected: np.ndarray, candidates: dict[str, torch.Tensor]
@@ -1042,11 +1053,18 @@ class Hub:
                 )
         state.accuracy = []  # the next check needs a baseline of the model now chosen
         state.scene_changes += 1
+        # The job restarts from the winner on the horizon as it is now, which holds the new
+        # scene's training frames (the job that began with the window had none of them); its
+        # slices are scored on the held-out frames since the change once there are any.
+        held = window.held_out_since(window.since)
+        self._start_job(dev, recl, held if held is not None else state.job_holdout)
         shown = {k: round(100 * v, 2) for k, v in scores.items()}
         state.history.append(
             {
                 "window": window.index,
-                "scene_change": dev.last_frame_time,
+                "event": "scene change",
+                "start": window.start,
+                "end": dev.last_frame_time,
                 "winner": verdict.winner,
                 "expert": state.expert or None,
                 "scores": shown,

@@ -28,8 +28,10 @@ Under ``recl`` a window need not wait for its end when the scene changes (beyond
 whose windows are fixed: recl.md §6): the device's model is scored on every frame as it
 arrives, and when its median mIoU over the last ``SCENE_FRAMES`` frames falls ``scene_drop``
 (10 points, the policy's ``recl.sceneDropPoints``) below its mean on the frames before them,
-steps 1 to 3 run at once on the frames since the change (``scene_change``). The window, its
-retraining job and admission go on; the window's end selects on the frames since the change.
+steps 1 to 3 run at once on the frames since the change (``scene_change``), and the retraining
+job restarts from the winner on the horizon as it is then (the job the window began with has
+none of the new scene's frames). The window and admission go on; the window's end selects on
+the frames since the change.
 
 ``recl`` sends nothing else between window ends; ``ams+recl`` keeps AMS's sparse updates within
 windows (the AMS session's model, trained on the horizon, is then both the device's model and
@@ -320,6 +322,13 @@ class Window:
             torch.stack([self.labels[i] for i in self.holdout]),
         )
 
+    def held_out_since(self, since: int) -> tuple[np.ndarray, torch.Tensor] | None:
+        """The held-out frames from position ``since`` on; None while there are none."""
+        idx = [i for i in self.holdout if i >= since]
+        if not idx:
+            return None
+        return np.stack([self.images[i] for i in idx]), torch.stack([self.labels[i] for i in idx])
+
     def all_frames(self, limit: int | None = None) -> tuple[np.ndarray, torch.Tensor]:
         idx = spaced(len(self.images), limit)
         return np.stack([self.images[i] for i in idx]), torch.stack([self.labels[i] for i in idx])
@@ -366,7 +375,8 @@ class DeviceRecl:
     last_pick: str = ""
     last_scores: dict[str, float] = field(default_factory=dict)
     picks: collections.Counter[str] = field(default_factory=collections.Counter)
-    # the last windows' outcomes: index, capture-time span, winner, the expert run after it
+    # the last selections (window ends and scene changes): window, event, capture-time span,
+    # winner, the expert run after it, every candidate's score
     history: collections.deque[dict[str, Any]] = field(
         default_factory=lambda: collections.deque(maxlen=16)
     )
