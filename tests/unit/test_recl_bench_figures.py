@@ -125,3 +125,9 @@ def test_a_horizon_shorter_than_a_window_or_longer_than_the_video_is_refused(
     with pytest.raises(ValueError, match="--horizon-seconds must be between the window"):
         ReclBenchConfig(duration=480.0, horizon_s=horizon)
     assert ReclBenchConfig(duration=480.0, horizon_s=30.0).horizon_s == 30.0
+
+
+def test_a_scene_drop_outside_0_to_100_points_is_refused() -> None:
+    with pytest.raises(ValueError, match="--scene-drop-points must be between 0 and 100, got 150"):
+        ReclBenchConfig(scene_drop=1.5)
+    assert ReclBenchConfig(scene_drop=0.0).scene_drop == 0.0, "0: only at window ends"

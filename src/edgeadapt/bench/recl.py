@@ -66,6 +66,7 @@ from edgeadapt.recl.store import ZooStore
 from edgeadapt.recl.zoo import Candidate, Zoo, per_frame_miou
 from edgeadapt.trainer.recl import (
     HOLDOUT_EVERY,
+    SCENE_DROP,
     SCENE_HISTORY,
     SELECT_FRAMES,
     held_out,
@@ -104,6 +105,9 @@ class ReclBenchConfig:
     # Seconds of a device's recent frames training draws from, every variant (AMS's T_horizon;
     # RECL's retraining jobs, as the trainer's: whole windows, the one just ended and older).
     horizon_s: float = AMSConfig.t_horizon
+    # recl's scene changes: the fall in the device's model's mIoU that selects at once (the
+    # trainer's recl.sceneDropPoints / 100); 0 waits for the window's end, as the paper does.
+    scene_drop: float = SCENE_DROP
     batch_size: int = 8
     lr: float = 1e-3
     update_fraction: float = 0.05  # coordinates a retraining job or AMS phase changes
@@ -124,6 +128,10 @@ class ReclBenchConfig:
         if self.window_s * self.sample_fps < HOLDOUT_EVERY:
             raise ValueError(f"a window needs at least {HOLDOUT_EVERY} frames (one held out)")
         check_scene_seconds(self.scene_s, "--scene-seconds")
+        if not 0 <= self.scene_drop <= 1:
+            raise ValueError(
+                f"--scene-drop-points must be between 0 and 100, got {self.scene_drop * 100:g}"
+            )
         if not self.window_s <= self.horizon_s <= self.duration:
             raise ValueError(
                 f"--horizon-seconds must be between the window ({self.window_s:g} s) and the"
@@ -607,7 +615,7 @@ class Harness:
             assert dev.current is not None
             dev.accuracy.append(self.accuracy(dev.current[1], window, [i]))
             del dev.accuracy[:-SCENE_HISTORY]
-            fell = scene_change(dev.accuracy)
+            fell = scene_change(dev.accuracy, self.cfg.scene_drop)
             if fell:
                 self._scene_select(variant, zoo, d, w, dev, window, i + 1 - fell, i, t, result)
         self.score(d, dev, at, t1)
@@ -955,6 +963,13 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         default="{:g}-{:g}".format(*SEGMENT_S),
         help="LO-HI: how long a scene lasts before a cut, drawn uniformly (%(default)s)",
     )
+    parser.add_argument(
+        "--scene-drop-points",
+        type=float,
+        default=100 * SCENE_DROP,
+        help="recl: a fall of this many mIoU points is a scene change and selects at once"
+        " (%(default)g; 0: only at window ends, as published)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="JSON output; a .png beside it")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
     parser.add_argument("--profile", default="bench", help="model training profile (bench, tiny)")
@@ -1026,6 +1041,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             iterations=args.iterations,
             horizon_s=args.horizon_seconds,
+            scene_drop=args.scene_drop_points / 100,
             scene_s=parse_scene_seconds(args.scene_seconds, "--scene-seconds"),
             variants=variants,
         )
