@@ -60,7 +60,7 @@ from edgeadapt.adapt.update import (
 )
 from edgeadapt.models.data import to_tensor
 from edgeadapt.models.zoo import SegmentationModel
-from edgeadapt.recl.rules import safety_check
+from edgeadapt.recl.rules import Verdict, safety_check
 from edgeadapt.recl.zoo import per_frame_miou
 from edgeadapt.stream.messages import update_message
 from edgeadapt.trainer.budget import (
@@ -938,22 +938,7 @@ class Hub:
                     extra={"device": dev.device_id, "error": str(exc)},
                 )
         state.windows += 1
-        shown = {k: round(100 * v, 2) for k, v in scores.items()}  # as /status and the log give it
-        state.history.append(
-            {
-                "window": window.index,
-                "event": "window end",
-                "start": window.start,
-                "end": dev.last_frame_time,
-                "winner": verdict.winner,
-                "expert": state.expert or None,
-                "scores": shown,
-            }
-        )
-        state.last_pick = verdict.winner
-        state.last_scores = dict(verdict.scores)
-        if pick:
-            state.picks[pick] += 1
+        shown = self._note_selection(dev, "window end", verdict, pick)
         # The next window's retraining starts from the winner.
         state.window = window.next()
         state.start = session.optimizer.flat_params().detach().cpu().clone()
@@ -1058,22 +1043,7 @@ class Hub:
         # slices are scored on the held-out frames since the change once there are any.
         held = window.held_out_since(window.since)
         self._start_job(dev, recl, held if held is not None else state.job_holdout)
-        shown = {k: round(100 * v, 2) for k, v in scores.items()}
-        state.history.append(
-            {
-                "window": window.index,
-                "event": "scene change",
-                "start": window.start,
-                "end": dev.last_frame_time,
-                "winner": verdict.winner,
-                "expert": state.expert or None,
-                "scores": shown,
-            }
-        )
-        state.last_pick = verdict.winner
-        state.last_scores = dict(verdict.scores)
-        if pick:
-            state.picks[pick] += 1
+        shown = self._note_selection(dev, "scene change", verdict, pick)
         self.metrics.recl_seconds.observe(time.perf_counter() - t0)
         log.info(
             "scene change",
@@ -1086,6 +1056,32 @@ class Hub:
             },
         )
         return messages
+
+    def _note_selection(
+        self, dev: Device, event: str, verdict: Verdict, pick: str
+    ) -> dict[str, float]:
+        """Remember a selection for /status (the last 16) and pruning's view of the picks;
+        returns the candidates' scores as /status and the log give them."""
+        state = dev.recl
+        assert state is not None
+        window = state.window
+        shown = {k: round(100 * v, 2) for k, v in verdict.scores.items()}
+        state.history.append(
+            {
+                "window": window.index,
+                "event": event,
+                "start": window.start,
+                "end": dev.last_frame_time,
+                "winner": verdict.winner,
+                "expert": state.expert or None,
+                "scores": shown,
+            }
+        )
+        state.last_pick = verdict.winner
+        state.last_scores = dict(verdict.scores)
+        if pick:
+            state.picks[pick] += 1
+        return shown
 
     def _offer(self, dev: Device, window: Any, flat: torch.Tensor) -> None:
         """Offer a promising retrained model to the zoo, with the window it learned."""
