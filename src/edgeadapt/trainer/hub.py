@@ -680,9 +680,9 @@ class Hub:
                 and dev.recl is not None
                 and dev.session is not None
                 and dev.adapt
-                and scene_change(dev.recl.accuracy, recl.scene_drop)
+                and (fell := scene_change(dev.recl.accuracy, recl.scene_drop))
             ):
-                window_end = self._scene_select(dev, recl)
+                window_end = self._scene_select(dev, recl, fell)
             if time.monotonic() - dev.last_checkpoint >= self.config.checkpoint_interval:
                 self._checkpoint_quietly(dev)
             for seq, frames in acks:
@@ -1000,18 +1000,18 @@ class Hub:
             return {}, False
         return experts, True
 
-    def _scene_select(self, dev: Device, recl: ReclConfig) -> list[pb.TrainerMessage]:
-        """Strategy recl, a scene change within a window: the safety checker picks among the
-        device's model, its last retrained one and the zoo's top-K for the frames since the
-        change, at once rather than at the window's end. The window, its retraining job and
-        admission go on; the window's end selects on the frames since the change."""
+    def _scene_select(self, dev: Device, recl: ReclConfig, fell: int) -> list[pb.TrainerMessage]:
+        """Strategy recl, a scene change within a window (its last ``fell`` frames show the new
+        scene): the safety checker picks among the device's model, its last retrained one and
+        the zoo's top-K for the frames since the change, at once rather than at the window's
+        end, and the retraining job restarts from the winner. The window and admission go on;
+        the window's end selects on the frames since the change."""
         session, state = dev.session, dev.recl
         assert session is not None
         assert state is not None
         assert self.gating is not None
         t0 = time.perf_counter()
         window = state.window
-        fell = scene_change(state.accuracy, recl.scene_drop)
         window.since = max(window.since, len(window.images) - fell)
         images, labels = window.recent(SELECT_FRAMES)
         candidates = {"current": session.optimizer.flat_params().detach().cpu().clone()}
