@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from edgeadapt.trainer.__main__ import _check_args, parse_args, policy_defaults
-from edgeadapt.trainer.recl import SCENE_DROP
 
 
 def test_policy_parameters_become_defaults_and_flags_win(tmp_path: Path) -> None:
@@ -42,7 +41,7 @@ def test_policy_parameters_become_defaults_and_flags_win(tmp_path: Path) -> None
     assert args.strategy == "ams+recl"
     assert args.window_seconds == 45
     assert args.scene_drop_points == 15
-    assert parse_args([]).scene_drop_points == 100 * SCENE_DROP, "the trainer's default"
+    assert parse_args([]).scene_drop_points == 0, "off by default: selection at window ends"
     assert args.scheduler == "micro-window"
     assert args.micro_window_seconds == 0.5
 

@@ -114,9 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scene-drop-points",
         type=float,
-        default=10.0,  # trainer.recl.SCENE_DROP
+        default=0.0,
         help="strategy recl: a fall of this many mIoU points in the device's model's accuracy"
-        " is a scene change, which selects at once rather than at the window's end (0: never)",
+        " is a scene change, which selects at once rather than at the window's end (0, the"
+        " default: never)",
     )
     p.add_argument(
         "--scheduler",
