@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from edgeadapt.bench.recl import ReclBenchConfig, Window, recovery_seconds, targets
+from edgeadapt.bench.recl import (
+    ReclBenchConfig,
+    Window,
+    ranking_hits,
+    recovery_seconds,
+    targets,
+)
 from edgeadapt.trainer.recl import SELECT_FRAMES
 from edgeadapt.trainer.recl import Window as TrainerWindow
 
@@ -54,6 +60,15 @@ def test_selection_accuracy_comes_from_the_unpruned_zoo_when_the_pruned_one_stay
     assert out["pruned_zoo_le_third"] is False, "7 x 3 > 18"
     assert out["pruning_costs_le_half_point"] is False, "63.1 - 62.5 > 0.5"
     assert out["downlink_within_budget"] is False
+
+
+def test_the_gating_rank_of_the_best_expert_is_checked_for_each_k_below_the_zoos_size() -> None:
+    scores = {"a": 0.5, "b": 0.7, "c": 0.9, "d": 0.9}
+    # c and d tie for best; the gating network put them third and fourth.
+    assert ranking_hits(["a", "b", "c", "d"], scores, (1, 3, 5, 10)) == {1: False, 3: True}
+    assert ranking_hits(["d", "a", "b", "c"], scores, (3, 1)) == {1: True, 3: True}, "a tie hits"
+    assert ranking_hits(["b", "a", "c", "d"], scores, (1, 2)) == {1: False, 2: False}
+    assert ranking_hits(["a", "b"], {"a": 0.1, "b": 0.2}, (10,)) == {}, "K >= the zoo: no check"
 
 
 @pytest.mark.parametrize("batches", [[30], [2] * 15, [7, 7, 7, 9]])
