@@ -17,7 +17,9 @@ from edgeadapt.adapt.ams import AMSConfig, EdgeModel
 from edgeadapt.adapt.update import model_checksum, parameter_vector
 from edgeadapt.edge_agent.experts import ExpertCache
 from edgeadapt.models.zoo import SegmentationModel, build_student, build_teacher
+from edgeadapt.recl.rules import Verdict
 from edgeadapt.stream.messages import update_bytes
+from edgeadapt.trainer import hub as hub_module
 from edgeadapt.trainer.device import Batch
 from edgeadapt.trainer.hub import Hub, HubConfig
 from edgeadapt.trainer.recl import (
@@ -253,6 +255,39 @@ def test_a_window_ends_with_the_safety_checkers_pick(
             switched = [m for m in sent if m.WhichOneof("body") == "update" and m.update.expert_id]
             assert switched, "a switch to an expert is sent to the agent"
         assert scores["window"] == 0
+    finally:
+        hub.stop()
+
+
+@pytest.mark.parametrize(("strategy", "horizon"), [("recl", 4.0), ("ams+recl", 2.0)])
+def test_a_switch_may_take_the_link_until_the_next_window_or_under_ams_recl_the_next_update(
+    models: Models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strategy: str, horizon: float
+) -> None:
+    # One that filled a window's link would hold AMS's updates (every 2 s here) for a window (4 s).
+    hub = make_hub(models, tmp_path, FakeGating({"zoo-a": perturbed(models[1], 4)}), strategy)
+    monkeypatch.setattr(
+        hub_module,
+        "safety_check",
+        lambda scores, **kw: Verdict("expert:zoo-a", dict(scores), promising=False),
+    )
+    horizons: list[float] = []
+    deploy = hub._deploy
+
+    def spy(dev: Any, flat: torch.Tensor, expert_id: str, horizon_s: float = 30.0) -> Any:
+        horizons.append(horizon_s)
+        return deploy(dev, flat, expert_id, horizon_s)
+
+    hub._deploy = spy  # type: ignore[method-assign]
+    hub.start()
+    try:
+        sent: list[pb.TrainerMessage] = []
+        hub.attach(register(hub), sent.append, lambda reason: None)
+        for seq in range(2):  # the first window ends with the second batch
+            assert hub.try_submit("cam-1", frames(seq, 5000.0 + 2.5 * seq))
+        state = hub.devices["cam-1"].recl
+        assert state is not None
+        wait(lambda: state.windows >= 1)
+        assert horizons[0] == horizon
     finally:
         hub.stop()
 

@@ -58,6 +58,7 @@ from torch import nn
 
 from edgeadapt.adapt.ams import AMSConfig, AMSSession, Teacher, freeze_batchnorm
 from edgeadapt.adapt.metrics import frame_miou
+from edgeadapt.adapt.optim import MaskedAdam
 from edgeadapt.adapt.update import ModelUpdate, encode_update
 from edgeadapt.models.data import to_tensor
 from edgeadapt.models.zoo import SegmentationModel
@@ -419,6 +420,7 @@ class Harness:
         target: torch.Tensor,
         target_id: str | None,
         result: VariantResult,
+        horizon: float | None = None,
     ) -> tuple[torch.Tensor, str | None]:
         """Send ``target`` to the device over its paced link; returns what the device will run.
 
@@ -442,7 +444,7 @@ class Harness:
             nbytes = min(len(encode_update(diff)), len(encode_update(full)))
             weights, running = target.half().float(), target_id
             # What the link can carry in the next window after what is queued on it.
-            budget = device.link.room(now, self.cfg.window_s) * BUDGET_SHARE
+            budget = device.link.room(now, horizon or self.cfg.window_s) * BUDGET_SHARE
             if nbytes > budget and len(changed):
                 per = len(encode_update(diff)) / len(changed)
                 k = int(budget / per)
@@ -760,8 +762,12 @@ class Harness:
         if variant == "ams+recl":
             assert dev.session is not None
             if verdict.winner != dev.current[0]:
-                weights, _ = self.deploy(dev, now, winner, verdict.winner, result)
+                weights, _ = self.deploy(
+                    dev, now, winner, verdict.winner, result, horizon=self.cfg.window_s / 3
+                )
                 dev.session.optimizer.set_flat_params(weights.clone())
+                # A new starting point: AMS's moments belong to the old one (as the trainer's).
+                dev.session.optimizer = MaskedAdam(dev.session.model.parameters(), lr=self.cfg.lr)
             dev.start = dev.session.optimizer.flat_params().detach().clone()
             return
         weights, running = self.deploy(dev, now, winner, verdict.winner, result)

@@ -923,7 +923,10 @@ class Hub:
             pick = state.expert
         else:
             pick = experts.get(verdict.winner, "")
-            message = self._deploy(dev, candidates[verdict.winner], pick, recl.window_s)
+            # Under ams+recl a switch may take the link until AMS's next update, not the next
+            # window's end: one that fills a window's link holds AMS's updates for a window.
+            horizon = self.config.ams.t_update if recl.streams else recl.window_s
+            message = self._deploy(dev, candidates[verdict.winner], pick, horizon)
             if message is not None:
                 messages.append(message)
         if reachable:
@@ -1110,16 +1113,17 @@ class Hub:
         )
 
     def _deploy(
-        self, dev: Device, flat: torch.Tensor, expert_id: str, window_s: float = 30.0
+        self, dev: Device, flat: torch.Tensor, expert_id: str, horizon_s: float = 30.0
     ) -> pb.TrainerMessage | None:
         """Make ``flat`` the device's model: a cached switch, or one versioned, logged update.
 
         The model is rounded to float16 whatever way it travels, so the device holds exactly
         the trainer's copy: as a switch to the agent's cached copy, or as the coordinates that
         differ (every coordinate when that is smaller; the encoder picks the coding). On a
-        budgeted downlink an update carries at most what the link carries until the next
-        window's end: the coordinates that change most, so the device moves part of the way
-        (and runs no zoo expert exactly) rather than falling behind by a model per window.
+        budgeted downlink an update carries at most what the link carries in ``horizon_s``
+        (until the next window's end, or AMS's next update): the coordinates that change
+        most, so the device moves part of the way (and runs no zoo expert exactly) rather than
+        falling behind by a model per window.
         """
         session, state = dev.session, dev.recl
         assert session is not None
@@ -1134,7 +1138,7 @@ class Hub:
         with dev.chain_lock:
             cached = bool(expert_id) and state.cached.get(expert_id) == checksum
         if not cached:
-            room = self._switch_room(dev, window_s)
+            room = self._switch_room(dev, horizon_s)
             if room is not None and len(changed) > room:
                 if room < MIN_SWITCH_COORDS:
                     state.switches_held += 1
@@ -1193,15 +1197,15 @@ class Hub:
         state.switch_bytes += message.ByteSize()
         return message
 
-    def _switch_room(self, dev: Device, window_s: float) -> int | None:
-        """Coordinates an update may carry on the device's downlink budget until the next
-        window's end (what its planner's bucket holds now, plus a window's refill); None
-        without a downlink budget."""
+    def _switch_room(self, dev: Device, horizon_s: float) -> int | None:
+        """Coordinates an update may carry on the device's downlink budget in ``horizon_s``
+        (what its planner's bucket holds now, plus that long's refill); None without a
+        downlink budget."""
         planner = dev.planner
         if planner is None or planner.down is None:
             return None
         now = time.monotonic()
-        room = planner.down.refill(now) + planner.down.rate * window_s
+        room = planner.down.refill(now) + planner.down.rate * horizon_s
         return max(0, int(room / max(planner.bytes_per_coord, 1e-6)))
 
     def _checkpoint_quietly(self, dev: Device) -> None:
