@@ -35,7 +35,9 @@ the frames since the change.
 
 ``recl`` sends nothing else between window ends; ``ams+recl`` keeps AMS's sparse updates within
 windows (the AMS session's model, trained on the horizon, is then both the device's model and
-its retrained one, and the model it started the window with is a candidate too).
+its retrained one, and the model it started the window with is a candidate too); a switch
+there may take the link until AMS's next update rather than the next window's end, so AMS's
+updates are not held for a window behind it.
 
 A gating service that cannot be reached costs reuse, never adaptation: the window ends with the
 current and the retrained models only, and the failure is counted.
