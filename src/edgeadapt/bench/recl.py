@@ -426,8 +426,8 @@ class Harness:
 
         A model the device holds (its cache of recent models) costs a message. Otherwise the
         smaller of the difference from what the device will run and a snapshot travels, when it
-        fits one window's share of the budget; when it does not, the largest changes that fit
-        do (as AMS's updates would), and the next windows carry the rest."""
+        fits one window's (or ``horizon``'s) share of the budget; when it does not, the largest
+        changes that fit do (as AMS's updates would), and the next windows carry the rest."""
         if target_id is not None and device.planned_id == target_id:
             return device.planned, target_id
         result.switches += 1
@@ -443,7 +443,7 @@ class Harness:
             full = ModelUpdate(1, 0, n, np.arange(n, dtype=np.int64), target.half().numpy())
             nbytes = min(len(encode_update(diff)), len(encode_update(full)))
             weights, running = target.half().float(), target_id
-            # What the link can carry in the next window after what is queued on it.
+            # What the link can carry in the next window (or ``horizon``) after what is queued.
             budget = device.link.room(now, horizon or self.cfg.window_s) * BUDGET_SHARE
             if nbytes > budget and len(changed):
                 per = len(encode_update(diff)) / len(changed)
@@ -762,6 +762,7 @@ class Harness:
         if variant == "ams+recl":
             assert dev.session is not None
             if verdict.winner != dev.current[0]:
+                # The link until AMS's next update (a window's third), as the trainer's switch.
                 weights, _ = self.deploy(
                     dev, now, winner, verdict.winner, result, horizon=self.cfg.window_s / 3
                 )
