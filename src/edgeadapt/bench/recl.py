@@ -703,13 +703,19 @@ class Harness:
         zoo: Zoo,
         images: np.ndarray,
         candidates: dict[str, torch.Tensor],
-    ) -> None:
-        """Add the zoo's top-K for ``images`` (every expert for oracle_reuse) to ``candidates``."""
-        ids = zoo.snapshot.ids if variant == "oracle_reuse" else [e for e, _ in zoo.select(images)]
-        for e in ids:
-            candidates.setdefault(
-                e, nn.utils.parameters_to_vector(zoo.model(e).parameters()).detach().clone()
+    ) -> tuple[list[str], list[str]]:
+        """Add the zoo's top-K for ``images`` (every expert for oracle_reuse) to ``candidates``;
+        returns the gating network's order of every expert (none for oracle_reuse, which does
+        not ask it) and the experts added."""
+        ids = zoo.snapshot.ids
+        ranked = [] if variant == "oracle_reuse" else [e for e, _ in zoo.select(images, len(ids))]
+        chosen = ids if variant == "oracle_reuse" else ranked[: zoo.params.top_k]
+        added = [e for e in chosen if e not in candidates]
+        for e in added:
+            candidates[e] = (
+                nn.utils.parameters_to_vector(zoo.model(e).parameters()).detach().clone()
             )
+        return ranked, added
 
     def _select(
         self,
@@ -735,8 +741,12 @@ class Harness:
             candidates[retrained[0]] = retrained[1]
         if dev.start is not None and variant == "ams+recl":
             candidates[f"d{d}-w{w}-start"] = dev.start
+        ranked: list[str] = []
+        added: list[str] = []
         if zoo is not None and zoo.snapshot.ids:
-            self._experts(variant, zoo, window.images[window.selected(dev.since)], candidates)
+            ranked, added = self._experts(
+                variant, zoo, window.images[window.selected(dev.since)], candidates
+            )
         scored = window.scored(variant == "ams+recl", dev.since)
         scores = {c: self.accuracy(v, window, scored) for c, v in candidates.items()}
         retrained_id = retrained[0] if retrained is not None else None
@@ -753,7 +763,8 @@ class Harness:
         if zoo is not None:
             zoo.record(verdict.winner)
             if variant in ("recl", "recl_unpruned") and len(zoo.snapshot.ids) > 1:
-                self._check_ranking(zoo, window, dev.since, scored, result)
+                known = {e: scores[e] for e in added}  # the top-K, scored as candidates
+                self._check_ranking(zoo, window, scored, ranked, known, result)
             if verdict.promising and variant == "ams+recl":
                 queue.append(self._candidate((f"d{d}-w{w}", dev.current[1]), d, w, window))
             elif verdict.promising and retrained is not None and w > 0:
@@ -780,18 +791,25 @@ class Harness:
         dev.job = Job(f"d{d}-w{w}", weights.clone(), [(x, x.train) for x in recent], w * 100 + d)
 
     def _check_ranking(
-        self, zoo: Zoo, window: Window, since: int, scored: list[int], result: VariantResult
+        self,
+        zoo: Zoo,
+        window: Window,
+        scored: list[int],
+        ranked: list[str],
+        known: dict[str, float],
+        result: VariantResult,
     ) -> None:
-        """Score every expert on the frames the safety checker scored and note whether the
-        gating network's first k held the best (a measurement: not counted as selection time)."""
-        ids = zoo.snapshot.ids
+        """Score the experts not yet scored (``known``) on the frames the safety checker scored
+        and note whether the gating network's first k (``ranked``, every expert) held the best
+        (a measurement: not counted as selection time)."""
         everyone = {
-            e: self.accuracy(
+            e: known[e]
+            if e in known
+            else self.accuracy(
                 nn.utils.parameters_to_vector(zoo.model(e).parameters()).detach(), window, scored
             )
-            for e in ids
+            for e in ranked
         }
-        ranked = [e for e, _ in zoo.select(window.images[window.selected(since)], k=len(ids))]
         for k, hit in ranking_hits(ranked, everyone, (*RANKING_KS, zoo.params.top_k)).items():
             tally = result.ranking.setdefault(k, [0, 0])
             tally[0] += hit
