@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,7 +61,8 @@ def test_bench_recl_end_to_end(tmp_path: Path) -> None:
         assert len(v["downlink_kbps"]) == len(v["uplink_kbps"]) == 2
         # Every model reached its device over the paced link.
         assert max(v["downlink_kbps"]) <= report["config"]["downlink_kbps"]
-        assert set(v["cpu_seconds"]) == {"selection", "retraining", "zoo"}
+        seconds = "gpu_seconds" if report["torch_device"].startswith("cuda") else "cpu_seconds"
+        assert set(v[seconds]) == {"selection", "retraining", "zoo"}
     assert report["variants"]["ams"]["switches"] == 0
     assert "zoo_size" in report["variants"]["recl"]
     assert report["targets"]["downlink_within_budget"] is True
@@ -95,3 +97,41 @@ def test_bench_recl_refuses_bad_scene_seconds(tmp_path: Path, value: str, messag
     assert proc.returncode != 0
     assert message in proc.stderr
     assert not (tmp_path / "recl.json").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_models_train_on_the_gpu_and_the_figures_agree_with_the_cpu(
+    tmp_path: Path,
+) -> None:
+    """The benchmark's CUDA path: the teacher, the students, AMS's sessions and the retraining
+    jobs run on the GPU while what travels stays on the CPU; the same run on the CPU differs
+    only by float rounding, so its figures agree closely."""
+    import copy
+
+    from edgeadapt.bench.recl import Harness, ReclBenchConfig, summarize
+    from edgeadapt.models.cache import ensure_checkpoint, training_args
+    from edgeadapt.models.train import make_model
+    from edgeadapt.models.zoo import load_weights
+
+    teacher, student = (
+        load_weights(make_model(training_args(role, "bench")), ensure_checkpoint(role, "bench"))
+        for role in ("teacher", "student")
+    )
+    cfg = ReclBenchConfig(
+        devices=2, duration=120, iterations=9, scene_s=(30, 60), horizon_s=60, seed=3
+    )
+    figures = {}
+    for name in ("cpu", "cuda"):
+        device = torch.device(name)
+        (tmp_path / name).mkdir()
+        harness = Harness(cfg, teacher, copy.deepcopy(student), tmp_path / name, device)
+        assert next(harness.work.parameters()).device.type == name
+        assert next(harness.teacher.model.parameters()).device.type == name
+        figures[name] = {v: summarize(harness, harness.run(v)) for v in ("recl", "ams+recl")}
+    for variant, on_gpu in figures["cuda"].items():
+        on_cpu = figures["cpu"][variant]
+        assert set(on_gpu["gpu_seconds"]) == {"selection", "retraining", "zoo"}
+        assert on_gpu["gpu_seconds"]["retraining"] > 0
+        assert abs(on_gpu["miou_mean"] - on_cpu["miou_mean"]) <= 1.5, (variant, on_gpu, on_cpu)
+        assert max(on_gpu["downlink_kbps"]) <= cfg.downlink_kbps

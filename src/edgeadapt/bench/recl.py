@@ -34,7 +34,10 @@ median and p90 seconds to recover after a cut (until within 2 points of the best
 variant reaches in that segment), over all cuts and over cuts to scene types seen before,
 downlink and uplink kbps per device, zoo size over time, selection accuracy (the top-K holds the
 expert the exhaustive check would pick, once the zoo holds more than K; on ``recl`` and
-``recl_unpruned``) and CPU seconds spent on selection, retraining and zoo updates.
+``recl_unpruned``) and seconds spent on selection, retraining and zoo updates: CPU time on the
+CPU (``cpu_seconds``); on a GPU (``--device``, CUDA when present) wall-clock time with the GPU's
+work finished (``gpu_seconds``), and NVML's view of the GPU while it ran (``gpu_telemetry``). The
+models train and score on that device; the gating network, as the gating service's, on the CPU.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from edgeadapt.adapt.ams import AMSConfig, AMSSession, Teacher, freeze_batchnorm
 from edgeadapt.adapt.metrics import frame_miou
 from edgeadapt.adapt.optim import MaskedAdam
 from edgeadapt.adapt.update import ModelUpdate, encode_update
+from edgeadapt.bench.gpu import GpuRecorder
 from edgeadapt.models.data import to_tensor
 from edgeadapt.models.zoo import SegmentationModel
 from edgeadapt.recl.rules import ReclParams, safety_check
@@ -320,7 +324,7 @@ class VariantResult:
     scene_selections: int = 0  # selections at a scene change, within a window
     cached_switches: int = 0
     partial_switches: int = 0
-    cpu: dict[str, float] = field(
+    compute: dict[str, float] = field(  # seconds per part (Harness.clock)
         default_factory=lambda: {"selection": 0.0, "retraining": 0.0, "zoo": 0.0}
     )
     seconds: float = 0.0
@@ -333,9 +337,13 @@ class Harness:
         teacher: SegmentationModel,
         student: SegmentationModel,
         workdir: Path,
+        device: torch.device | None = None,
     ) -> None:
         self.cfg = cfg
-        self.teacher = Teacher(teacher, torch.device("cpu"))
+        # Where the models train and score. The weight vectors (what each device runs, what
+        # travels, the zoo's experts) stay on the CPU: encoding an update is CPU work.
+        self.device = device or torch.device("cpu")
+        self.teacher = Teacher(teacher, self.device)
         self.student = student.eval()
         freeze_batchnorm(self.student)
         self.student.eval()
@@ -346,7 +354,16 @@ class Harness:
         self.horizon_windows = max(1, round(cfg.horizon_s / cfg.window_s))
         self.data = [self._prepare(d) for d in range(cfg.devices)]
         self._mark_recurring()
-        self.work = copy.deepcopy(self.student).eval()
+        self.work = copy.deepcopy(self.student).to(self.device).eval()
+
+    def clock(self) -> float:
+        """Seconds for the report's per-part figures: this process's CPU time on the CPU; on a
+        GPU, wall-clock time once its queued work has finished (the part's GPU time with the
+        CPU time around it)."""
+        if self.device.type != "cuda":
+            return time.process_time()
+        torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     # -- data ---------------------------------------------------------------------------------
     def _prepare(self, d: int) -> DeviceData:
@@ -368,15 +385,14 @@ class Harness:
 
     # -- models -------------------------------------------------------------------------------
     def load(self, weights: torch.Tensor) -> SegmentationModel:
-        nn.utils.vector_to_parameters(weights, self.work.parameters())
+        nn.utils.vector_to_parameters(weights.to(self.device), self.work.parameters())
         return self.work
 
     def accuracy(self, weights: torch.Tensor, window: Window, frames: list[int]) -> float:
         """Mean mIoU on the window's ``frames``."""
         model = self.load(weights)
-        return float(
-            per_frame_miou(model, window.images[frames], window.labels[frames], NUM_CLASSES).mean()
-        )
+        images, labels = window.images[frames], window.labels[frames]
+        return float(per_frame_miou(model, images, labels, NUM_CLASSES, device=self.device).mean())
 
     def retrain(self, job: Job, steps: int) -> torch.Tensor:
         """Train ``job`` on its frames until it has taken ``steps`` Adam steps in all (it keeps
@@ -386,13 +402,19 @@ class Harness:
         cfg = self.cfg
         if job.model is None:
             job.model = copy.deepcopy(self.work).eval()
-            nn.utils.vector_to_parameters(job.start.clone(), job.model.parameters())
+            nn.utils.vector_to_parameters(
+                job.start.to(self.device, copy=True), job.model.parameters()
+            )
             freeze_batchnorm(job.model)
             job.optimizer = torch.optim.Adam(job.model.parameters(), lr=cfg.lr)
             job.generator = torch.Generator().manual_seed(job.seed)
             if any(idx for _, idx in job.data):
-                job.frames = torch.cat([to_tensor(x.images[idx]) for x, idx in job.data if idx])
-                job.labels = torch.cat([x.labels[idx] for x, idx in job.data if idx])
+                job.frames = torch.cat(
+                    [to_tensor(x.images[idx], self.device) for x, idx in job.data if idx]
+                )
+                job.labels = torch.cat([x.labels[idx] for x, idx in job.data if idx]).to(
+                    self.device
+                )
         assert job.optimizer is not None
         criterion = nn.CrossEntropyLoss()
         while job.steps < steps and len(job.frames):
@@ -405,7 +427,7 @@ class Harness:
         start = job.start
         if job.steps == 0:
             return start.clone()
-        after = nn.utils.parameters_to_vector(job.model.parameters()).detach()
+        after = nn.utils.parameters_to_vector(job.model.parameters()).detach().cpu()
         delta = after - start
         k = max(1, int(cfg.update_fraction * len(delta)))
         keep = torch.topk(delta.abs(), k).indices
@@ -475,9 +497,10 @@ class Harness:
             if start <= t < end:
                 device.link.deliver(t)
                 with torch.no_grad():
-                    pred = self.load(device.weights)(to_tensor(dd.eval_images[k : k + 1]))
+                    model = self.load(device.weights)
+                    pred = model(to_tensor(dd.eval_images[k : k + 1], self.device))
                 device.scores.append(
-                    (t, frame_miou(pred.argmax(1)[0], dd.eval_labels[k], NUM_CLASSES))
+                    (t, frame_miou(pred.argmax(1)[0].cpu(), dd.eval_labels[k], NUM_CLASSES))
                 )
 
     # -- variants -----------------------------------------------------------------------------
@@ -522,7 +545,7 @@ class Harness:
                 atr=False,
             )
             for dev in devices:
-                dev.session = AMSSession(self.student, ams, NUM_CLASSES)
+                dev.session = AMSSession(self.student, ams, NUM_CLASSES, self.device)
         queue: list[Candidate] = []
         for w in range(self.num_windows):
             t0, t1 = w * cfg.window_s, (w + 1) * cfg.window_s
@@ -536,12 +559,12 @@ class Harness:
                     continue
                 self._select(variant, zoo, d, w, dev, window, t1, result, queue)
             if zoo is not None:
-                c0 = time.process_time()
+                c0 = self.clock()
                 if len(queue) > zoo.params.gamma:
                     zoo.admit(queue)
                     queue = []
                 zoo.prune()
-                result.cpu["zoo"] += time.process_time() - c0
+                result.compute["zoo"] += self.clock() - c0
                 result.zoo_sizes.append((t1, len(zoo.snapshot.ids)))
         result.scores = [dev.scores for dev in devices]
         result.downlink_bytes = [dev.link.bytes for dev in devices]
@@ -578,9 +601,9 @@ class Harness:
             fraction = min(self.cfg.update_fraction, room / (dev.bytes_per_coordinate * n))
             if fraction < self.cfg.update_fraction / 10:
                 continue
-            c0 = time.process_time()
+            c0 = self.clock()
             update = dev.session.train_phase(b, gamma=fraction)
-            result.cpu["retraining"] += time.process_time() - c0
+            result.compute["retraining"] += self.clock() - c0
             if update is None:
                 continue
             data = encode_update(update)
@@ -597,7 +620,7 @@ class Harness:
             dev.planned[idx] = vals
             dev.planned_id = None
             dev.link.send(b, len(data), apply)
-        flat = dev.session.optimizer.flat_params().detach().clone()
+        flat = dev.session.optimizer.flat_params().detach().to("cpu", copy=True)
         dev.current = (f"d{d}-ams", flat)
 
     def _watch(
@@ -644,20 +667,20 @@ class Harness:
         since it began; the window goes on, and its end selects on those frames and later
         ones."""
         assert dev.current is not None
-        c0 = time.process_time()
+        c0 = self.clock()
         dev.since = max(dev.since, first, 0)
         frames = [dev.since + i for i in spaced(last + 1 - dev.since, SELECT_FRAMES)]
         candidates: dict[str, torch.Tensor] = {dev.current[0]: dev.current[1]}
         if zoo is not None and zoo.snapshot.ids:
             self._experts(variant, zoo, window.images[frames], candidates)
-        result.cpu["selection"] += time.process_time() - c0
+        result.compute["selection"] += self.clock() - c0
         if dev.job is not None:  # what the job has done so far
             retrained = self._job_model(dev.job, window, last + 1, result)
             candidates.setdefault(retrained[0], retrained[1])
-        c0 = time.process_time()
+        c0 = self.clock()
         scores = {c: self.accuracy(v, window, frames) for c, v in candidates.items()}
         verdict = safety_check(scores, current=dev.current[0], retrained=None, alpha=0.0)
-        result.cpu["selection"] += time.process_time() - c0
+        result.compute["selection"] += self.clock() - c0
         result.scene_selections += 1
         if zoo is not None:
             zoo.record(verdict.winner)
@@ -683,10 +706,10 @@ class Harness:
         self, job: Job, window: Window, upto: int, result: VariantResult
     ) -> tuple[str, torch.Tensor]:
         """The model ``job`` has trained by frame ``upto`` of ``window``."""
-        c0 = time.process_time()
+        c0 = self.clock()
         steps = round(self.cfg.iterations * (upto - job.begun) / len(window.times))
         model = self.retrain(job, steps)
-        result.cpu["retraining"] += time.process_time() - c0
+        result.compute["retraining"] += self.clock() - c0
         return job.id, model
 
     @staticmethod
@@ -731,13 +754,13 @@ class Harness:
     ) -> None:
         """The window's end: the safety checker picks the device's next model."""
         assert dev.current is not None
-        c0 = time.process_time()
+        c0 = self.clock()
         candidates: dict[str, torch.Tensor] = {dev.current[0]: dev.current[1]}
         retrained = None
         if dev.job is not None and variant != "ams+recl":
-            result.cpu["selection"] += time.process_time() - c0
+            result.compute["selection"] += self.clock() - c0
             retrained = self._job_model(dev.job, window, len(window.times), result)
-            c0 = time.process_time()
+            c0 = self.clock()
             candidates[retrained[0]] = retrained[1]
         if dev.start is not None and variant == "ams+recl":
             candidates[f"d{d}-w{w}-start"] = dev.start
@@ -758,7 +781,7 @@ class Harness:
             retrained=retrained_id,
             alpha=zoo.params.alpha if zoo else 0.02,
         )
-        result.cpu["selection"] += time.process_time() - c0
+        result.compute["selection"] += self.clock() - c0
         result.selections += 1
         if zoo is not None:
             zoo.record(verdict.winner)
@@ -777,10 +800,10 @@ class Harness:
                 weights, _ = self.deploy(
                     dev, now, winner, verdict.winner, result, horizon=self.cfg.window_s / 3
                 )
-                dev.session.optimizer.set_flat_params(weights.clone())
+                dev.session.optimizer.set_flat_params(weights.to(self.device, copy=True))
                 # A new starting point: AMS's moments belong to the old one (as the trainer's).
                 dev.session.optimizer = MaskedAdam(dev.session.model.parameters(), lr=self.cfg.lr)
-            dev.start = dev.session.optimizer.flat_params().detach().clone()
+            dev.start = dev.session.optimizer.flat_params().detach().to("cpu", copy=True)
             return
         weights, running = self.deploy(dev, now, winner, verdict.winner, result)
         self._running(dev, (running or f"d{d}-w{w}-partial", weights))
@@ -818,7 +841,9 @@ class Harness:
     def _candidate(
         self, model: tuple[str, torch.Tensor], d: int, w: int, window: Window
     ) -> Candidate:
-        state = {k: v.clone() for k, v in self.load(model[1]).state_dict().items()}
+        state = {
+            k: v.detach().to("cpu", copy=True) for k, v in self.load(model[1]).state_dict().items()
+        }
         return Candidate(
             model[0],
             state,
@@ -900,7 +925,10 @@ def summarize(harness: Harness, result: VariantResult) -> dict[str, Any]:
         "scene_selections": result.scene_selections,
         "cached_switches": result.cached_switches,
         "partial_switches": result.partial_switches,
-        "cpu_seconds": {k: round(v, 1) for k, v in result.cpu.items()},
+        # CPU time on the CPU; on a GPU wall-clock time with the GPU's work finished
+        f"{'gpu' if harness.device.type == 'cuda' else 'cpu'}_seconds": {
+            k: round(v, 1) for k, v in result.compute.items()
+        },
         "seconds": round(result.seconds, 1),
     }
     if result.zoo_sizes:
@@ -953,14 +981,33 @@ def targets(variants: dict[str, dict[str, Any]], budget: float) -> dict[str, Any
 
 
 def run_benchmark(
-    cfg: ReclBenchConfig, teacher: SegmentationModel, student: SegmentationModel, workdir: Path
+    cfg: ReclBenchConfig,
+    teacher: SegmentationModel,
+    student: SegmentationModel,
+    workdir: Path,
+    device: torch.device | None = None,
+) -> dict[str, Any]:
+    device = device or torch.device("cpu")
+    with GpuRecorder(device) as gpu:
+        report = _run_benchmark(cfg, teacher, student, workdir, device)
+    report["gpu_telemetry"] = gpu.summary()
+    return report
+
+
+def _run_benchmark(
+    cfg: ReclBenchConfig,
+    teacher: SegmentationModel,
+    student: SegmentationModel,
+    workdir: Path,
+    device: torch.device,
 ) -> dict[str, Any]:
     t0 = time.monotonic()
-    harness = Harness(cfg, teacher, student, workdir)
+    harness = Harness(cfg, teacher, student, workdir, device)
     log.info(
-        "prepared %d devices x %d windows in %.0fs",
+        "prepared %d devices x %d windows on %s in %.0fs",
         cfg.devices,
         harness.num_windows,
+        device,
         time.monotonic() - t0,
     )
     variants: dict[str, dict[str, Any]] = {}
@@ -989,6 +1036,7 @@ def run_benchmark(
         "variants": variants,
         "targets": targets(variants, cfg.downlink_kbps),
         "student_parameters": int(harness.base.numel()),
+        "torch_device": str(device),
         "seconds": round(time.monotonic() - t0, 1),
         "config": json.loads(json.dumps(asdict(cfg), default=str)),
     }
@@ -1029,6 +1077,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON output; a .png beside it")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
     parser.add_argument("--profile", default="bench", help="model training profile (bench, tiny)")
+    parser.add_argument(
+        "--device", default="auto", help="torch device: cpu, cuda or auto (CUDA when present)"
+    )
 
 
 def plot(path: Path, report: dict[str, Any]) -> None:
@@ -1083,7 +1134,7 @@ def plot(path: Path, report: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgeadapt.models.cache import ensure_checkpoint, training_args
-    from edgeadapt.models.train import make_model
+    from edgeadapt.models.train import make_model, pick_device
     from edgeadapt.models.zoo import load_weights
 
     variants = tuple(v for v in args.variants.split(",") if v)
@@ -1109,7 +1160,9 @@ def run(args: argparse.Namespace) -> int:
         models[role] = load_weights(make_model(training_args(role, args.profile)), path)
     torch.manual_seed(cfg.seed)
     with tempfile.TemporaryDirectory(prefix="edgeadapt-bench-recl-") as tmp:
-        report = run_benchmark(cfg, models["teacher"], models["student"], Path(tmp))
+        report = run_benchmark(
+            cfg, models["teacher"], models["student"], Path(tmp), pick_device(args.device)
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     plot(args.out.with_suffix(".png"), report)
@@ -1124,6 +1177,7 @@ def run(args: argparse.Namespace) -> int:
                     for k, v in report["variants"].items()
                 },
                 "targets": report["targets"],
+                "torch_device": report["torch_device"],
             },
             indent=2,
         )
