@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -62,3 +63,11 @@ class GpuRecorder:
                         "max": stat([x.power_watts for x in v], np.max)},
             "temperature_c_max": stat([x.temperature_c for x in v], np.max),
         }  # fmt: skip
+
+
+def recorded(device: torch.device, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``run()``'s report with NVML's view of the GPU while it ran (``gpu_telemetry``)."""
+    with GpuRecorder(device) as gpu:
+        report = run()
+    report["gpu_telemetry"] = gpu.summary()
+    return report

@@ -63,7 +63,7 @@ from edgeadapt.adapt.ams import AMSConfig, AMSSession, Teacher, freeze_batchnorm
 from edgeadapt.adapt.metrics import frame_miou
 from edgeadapt.adapt.optim import MaskedAdam
 from edgeadapt.adapt.update import ModelUpdate, encode_update
-from edgeadapt.bench.gpu import GpuRecorder
+from edgeadapt.bench.gpu import recorded
 from edgeadapt.models.data import to_tensor
 from edgeadapt.models.zoo import SegmentationModel
 from edgeadapt.recl.rules import ReclParams, safety_check
@@ -987,11 +987,8 @@ def run_benchmark(
     workdir: Path,
     device: torch.device | None = None,
 ) -> dict[str, Any]:
-    device = device or torch.device("cpu")
-    with GpuRecorder(device) as gpu:
-        report = _run_benchmark(cfg, teacher, student, workdir, device)
-    report["gpu_telemetry"] = gpu.summary()
-    return report
+    dev = device or torch.device("cpu")
+    return recorded(dev, lambda: _run_benchmark(cfg, teacher, student, workdir, dev))
 
 
 def _run_benchmark(

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from edgeadapt.adapt.ams import AMSConfig, AMSSession, Teacher, freeze_batchnorm
-from edgeadapt.bench.gpu import GpuRecorder
+from edgeadapt.bench.gpu import recorded
 from edgeadapt.bench.recl import (
     DeviceData,
     library_video,
@@ -333,11 +333,8 @@ def run_benchmark(
     student: SegmentationModel,
     device: torch.device | None = None,
 ) -> dict[str, Any]:
-    device = device or torch.device("cpu")
-    with GpuRecorder(device) as gpu:
-        report = _run_benchmark(cfg, teacher, student, device)
-    report["gpu_telemetry"] = gpu.summary()
-    return report
+    dev = device or torch.device("cpu")
+    return recorded(dev, lambda: _run_benchmark(cfg, teacher, student, dev))
 
 
 def _run_benchmark(
