@@ -38,6 +38,8 @@ def test_bench_recl_end_to_end(tmp_path: Path) -> None:
             "30-60",
             "--horizon-seconds",
             "60",
+            "--downlink-kbps",
+            "200",
             "--variants",
             ",".join(variants),
             "--out",
@@ -55,6 +57,7 @@ def test_bench_recl_end_to_end(tmp_path: Path) -> None:
     assert report["config"]["iterations"] == 9
     assert report["config"]["scene_s"] == [30, 60]
     assert report["config"]["horizon_s"] == 60
+    assert report["config"]["downlink_kbps"] == 200
     for name, v in report["variants"].items():
         assert 0 < v["miou_mean"] <= 100, name
         assert v["miou_p10"] <= v["miou_mean"]

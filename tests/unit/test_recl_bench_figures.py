@@ -7,14 +7,17 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from edgeadapt.bench.recl import (
     ReclBenchConfig,
+    Resident,
     Window,
     ranking_hits,
     recovery_seconds,
     targets,
 )
+from edgeadapt.models.zoo import SegmentationModel
 from edgeadapt.trainer.recl import SELECT_FRAMES
 from edgeadapt.trainer.recl import Window as TrainerWindow
 
@@ -146,3 +149,33 @@ def test_a_scene_drop_outside_0_to_100_points_is_refused() -> None:
     with pytest.raises(ValueError, match="--scene-drop-points must be between 0 and 100, got 150"):
         ReclBenchConfig(scene_drop=1.5)
     assert ReclBenchConfig(scene_drop=0.0).scene_drop == 0.0, "0: only at window ends"
+
+
+def test_a_downlink_budget_that_is_not_positive_is_refused() -> None:
+    with pytest.raises(ValueError, match="--downlink-kbps must be positive, got 0"):
+        ReclBenchConfig(downlink_kbps=0.0)
+    assert ReclBenchConfig(downlink_kbps=1000.0).downlink_kbps == 1000.0
+
+
+def test_the_scoring_model_copies_a_vector_in_only_when_it_does_not_hold_it_unchanged() -> None:
+    resident = Resident(SegmentationModel(nn.Linear(3, 2), "linear", {}), torch.device("cpu"))
+    a = torch.arange(8, dtype=torch.float32)
+    b = a.clone()
+
+    def held() -> torch.Tensor:
+        return nn.utils.parameters_to_vector(resident.model.parameters()).detach()
+
+    assert resident.load(a) is resident.model
+    assert resident.loads == 1
+    assert resident.load(a) is resident.model
+    assert resident.loads == 1, "the same vector, unchanged: no copy"
+    assert torch.equal(held(), a)
+    resident.load(b)
+    assert resident.loads == 2, "another vector, equal or not, is copied in"
+    b.mul_(2)  # changed in place: its version moves on
+    resident.load(b)
+    assert resident.loads == 3
+    assert torch.equal(held(), torch.arange(8, dtype=torch.float32) * 2)
+    resident.load(a)
+    assert resident.loads == 4
+    assert torch.equal(held(), a)
