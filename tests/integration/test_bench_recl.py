@@ -40,6 +40,8 @@ def test_bench_recl_end_to_end(tmp_path: Path) -> None:
             "60",
             "--downlink-kbps",
             "200",
+            "--switch-margin-points",
+            "3",
             "--variants",
             ",".join(variants),
             "--out",
@@ -58,6 +60,7 @@ def test_bench_recl_end_to_end(tmp_path: Path) -> None:
     assert report["config"]["scene_s"] == [30, 60]
     assert report["config"]["horizon_s"] == 60
     assert report["config"]["downlink_kbps"] == 200
+    assert report["config"]["switch_margin"] == 0.03
     for name, v in report["variants"].items():
         assert 0 < v["miou_mean"] <= 100, name
         assert v["miou_p10"] <= v["miou_mean"]

@@ -380,7 +380,7 @@ def test_missing_model_zoo_is_reported_and_recovers(
     assert base64.b64decode(token).decode() == mint_token(key.strip(), "recl")
     config = json.loads(must_get(cluster, "configmap", "recl-trainer", ns)["data"]["policy.json"])
     assert config["strategy"] == "recl"
-    assert config["recl"] == {"windowSeconds": 30, "sceneDropPoints": 0}
+    assert config["recl"] == {"windowSeconds": 30, "sceneDropPoints": 0, "switchMarginPoints": 2}
 
     # The zoo's figures are what its gating service reports on /status.
     def figures() -> dict[str, Any] | None:

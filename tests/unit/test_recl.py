@@ -30,6 +30,32 @@ def test_the_safety_checker_picks_the_best_and_keeps_the_current_model_on_a_tie(
         safety_check({}, current=None, retrained=None, alpha=0.02)
 
 
+def test_an_expert_wins_only_by_the_switching_margin_over_the_devices_own_models() -> None:
+    def pick(scores: dict[str, float], margin: float = 0.0) -> str:
+        return safety_check(
+            scores, current="cur", retrained="new", alpha=0.02, experts={"e1", "e2"}, margin=margin
+        ).winner
+
+    scores = {"cur": 0.60, "new": 0.62, "e1": 0.635, "e2": 0.63}
+    assert pick(scores) == "e1", "no margin: the paper's pick"
+    # e1 leads the best of the device's own (new) by 1.5 points: the retrained model wins.
+    assert pick(scores, 0.02) == "new"
+    scores["e1"] = 0.64
+    assert pick(scores, 0.02) == "e1"
+    # Ties among the device's own still go to the model it runs.
+    assert pick({"cur": 0.60, "new": 0.60, "e1": 0.61}, 0.02) == "cur"
+    # Only experts: the margin has nothing to weigh against.
+    assert pick({"e1": 0.5, "e2": 0.6}, 0.02) == "e2"
+    # Admission is judged against every candidate, experts included.
+    verdict = safety_check(
+        {"cur": 0.60, "new": 0.63, "e1": 0.62},
+        current="cur", retrained="new", alpha=0.02, experts={"e1"}, margin=0.02,
+    )  # fmt: skip
+    assert (verdict.winner, verdict.promising) == ("new", False)
+    with pytest.raises(ValueError, match="switching margin"):
+        pick(scores, 1.0)
+
+
 def test_a_retrained_model_is_promising_only_by_alpha_over_every_other() -> None:
     scores = {"e1": 0.60, "cur": 0.55, "new": 0.615}
     assert not safety_check(scores, current="cur", retrained="new", alpha=0.02).promising

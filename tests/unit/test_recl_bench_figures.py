@@ -151,6 +151,13 @@ def test_a_scene_drop_outside_0_to_100_points_is_refused() -> None:
     assert ReclBenchConfig(scene_drop=0.0).scene_drop == 0.0, "0: only at window ends"
 
 
+@pytest.mark.parametrize("margin", [-0.01, 1.0])
+def test_a_switching_margin_outside_0_to_100_points_is_refused(margin: float) -> None:
+    with pytest.raises(ValueError, match="--switch-margin-points must be at least 0 and below 100"):
+        ReclBenchConfig(switch_margin=margin)
+    assert ReclBenchConfig(switch_margin=0.0).switch_margin == 0.0, "0: the paper's checker"
+
+
 def test_a_downlink_budget_that_is_not_positive_is_refused() -> None:
     with pytest.raises(ValueError, match="--downlink-kbps must be positive, got 0"):
         ReclBenchConfig(downlink_kbps=0.0)

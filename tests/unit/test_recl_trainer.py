@@ -81,13 +81,19 @@ def make_hub(
     scheduler: SchedulerConfig | None = None,
     window_s: float = 4.0,
     scene_drop: float = 0.0,  # random frames: off, unless a test scores them itself
+    switch_margin: float = ReclConfig.switch_margin,
 ) -> Hub:
     teacher, student = (copy.deepcopy(m) for m in models)
     cfg = HubConfig(
         ams=AMSConfig(iterations=2, batch_size=2, t_update=2.0),
         resync_interval=0.0,
         recl=ReclConfig(
-            strategy, window_s=window_s, iterations=2, batch_size=2, scene_drop=scene_drop
+            strategy,
+            window_s=window_s,
+            iterations=2,
+            batch_size=2,
+            scene_drop=scene_drop,
+            switch_margin=switch_margin,
         ),
         scheduler=scheduler,
     )
@@ -249,12 +255,50 @@ def test_a_window_ends_with_the_safety_checkers_pick(
         scores = state.history[0]
         last = dict(state.last_scores)
         assert {"current", "expert:zoo-a", "expert:zoo-b"} <= set(last)
-        best = max(last.values())
-        assert last[state.last_pick] == best, "the winner scored best on the held-out frames"
+        # The winner scored best on the held-out frames, an expert only by the margin over the
+        # device's own models.
+        own = max(v for k, v in last.items() if not k.startswith("expert:"))
+        expert = max(v for k, v in last.items() if k.startswith("expert:"))
+        if state.last_pick.startswith("expert:"):
+            assert last[state.last_pick] == expert >= own + ReclConfig.switch_margin
+        else:
+            assert last[state.last_pick] == own
+            assert expert < own + ReclConfig.switch_margin
         if state.history[-1]["winner"].startswith("expert:"):
             switched = [m for m in sent if m.WhichOneof("body") == "update" and m.update.expert_id]
             assert switched, "a switch to an expert is sent to the agent"
         assert scores["window"] == 0
+    finally:
+        hub.stop()
+
+
+@pytest.mark.parametrize(
+    ("margin", "lead", "switched"), [(0.0, 0.01, True), (0.02, 0.01, False), (0.02, 0.03, True)]
+)
+def test_an_expert_replaces_the_devices_own_models_only_by_the_switching_margin(
+    models: Models, tmp_path: Path, margin: float, lead: float, switched: bool
+) -> None:
+    expert = perturbed(models[1], 4)
+    hub = make_hub(models, tmp_path, FakeGating({"zoo-a": expert}), switch_margin=margin)
+
+    def score(flat: torch.Tensor, images: np.ndarray, labels: torch.Tensor) -> float:
+        return 0.5 + lead if torch.equal(flat, expert) else 0.5
+
+    hub._miou_of = score  # type: ignore[method-assign]
+    hub.start()
+    try:
+        sent: list[pb.TrainerMessage] = []
+        hub.attach(register(hub), sent.append, lambda reason: None)
+        for seq in range(2):  # the first window ends with the second batch
+            assert hub.try_submit("cam-1", frames(seq, 6000.0 + 2.5 * seq))
+        state = hub.devices["cam-1"].recl
+        assert state is not None
+        wait(lambda: state.windows >= 1)
+        assert state.last_scores["expert:zoo-a"] == pytest.approx(0.5 + lead)
+        assert (state.last_pick == "expert:zoo-a") is switched
+        assert state.switches == int(switched)
+        if switched:  # the expert goes out after the window's bookkeeping
+            wait(lambda: any(m.WhichOneof("body") == "update" and m.update.expert_id for m in sent))
     finally:
         hub.stop()
 

@@ -25,7 +25,7 @@ def test_policy_parameters_become_defaults_and_flags_win(tmp_path: Path) -> None
                     "adaptiveInterval": "Disabled",
                 },
                 "sampling": {"rMinFps": 0.2, "rMaxFps": 2.0, "phiTarget": 0.25},
-                "recl": {"windowSeconds": 45, "sceneDropPoints": 15},
+                "recl": {"windowSeconds": 45, "sceneDropPoints": 15, "switchMarginPoints": 3},
                 "scheduler": {"policy": "micro-window", "microWindowSeconds": 0.5},
             }
         )
@@ -42,6 +42,8 @@ def test_policy_parameters_become_defaults_and_flags_win(tmp_path: Path) -> None
     assert args.window_seconds == 45
     assert args.scene_drop_points == 15
     assert parse_args([]).scene_drop_points == 0, "off by default: selection at window ends"
+    assert args.switch_margin_points == 3
+    assert parse_args([]).switch_margin_points == 2
     assert args.scheduler == "micro-window"
     assert args.micro_window_seconds == 0.5
 
@@ -66,6 +68,9 @@ def test_recl_needs_a_gating_service_and_its_ca(tmp_path: Path) -> None:
     assert _check_args(args) is None
     args = parse_args([*base, "--window-seconds", "0"])
     assert _check_args(args) == "--window-seconds must be positive"
+    for margin in ("-1", "100"):
+        args = parse_args([*base, "--switch-margin-points", margin])
+        assert _check_args(args) == "--switch-margin-points must be at least 0 and below 100"
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,9 @@ recent models costs a message.
 - ``ams``: AMS alone (its sampling of the window at 1 fps, 10 s update phases, sparse updates);
 - ``recl``: at each window's end the gating network's top-K experts, the device's model and its
   last retrained model are scored on the window's frames (none of them has trained on any, as
-  in the trainer) against the teacher and the best is sent; a retraining job warm-started from
+  in the trainer) against the teacher and the best is sent, an expert only when it beats the
+  best of the device's own two by the switching margin (``--switch-margin-points``, 2, the
+  trainer's default; 0 is the paper's checker); a retraining job warm-started from
   it trains on the training frames of the horizon (``--horizon-seconds``, AMS's 240 s: the
   window's and the ones before it, less every fifth, held out as in the trainer) and sends its
   sparse delta (the top ``gamma`` fraction of the change, as AMS would) to the trainer's copy;
@@ -117,6 +119,9 @@ class ReclBenchConfig:
     # trainer's recl.sceneDropPoints / 100); 0, the default as the trainer's, waits for the
     # window's end, as the paper does (SCENE_DROP, 10 points, measured no gain over two seeds).
     scene_drop: float = 0.0
+    # An expert wins only when it beats the device's own models by this much (the trainer's
+    # recl.switchMarginPoints / 100; 0 is the paper's safety checker).
+    switch_margin: float = 0.02
     batch_size: int = 8
     lr: float = 1e-3
     update_fraction: float = 0.05  # coordinates a retraining job or AMS phase changes
@@ -140,6 +145,11 @@ class ReclBenchConfig:
         if not 0 <= self.scene_drop <= 1:
             raise ValueError(
                 f"--scene-drop-points must be between 0 and 100, got {self.scene_drop * 100:g}"
+            )
+        if not 0 <= self.switch_margin < 1:
+            raise ValueError(
+                "--switch-margin-points must be at least 0 and below 100,"
+                f" got {self.switch_margin * 100:g}"
             )
         if not self.downlink_kbps > 0:
             raise ValueError(f"--downlink-kbps must be positive, got {self.downlink_kbps:g}")
@@ -695,15 +705,23 @@ class Harness:
         dev.since = max(dev.since, first, 0)
         frames = [dev.since + i for i in spaced(last + 1 - dev.since, SELECT_FRAMES)]
         candidates: dict[str, torch.Tensor] = {dev.current[0]: dev.current[1]}
+        added: list[str] = []
         if zoo is not None and zoo.snapshot.ids:
-            self._experts(variant, zoo, window.images[frames], candidates)
+            _, added = self._experts(variant, zoo, window.images[frames], candidates)
         result.compute["selection"] += self.clock() - c0
         if dev.job is not None:  # what the job has done so far
             retrained = self._job_model(dev.job, window, last + 1, result)
             candidates.setdefault(retrained[0], retrained[1])
         c0 = self.clock()
         scores = {c: self.accuracy(v, window, frames) for c, v in candidates.items()}
-        verdict = safety_check(scores, current=dev.current[0], retrained=None, alpha=0.0)
+        verdict = safety_check(
+            scores,
+            current=dev.current[0],
+            retrained=None,
+            alpha=0.0,
+            experts=added,
+            margin=self.cfg.switch_margin,
+        )
         result.compute["selection"] += self.clock() - c0
         result.scene_selections += 1
         if zoo is not None:
@@ -804,6 +822,8 @@ class Harness:
             current=dev.current[0],
             retrained=retrained_id,
             alpha=zoo.params.alpha if zoo else 0.02,
+            experts=added,
+            margin=self.cfg.switch_margin,
         )
         result.compute["selection"] += self.clock() - c0
         result.selections += 1
@@ -1096,6 +1116,13 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         " (0, the default: only at window ends, as published; 10 was measured)",
     )
     parser.add_argument(
+        "--switch-margin-points",
+        type=float,
+        default=ReclBenchConfig.switch_margin * 100,
+        help="an expert must beat the device's own models by this many mIoU points to win"
+        " (%(default)g, the trainer's default; 0: the paper's safety checker)",
+    )
+    parser.add_argument(
         "--downlink-kbps",
         type=float,
         default=ReclBenchConfig.downlink_kbps,
@@ -1176,6 +1203,7 @@ def run(args: argparse.Namespace) -> int:
             iterations=args.iterations,
             horizon_s=args.horizon_seconds,
             scene_drop=args.scene_drop_points / 100,
+            switch_margin=args.switch_margin_points / 100,
             scene_s=parse_scene_seconds(args.scene_seconds, "--scene-seconds"),
             downlink_kbps=args.downlink_kbps,
             variants=variants,

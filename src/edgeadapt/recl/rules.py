@@ -5,7 +5,11 @@ Khani et al., NSDI '23 (``shared/research/recl.md`` §2.4, §2.7, §2.9):
 - **Safety checker.** The top-K experts the gating network scores highest, the device's current
   model and its last retrained model are each scored against the teacher's labels on the
   window's held-out frames; the best wins. Ties go to the model the device already runs (a
-  switch costs downlink), then to the earlier candidate.
+  switch costs downlink), then to the earlier candidate. Beyond the paper, an expert must beat
+  the device's own models (its current and retrained ones) by a switching margin: an expert
+  trained on another device's scenes can win a window by a fraction of a point and yet know
+  the device's other scenes less well (``bench recl`` measured 3.4 points less on the device's
+  past frames at the switches it made), and every later job retrains from it.
 - **Admission.** A retrained model is *promising* when it beats every other candidate by at
   least ``alpha`` (absolute mIoU points as a fraction, 0.02); promising models wait in a queue
   that is admitted whole once it holds more than ``gamma``.
@@ -18,7 +22,7 @@ Khani et al., NSDI '23 (``shared/research/recl.md`` §2.4, §2.7, §2.9):
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -51,16 +55,34 @@ class Verdict:
 
 
 def safety_check(
-    scores: Mapping[str, float], *, current: str | None, retrained: str | None, alpha: float
+    scores: Mapping[str, float],
+    *,
+    current: str | None,
+    retrained: str | None,
+    alpha: float,
+    experts: Collection[str] = (),
+    margin: float = 0.0,
 ) -> Verdict:
     """Pick the best-scoring candidate (``scores``: candidate id -> mIoU vs the teacher).
 
     ``current`` is the model the device runs (it wins ties), ``retrained`` the model last
-    retrained for it (judged for admission against all the others)."""
+    retrained for it (judged for admission against all the others). The candidates in
+    ``experts`` came from the zoo; the others are the device's own. An expert wins only when it
+    beats the best of the device's own by ``margin`` (a fraction, as the scores); otherwise
+    that one does."""
     if not scores:
         raise ValueError("the safety checker needs at least one candidate")
+    if not 0 <= margin < 1:
+        raise ValueError(f"the switching margin must be in [0, 1), got {margin}")
     order = list(scores)
-    best = max(order, key=lambda c: (scores[c], c == current, -order.index(c)))
+
+    def rank(c: str) -> tuple[float, bool, int]:
+        return (scores[c], c == current, -order.index(c))
+
+    best = max(order, key=rank)
+    own = [c for c in order if c not in experts]
+    if best in experts and own and scores[best] < max(scores[c] for c in own) + margin:
+        best = max(own, key=rank)
     promising = False
     if retrained is not None and retrained in scores:
         others = [s for c, s in scores.items() if c != retrained]

@@ -120,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
         " default: never)",
     )
     p.add_argument(
+        "--switch-margin-points",
+        type=float,
+        default=2.0,
+        help="strategies recl and ams+recl: a zoo expert replaces the device's own models only"
+        " when it beats them by this many mIoU points (%(default)g; 0: RECL's safety checker)",
+    )
+    p.add_argument(
         "--scheduler",
         choices=POLICIES,
         help="who trains next: round-robin (AMS), micro-window (RECL Algorithm 1), urgency"
@@ -198,6 +205,7 @@ POLICY_FIELDS = {
     ("sampling", "uploadFraction"): "upload_fraction",
     ("recl", "windowSeconds"): "window_seconds",
     ("recl", "sceneDropPoints"): "scene_drop_points",
+    ("recl", "switchMarginPoints"): "switch_margin_points",
     ("scheduler", "policy"): "scheduler",
     ("scheduler", "microWindowSeconds"): "micro_window_seconds",
 }
@@ -266,6 +274,10 @@ def _check_args(args: argparse.Namespace) -> str | None:
         (
             not 0 <= args.scene_drop_points <= 100,
             "--scene-drop-points must be between 0 and 100",
+        ),
+        (
+            not 0 <= args.switch_margin_points < 100,
+            "--switch-margin-points must be at least 0 and below 100",
         ),
         (args.micro_window_seconds <= 0, "--micro-window-seconds must be positive"),
         (
@@ -419,6 +431,7 @@ def _serve(
             lr=args.lr,
             batch_size=args.batch_size,
             scene_drop=args.scene_drop_points / 100,
+            switch_margin=args.switch_margin_points / 100,
         )
         if uses_recl(args.strategy)
         else None,

@@ -917,7 +917,14 @@ class Hub:
             candidates["retrained"] = parameter_vector(state.retrain).detach().cpu().clone()
         experts, reachable = self._reuse(dev, selected, candidates)
         scores = {key: self._miou_of(flat, images, labels) for key, flat in candidates.items()}
-        verdict = safety_check(scores, current="current", retrained=retrained, alpha=self._alpha)
+        verdict = safety_check(
+            scores,
+            current="current",
+            retrained=retrained,
+            alpha=self._alpha,
+            experts=experts,
+            margin=recl.switch_margin,
+        )
         messages: list[pb.TrainerMessage] = []
         if verdict.winner == "current":
             pick = state.expert
@@ -1022,7 +1029,14 @@ class Hub:
             candidates["retrained"] = parameter_vector(state.retrain).detach().cpu().clone()
         experts, reachable = self._reuse(dev, images, candidates)
         scores = {key: self._miou_of(flat, images, labels) for key, flat in candidates.items()}
-        verdict = safety_check(scores, current="current", retrained=None, alpha=self._alpha)
+        verdict = safety_check(
+            scores,
+            current="current",
+            retrained=None,
+            alpha=self._alpha,
+            experts=experts,
+            margin=recl.switch_margin,
+        )
         messages: list[pb.TrainerMessage] = []
         pick = state.expert
         if verdict.winner != "current":

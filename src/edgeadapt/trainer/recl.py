@@ -138,6 +138,9 @@ class ReclConfig:
     # and selects at once rather than at the window's end; 0 (the default) waits for the
     # window's end, as RECL does (SCENE_DROP is the fall the benchmark measured: no gain).
     scene_drop: float = 0.0
+    # A zoo expert replaces the device's own models (its current, retrained or window-start
+    # one) only when it beats the best of them by this much (recl.rules.safety_check).
+    switch_margin: float = 0.02
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -146,6 +149,8 @@ class ReclConfig:
             raise ValueError(f"window must be positive, got {self.window_s}")
         if not 0 <= self.scene_drop <= 1:
             raise ValueError(f"scene drop must be in [0, 1], got {self.scene_drop}")
+        if not 0 <= self.switch_margin < 1:
+            raise ValueError(f"switch margin must be in [0, 1), got {self.switch_margin}")
 
     @property
     def streams(self) -> bool:
