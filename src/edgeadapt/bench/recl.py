@@ -75,6 +75,7 @@ from edgeadapt.trainer.recl import (
     HOLDOUT_EVERY,
     SCENE_HISTORY,
     SELECT_FRAMES,
+    ReclConfig,
     held_out,
     scene_change,
     spaced,
@@ -120,8 +121,8 @@ class ReclBenchConfig:
     # window's end, as the paper does (SCENE_DROP, 10 points, measured no gain over two seeds).
     scene_drop: float = 0.0
     # An expert wins only when it beats the device's own models by this much (the trainer's
-    # recl.switchMarginPoints / 100; 0 is the paper's safety checker).
-    switch_margin: float = 0.02
+    # recl.switchMarginPoints / 100 and its default; 0 is the paper's safety checker).
+    switch_margin: float = ReclConfig.switch_margin
     batch_size: int = 8
     lr: float = 1e-3
     update_fraction: float = 0.05  # coordinates a retraining job or AMS phase changes
