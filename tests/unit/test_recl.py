@@ -31,21 +31,25 @@ def test_the_safety_checker_picks_the_best_and_keeps_the_current_model_on_a_tie(
 
 
 def test_an_expert_wins_only_by_the_switching_margin_over_the_devices_own_models() -> None:
-    def pick(scores: dict[str, float], margin: float = 0.0) -> str:
-        return safety_check(
+    def pick(scores: dict[str, float], margin: float = 0.0) -> tuple[str, str | None]:
+        """The winner, and the expert the margin held back."""
+        verdict = safety_check(
             scores, current="cur", retrained="new", alpha=0.02, experts={"e1", "e2"}, margin=margin
-        ).winner
+        )
+        return verdict.winner, verdict.held
 
     scores = {"cur": 0.60, "new": 0.62, "e1": 0.635, "e2": 0.63}
-    assert pick(scores) == "e1", "no margin: the paper's pick"
+    assert pick(scores) == ("e1", None), "no margin: the paper's pick"
     # e1 leads the best of the device's own (new) by 1.5 points: the retrained model wins.
-    assert pick(scores, 0.02) == "new"
+    assert pick(scores, 0.02) == ("new", "e1")
     scores["e1"] = 0.64
-    assert pick(scores, 0.02) == "e1"
+    assert pick(scores, 0.02) == ("e1", None)
     # Ties among the device's own still go to the model it runs.
-    assert pick({"cur": 0.60, "new": 0.60, "e1": 0.61}, 0.02) == "cur"
+    assert pick({"cur": 0.60, "new": 0.60, "e1": 0.61}, 0.02) == ("cur", "e1")
+    # An own model that scores best holds nothing back.
+    assert pick({"cur": 0.60, "new": 0.65, "e1": 0.64}, 0.02) == ("new", None)
     # Only experts: the margin has nothing to weigh against.
-    assert pick({"e1": 0.5, "e2": 0.6}, 0.02) == "e2"
+    assert pick({"e1": 0.5, "e2": 0.6}, 0.02) == ("e2", None)
     # Admission is judged against every candidate, experts included.
     verdict = safety_check(
         {"cur": 0.60, "new": 0.63, "e1": 0.62},

@@ -297,6 +297,12 @@ def test_an_expert_replaces_the_devices_own_models_only_by_the_switching_margin(
         assert state.last_scores["expert:zoo-a"] == pytest.approx(0.5 + lead)
         assert (state.last_pick == "expert:zoo-a") is switched
         assert state.switches == int(switched)
+        # /status says what the margin is and that it held the expert back.
+        view = state.view()
+        assert view["switch_margin_points"] == pytest.approx(100 * margin)
+        held = None if switched else "expert:zoo-a"
+        assert view["recent_windows"][-1]["held_by_margin"] == held
+        assert view["margin_holds"] == int(not switched)
         if switched:  # the expert goes out after the window's bookkeeping
             wait(lambda: any(m.WhichOneof("body") == "update" and m.update.expert_id for m in sent))
     finally:

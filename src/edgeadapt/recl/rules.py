@@ -52,6 +52,8 @@ class Verdict:
     scores: Mapping[str, float]
     promising: bool
     """The last retrained model beat every other candidate by alpha (an admission candidate)."""
+    held: str | None = None
+    """The expert that scored best and lost to the switching margin (None when none did)."""
 
 
 def safety_check(
@@ -80,14 +82,15 @@ def safety_check(
         return (scores[c], c == current, -order.index(c))
 
     best = max(order, key=rank)
+    held = None
     own = [c for c in order if c not in experts]
     if best in experts and own and scores[best] < max(scores[c] for c in own) + margin:
-        best = max(own, key=rank)
+        best, held = max(own, key=rank), best
     promising = False
     if retrained is not None and retrained in scores:
         others = [s for c, s in scores.items() if c != retrained]
         promising = not others or scores[retrained] >= max(others) + alpha
-    return Verdict(best, dict(scores), promising)
+    return Verdict(best, dict(scores), promising, held)
 
 
 def top_k(scores: Sequence[float], ids: Sequence[str], k: int) -> list[str]:

@@ -281,7 +281,7 @@ class Hub:
             dev.session = self._new_session()
         if self.config.recl is not None:
             if dev.recl is None:
-                dev.recl = DeviceRecl()
+                dev.recl = DeviceRecl(switch_margin=self.config.recl.switch_margin)
             with dev.chain_lock:
                 dev.recl.cache_size = register.expert_cache_size
                 dev.recl.cached = collections.OrderedDict(
@@ -1091,9 +1091,12 @@ class Hub:
                 "end": dev.last_frame_time,
                 "winner": verdict.winner,
                 "expert": state.expert or None,
+                "held_by_margin": verdict.held,
                 "scores": shown,
             }
         )
+        if verdict.held is not None:
+            state.margin_holds += 1
         state.last_pick = verdict.winner
         state.last_scores = dict(verdict.scores)
         if pick:

@@ -377,6 +377,10 @@ class DeviceRecl:
     switches_cached: int = 0
     partial_switches: int = 0  # cut to the downlink budget: the largest changes only
     switches_held: int = 0  # the link was still busy with the last one
+    # An expert that scored best but not by the switching margin (a fraction) over the device's
+    # own models: how often one lost that way (the expert is in the selection's history).
+    switch_margin: float = 0.0
+    margin_holds: int = 0
     switch_bytes: int = 0
     offered: int = 0
     gating_errors: int = 0
@@ -384,7 +388,7 @@ class DeviceRecl:
     last_scores: dict[str, float] = field(default_factory=dict)
     picks: collections.Counter[str] = field(default_factory=collections.Counter)
     # the last selections (window ends and scene changes): window, event, capture-time span,
-    # winner, the expert run after it, every candidate's score
+    # winner, the expert run after it, the expert the margin held back, every candidate's score
     history: collections.deque[dict[str, Any]] = field(
         default_factory=lambda: collections.deque(maxlen=16)
     )
@@ -408,6 +412,8 @@ class DeviceRecl:
             "switches_cached": self.switches_cached,
             "partial_switches": self.partial_switches,
             "switches_held": self.switches_held,
+            "switch_margin_points": round(100 * self.switch_margin, 2),
+            "margin_holds": self.margin_holds,
             "switch_bytes": self.switch_bytes,
             "offered": self.offered,
             "gating_errors": self.gating_errors,
