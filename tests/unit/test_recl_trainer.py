@@ -26,10 +26,12 @@ from edgeadapt.trainer.recl import (
     SCENE_DROP,
     SCENE_HISTORY,
     Choice,
+    DeviceRecl,
     GatingError,
     ReclConfig,
     Window,
     scene_change,
+    top_change,
 )
 from edgeadapt.trainer.scheduler import SchedulerConfig
 from edgeadapt.trainer.store import DeviceStore
@@ -389,6 +391,15 @@ def test_strategy_recl_retraining_jobs_run_in_the_schedulers_rounds(
     scheduler = SchedulerConfig("micro-window", iterations=4, micro_window=0.05, round_cap=5.0)
     hub = make_hub(models, tmp_path, FakeGating({}), "recl", scheduler)
     assert hub.scheduler.config.iterations == 2  # RECL's steps per batch, not AMS's K
+    job_models: list[tuple[torch.Tensor, torch.Tensor]] = []  # (where the job began, candidate)
+    job_model = hub._job_model
+
+    def record(state: DeviceRecl) -> torch.Tensor:
+        assert state.job_start is not None
+        job_models.append((state.job_start.clone(), model := job_model(state)))
+        return model
+
+    hub._job_model = record  # type: ignore[method-assign]
     hub.start()
     try:
         sent: list[pb.TrainerMessage] = []
@@ -413,6 +424,11 @@ def test_strategy_recl_retraining_jobs_run_in_the_schedulers_rounds(
         assert (hub.scheduler.job_view("cam-1")["slices"] or 0) >= 1
         # The retrained model was a candidate at the second window's end.
         assert "retrained" in state.last_scores
+        # ... as the top gamma fraction of what the job changed, as AMS's updates are.
+        assert job_models
+        for start, model in job_models:
+            moved = int((model != start).sum())
+            assert 0 < moved <= max(1, int(hub.config.ams.gamma * start.numel()))
         assert dev.job is None, "the device's own model is not what RECL's job trains"
     finally:
         hub.stop()
@@ -437,6 +453,21 @@ def test_without_the_gating_service_a_window_ends_without_reuse(
         assert set(dev.recl.last_scores) <= {"current", "retrained"}
     finally:
         hub.stop()
+
+
+def test_top_change_keeps_the_coordinates_that_moved_most() -> None:
+    start = torch.zeros(10)
+    after = torch.tensor([0.1, -0.9, 0.3, 0.0, 0.5, 0.2, -0.4, 0.05, 0.0, 0.6])
+    kept = top_change(start, after, 0.3)
+    assert torch.equal(kept, torch.tensor([0, -0.9, 0, 0, 0.5, 0, 0, 0, 0, 0.6]))
+    assert torch.equal(start, torch.zeros(10)), "the start is not changed"
+    assert int((top_change(start, after, 0.01) != 0).sum()) == 1  # at least one coordinate
+    assert torch.equal(top_change(start, after, 1.0), after)
+    for fraction in (0.0, 1.5):
+        with pytest.raises(ValueError, match="fraction"):
+            top_change(start, after, fraction)
+    with pytest.raises(ValueError, match="coordinates"):
+        top_change(start, torch.zeros(3), 0.5)
 
 
 def test_every_fifth_frame_of_a_window_is_held_out() -> None:

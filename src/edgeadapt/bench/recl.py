@@ -79,6 +79,7 @@ from edgeadapt.trainer.recl import (
     held_out,
     scene_change,
     spaced,
+    top_change,
 )
 from edgeadapt.video.codec import decode_h264, encode_h264
 from edgeadapt.video.source import open_source
@@ -463,11 +464,9 @@ class Harness:
         if job.steps == 0:
             return start.clone()
         after = nn.utils.parameters_to_vector(job.model.parameters()).detach().cpu()
-        delta = after - start
-        k = max(1, int(cfg.update_fraction * len(delta)))
-        keep = torch.topk(delta.abs(), k).indices
-        out = start.clone()
-        out[keep] = after[keep].half().float()
+        out = top_change(start, after, cfg.update_fraction)
+        changed = out != start
+        out[changed] = out[changed].half().float()
         return out
 
     def deploy(

@@ -81,6 +81,7 @@ from edgeadapt.trainer.recl import (
     GatingError,
     ReclConfig,
     scene_change,
+    top_change,
 )
 from edgeadapt.trainer.scheduler import Job, Round, Scheduler, SchedulerConfig, drift
 from edgeadapt.trainer.store import DeviceStore, UpdateRecord
@@ -914,7 +915,7 @@ class Hub:
                 candidates["start"] = state.start
         elif state.retrain is not None and state.job_steps:
             retrained = "retrained"
-            candidates["retrained"] = parameter_vector(state.retrain).detach().cpu().clone()
+            candidates["retrained"] = self._job_model(state)
         experts, reachable = self._reuse(dev, selected, candidates)
         scores = {key: self._miou_of(flat, images, labels) for key, flat in candidates.items()}
         verdict = safety_check(
@@ -982,7 +983,16 @@ class Hub:
         state.optimizer = torch.optim.Adam(state.retrain.parameters(), lr=recl.lr)
         frames, kept = session.buffer.recent(dev.last_frame_time)
         state.job, state.job_steps = ((frames, kept) if frames else None), 0
+        state.job_start = parameter_vector(state.retrain).detach().cpu().clone()
         state.job_holdout = holdout
+
+    def _job_model(self, state: DeviceRecl) -> torch.Tensor:
+        """Strategy recl: the retraining job's model as a candidate, the ``gamma`` fraction of
+        its change from where it started (``top_change``)."""
+        assert state.retrain is not None
+        assert state.job_start is not None  # both set as the job starts
+        after = parameter_vector(state.retrain).detach().cpu()
+        return top_change(state.job_start, after, self.config.ams.gamma)
 
     def _reuse(
         self, dev: Device, selected: np.ndarray, candidates: dict[str, torch.Tensor]
@@ -1026,7 +1036,7 @@ class Hub:
         images, labels = window.recent(SELECT_FRAMES)
         candidates = {"current": session.optimizer.flat_params().detach().cpu().clone()}
         if state.retrain is not None and state.job_steps:
-            candidates["retrained"] = parameter_vector(state.retrain).detach().cpu().clone()
+            candidates["retrained"] = self._job_model(state)
         experts, reachable = self._reuse(dev, images, candidates)
         scores = {key: self._miou_of(flat, images, labels) for key, flat in candidates.items()}
         verdict = safety_check(
