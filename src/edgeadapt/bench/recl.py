@@ -18,7 +18,8 @@ recent models costs a message.
   trainer's default; 0 is the paper's checker); a retraining job warm-started from
   it trains on the training frames of the horizon (``--horizon-seconds``, AMS's 240 s: the
   window's and the ones before it, less every fifth, held out as in the trainer) and sends its
-  sparse delta (the top ``gamma`` fraction of the change, as AMS would) to the trainer's copy;
+  sparse delta (the top ``gamma`` fraction of the change, ``trainer.recl.top_change``, as AMS's
+  updates and the trainer's jobs) to the trainer's copy;
   models that beat the others by alpha are admitted to the shared zoo past gamma, and unused
   ones pruned. Within a window the device's model is scored on each frame as it arrives (one
   frame per upload); a scene change (``trainer.recl.scene_change``) selects at once on the frames
