@@ -91,7 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds of recent frames training draws from (AMS phases; recl retraining jobs)",
     )
     p.add_argument("--iterations", type=int, default=AMSConfig.iterations, help="AMS K")
-    p.add_argument("--gamma", type=float, default=AMSConfig.gamma)
+    p.add_argument(
+        "--gamma",
+        type=float,
+        default=AMSConfig.gamma,
+        help="AMS's update fraction; under recl, of a retraining job's change a candidate keeps",
+    )
     p.add_argument("--lr", type=float, default=AMSConfig.lr)
     p.add_argument("--batch-size", type=int, default=AMSConfig.batch_size)
     p.add_argument("--r-min", type=float, default=AMSConfig.r_min, help="lowest sampling fps")
