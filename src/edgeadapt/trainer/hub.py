@@ -41,7 +41,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -917,15 +917,7 @@ class Hub:
             retrained = "retrained"
             candidates["retrained"] = self._job_model(state)
         experts, reachable = self._reuse(dev, selected, candidates)
-        scores = {key: self._miou_of(flat, images, labels) for key, flat in candidates.items()}
-        verdict = safety_check(
-            scores,
-            current="current",
-            retrained=retrained,
-            alpha=self._alpha,
-            experts=experts,
-            margin=recl.switch_margin,
-        )
+        verdict = self._check(recl, candidates, images, labels, retrained, experts)
         messages: list[pb.TrainerMessage] = []
         if verdict.winner == "current":
             pick = state.expert
@@ -986,6 +978,28 @@ class Hub:
         state.job_start = parameter_vector(state.retrain).detach().cpu().clone()
         state.job_holdout = holdout
 
+    def _check(
+        self,
+        recl: ReclConfig,
+        candidates: dict[str, torch.Tensor],
+        images: np.ndarray,
+        labels: torch.Tensor,
+        retrained: str | None,
+        experts: Collection[str],
+    ) -> Verdict:
+        """The safety checker on the candidates' mIoU against the teacher on ``images``: the
+        device's model (``current``) wins ties, a zoo expert (``experts``) wins only by the
+        policy's switching margin."""
+        scores = {key: self._miou_of(flat, images, labels) for key, flat in candidates.items()}
+        return safety_check(
+            scores,
+            current="current",
+            retrained=retrained,
+            alpha=self._alpha,
+            experts=experts,
+            margin=recl.switch_margin,
+        )
+
     def _job_model(self, state: DeviceRecl) -> torch.Tensor:
         """Strategy recl: the retraining job's model as a candidate, the ``gamma`` fraction of
         its change from where it started (``top_change``)."""
@@ -1038,15 +1052,7 @@ class Hub:
         if state.retrain is not None and state.job_steps:
             candidates["retrained"] = self._job_model(state)
         experts, reachable = self._reuse(dev, images, candidates)
-        scores = {key: self._miou_of(flat, images, labels) for key, flat in candidates.items()}
-        verdict = safety_check(
-            scores,
-            current="current",
-            retrained=None,
-            alpha=self._alpha,
-            experts=experts,
-            margin=recl.switch_margin,
-        )
+        verdict = self._check(recl, candidates, images, labels, None, experts)
         messages: list[pb.TrainerMessage] = []
         pick = state.expert
         if verdict.winner != "current":
