@@ -14,6 +14,15 @@ ROOT = Path(__file__).resolve().parents[2]
 POLICIES = ["round-robin", "micro-window", "urgency"]
 
 
+def test_a_negative_slice_is_refused() -> None:
+    from edgeadapt.bench.scheduler import SchedulerBenchConfig
+
+    assert SchedulerBenchConfig().slice_steps == 0  # 0: the K steps of --iterations
+    refused = r"--slice-steps must be 0 \(--iterations\) or more, got -1"
+    with pytest.raises(ValueError, match=refused):
+        SchedulerBenchConfig(slice_steps=-1)
+
+
 @pytest.mark.slow
 def test_bench_scheduler_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "scheduler.json"
@@ -43,6 +52,9 @@ def test_bench_scheduler_end_to_end(tmp_path: Path) -> None:
                 report["alone"]["miou_mean"][n] - r["miou_mean"], abs=0.02
             )
     assert set(report["devices_per_trainer"]) == set(POLICIES)
+    # A slice is, by default, the time of the K steps round-robin gives a device in a round.
+    assert report["slice_steps"] == 4
+    assert report["micro_window_s"] == pytest.approx(4 * report["seconds_per_step"], abs=2e-4)
     rt = report["real_time"]  # an interval's labelling and K steps per device, on this machine
     assert rt["seconds_per_device_round"] == pytest.approx(
         4 * rt["seconds_per_step"] + 10 * rt["label_s_per_frame"], rel=0.01
