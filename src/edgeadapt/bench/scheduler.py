@@ -123,7 +123,8 @@ class Harness:
         # A slice is the time of ``slice_steps`` steps as measured here: by default what
         # round-robin gives a device in a round, which is also what the trainer's 1 s default
         # slice holds on a 2-core CPU (about 0.05 s per step).
-        self.micro_window = (cfg.slice_steps or cfg.iterations) * self.per_iteration
+        self.slice_steps = cfg.slice_steps or cfg.iterations
+        self.micro_window = self.slice_steps * self.per_iteration
 
     def _prepare(self, d: int) -> DeviceData:
         cfg = self.cfg
@@ -397,7 +398,7 @@ def _run_benchmark(
         "seconds_per_step": round(harness.per_iteration, 5),
         "budget_s_per_round": round(harness.budget, 3),
         "micro_window_s": round(harness.micro_window, 4),
-        "slice_steps": harness.cfg.slice_steps or harness.cfg.iterations,
+        "slice_steps": harness.slice_steps,
         "torch_device": str(harness.device),
         "config": json.loads(json.dumps(asdict(cfg))),
     }
