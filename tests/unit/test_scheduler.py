@@ -127,31 +127,52 @@ def test_a_job_that_gains_again_after_a_fill_slice_is_picked_greedily() -> None:
     assert result.spent == pytest.approx(8.0)
 
 
-def test_a_later_round_starts_with_the_job_whose_score_fell_most_without_initial_slices() -> None:
-    sched = micro(cap=10.0, mu=0.5, iterations=20)  # a job's K steps take 2 s
-    jobs = [Curve(k) for k in "abc"]
+def test_an_over_subscribed_later_round_starts_with_the_job_whose_score_fell_most() -> None:
+    # 8 jobs whose K steps take 2 s each, a 3.5 s round: no room for a 0.5 s slice each
+    sched = micro(cap=3.5, mu=0.5, iterations=20)
+    jobs = [Curve(k) for k in "abcdefgh"]
     first = sched.run(jobs)
-    assert [s.key for s in first.slices[:3]] == ["a", "b", "c"]  # one slice each, to initialise
-    jobs[1].fell, jobs[2].fell = 0.05, 0.2  # c's new frames cost it most
+    assert [s.key for s in first.slices[:8]] == list("abcdefgh")  # one slice each, to initialise
+    jobs[1].fell, jobs[2].fell = 0.15, 0.2  # c's new frames cost it most
     evaluations = [j.evaluations for j in jobs]
     second = sched.run(jobs)
-    # c's estimate is 0.2 over its 2 s, b's 0.05 over 2 s, a's 0: no initial slices; c until
-    # its measured gain falls below b's estimate, then b; a, which lost nothing, waits
-    assert [s.key for s in second.slices] == ["c"] * 10 + ["b"] * 2
+    # c's estimate is 0.2 over its 2 s, b's 0.15 over 2 s, the others' 0: no initial slices; c
+    # until its measured gain falls below b's estimate, then b; the others, which lost nothing,
+    # wait
+    assert [s.key for s in second.slices] == ["c"] * 4 + ["b"] * 3
     # every job was scored once before the round (a free evaluation instead of a slice)
     assert all(j.evaluations >= e + 1 for j, e in zip(jobs, evaluations, strict=True))
-    assert second.spent == pytest.approx(6.0)  # what round-robin would spend: 3 x 2 s
+    assert second.spent == pytest.approx(3.5)
+
+
+def test_a_later_round_with_a_slice_for_every_job_initialises_every_job_again() -> None:
+    # 3 jobs whose K steps take 2 s: the round is their 6 s, room for a 1 s slice each
+    sched = micro(cap=10.0, mu=1.0, iterations=20)
+    jobs = [Curve(k) for k in "abc"]
+    sched.run(jobs)
+    jobs[2].fell = 0.2  # only c fell: a fall-based guess would skip a and b
+    second = sched.run(jobs)
+    assert [s.key for s in second.slices[:3]] == ["a", "b", "c"]
+    assert [s.seconds for s in second.slices[:3]] == pytest.approx([1.0] * 3)
+    assert set(second.trained) == {"a", "b", "c"}
+    assert second.spent == pytest.approx(6.0)
+    # A slice longer than a job's K steps' time is cut to it: round-robin's share, each once.
+    short = micro(cap=10.0, mu=5.0, iterations=20)
+    short.run(jobs)
+    third = short.run(jobs)
+    assert [(s.key, s.seconds) for s in third.slices] == [("a", 2.0), ("b", 2.0), ("c", 2.0)]
 
 
 def test_a_job_that_did_not_fall_gets_the_round_robin_fill_once_others_stop_gaining() -> None:
-    sched = micro(cap=10.0, mu=0.5, iterations=5)  # a job's K steps take 0.5 s
-    steady, worse = Curve("steady"), Curve("worse", slope=0.01)
-    sched.run([steady, worse])
+    # A job's K steps take 0.5 s; three jobs, a 1.2 s round: no room for a slice each.
+    sched = micro(cap=1.2, mu=0.5, iterations=5)
+    steady, worse, calm = Curve("steady"), Curve("worse", slope=0.01), Curve("x-calm")
+    sched.run([steady, worse, calm])
     worse.fell = 0.1  # it fell, but training makes it worse still
-    second = sched.run([steady, worse])
+    second = sched.run([steady, worse, calm])
     keys = [s.key for s in second.slices]
     assert keys[0] == "worse"  # its fall made it the first pick; its slice then lost accuracy
-    assert "steady" in keys  # then neither gains: the fill gives steady its K steps' time
+    assert "steady" in keys  # then none gains: the fill gives steady (served first) its K steps
     assert second.seconds("steady") == pytest.approx(0.5)
 
 
@@ -303,6 +324,23 @@ def test_an_over_subscribed_urgency_round_serves_the_most_urgent_first_and_defer
     steps = {k: sum(s.iterations for s in result.slices if s.key == k) for k in result.trained}
     assert steps == {"urgent": 20, "mild": 15}
     assert result.deferred == ["calm"]
+
+
+def test_an_urgency_round_s_last_short_rest_still_trains_the_next_job() -> None:
+    """Every job stops at its K steps' time (1 s) while slices are 2 s long: the round's last
+    0.5 s, a quarter of a slice, goes to the third job instead of staying idle."""
+    sched = Scheduler(SchedulerConfig("urgency", 10, 2.0, 2.5))
+    jobs = [
+        Curve("a", urgency=0.9, tau=100.0),
+        Curve("b", urgency=0.5, tau=100.0),
+        Curve("c", urgency=0.1, tau=100.0),
+    ]
+    sched.run(jobs)  # the first round times the steps
+    result = sched.run(jobs)
+    steps = {k: sum(s.iterations for s in result.slices if s.key == k) for k in result.trained}
+    assert steps == {"a": 10, "b": 10, "c": 5}
+    assert not result.deferred
+    assert result.spent == pytest.approx(2.5)
 
 
 def test_urgency_with_a_budget_for_one_job_defers_the_rest() -> None:

@@ -15,30 +15,36 @@ same budget, so they differ only in who gets it:
   Before any step was ever timed, the first job's ``iterations`` steps time it; a job never
   timed is assumed as fast as the others (the trainer's jobs train the same student).
 - ``micro-window`` (RECL Algorithm 1, recl.md §2.6): slices of at most ``micro_window`` seconds,
-  always to the job with the largest accuracy gain per second of compute, the gain measured on
-  the device's held-out frames before and after its slice (the after-score is reused as the
-  next before-score). A job's first round gives it one slice to initialise, as Algorithm 1 does
-  every window; ``micro_window`` then shrinks so that these slices take at most a third of the
-  round (RECL leaves C·μ ≥ T open), a slice is at least one step, and jobs the budget cannot
-  initialise are deferred to the next round, where they go first. In later rounds a job is not
+  always to the job with the largest accuracy gain per second of compute, the gain measured on the
+  device's held-out frames before and after its slice (the after-score is reused as the next
+  before-score). A job's first round gives it one slice to initialise, as Algorithm 1 does every
+  window; ``micro_window`` then shrinks so that these slices take at most a third of the round
+  (RECL leaves C·μ ≥ T open), a slice is at least one step, and jobs the budget cannot initialise
+  are deferred to the next round, where they go first. A later round whose budget holds a whole
+  slice for every job (``micro_window``, or the job's ``iterations`` steps' time if that is
+  shorter: C·μ ≤ T) initialises every job again, as Algorithm 1 does every window, then goes on
+  greedily with what is left. So a trainer that is not over-subscribed gives every job its steps,
+  as round-robin does; guessing there instead skipped jobs and cost up to a point against
+  round-robin on the benchmark. In a later round without room for a slice each, a job is not
   initialised again: one evaluation (free, as in RECL) gives its estimate, how far its held-out
   score fell since its last slice (the new frames it does worse on) per second of its
-  ``iterations`` steps' time. Initialising every job every round cost a third of each round in
-  slices of one or two steps whose gains read as noise; carrying a job's last measured gain
-  into the next round instead scored worse than either (the model and its frames have changed
-  since). Ties go to the job with less compute this round, then to the job served longest ago.
-  While no job's gain is positive (on a few held-out frames a small true gain reads as noise)
-  the next slice goes to the job with the least compute this round that has not yet had the
-  time of its ``iterations`` steps, as round-robin would give it; once every job has had that,
-  the round ends early and the rest of the budget stays idle (RECL's loop would keep training
-  the least bad job).
+  ``iterations`` steps' time. Initialising every job in those rounds with shorter slices cost a
+  third of each round in slices of one or two steps whose gains read as noise; carrying a job's
+  last measured gain into the next round instead scored worse than either (the model and its frames
+  have changed since). Ties go to the job with less compute this round, then to the job served
+  longest ago. While no job's gain is positive (on a few held-out frames a small true gain reads as
+  noise) the next slice goes to the job with the least compute this round that has not yet had the
+  time of its ``iterations`` steps, as round-robin would give it; once every job has had that, the
+  round ends early and the rest of the budget stays idle (RECL's loop would keep training the least
+  bad job).
 - ``urgency`` (EdgeSync's training manager, edgesync.md §2.2-2.3): jobs in order of drift (how
   far the device's recent accuracy fell below its older accuracy, Eq. 4-5 corrected); the most
   urgent trains in slices until its held-out score has not improved for ``patience`` slices
   (EdgeSync's early stopping) or it has had the time of its ``iterations`` steps (EdgeSync's
-  training-time cap, whose value the paper does not give), then the next, while the budget
-  lasts. Without the cap the most urgent job takes a whole round whenever timing noise makes the
-  round a little short, and the other devices starve.
+  training-time cap, whose value the paper does not give), then the next, while at least one of
+  its steps fits in what is left of the budget (the last job gets what is left). Without the cap
+  the most urgent job takes a whole round whenever timing noise makes the round a little short,
+  and the other devices starve.
 
 Compute time is measured by the jobs (CUDA events on a GPU, the process clock's wall time on a
 CPU); the scheduler only adds it up.
@@ -56,6 +62,7 @@ Policy = Literal["round-robin", "micro-window", "urgency"]
 POLICIES: tuple[Policy, ...] = ("round-robin", "micro-window", "urgency")
 SLACK = 1.05  # a round-robin round may overrun its budget by this factor before deferring jobs
 INIT_SHARE = 1 / 3  # micro-window: the most of a round's budget its initial slices may take
+EXACT = 1 + 1e-9  # a sum of times equal to the budget but for rounding fits it
 
 
 @dataclass(frozen=True)
@@ -255,17 +262,22 @@ class Scheduler:
         score: dict[str, float] = {}
         spent: dict[str, float] = {}
         by_key = {j.key: j for j in jobs}
-        fresh: list[Job] = []  # never scored: one slice each, to initialise
+        # A round whose budget holds a whole slice for every job (at most its K steps' time)
+        # initialises every job again, as Algorithm 1 does every window: none is guessed.
+        every = demand is not None and sum(self._first(j) for j in jobs) <= result.budget * EXACT
+        fresh: list[Job] = []  # one slice each, to initialise
         for job in jobs:  # a job scored before: how far it fell since, over its K steps' time
             last = self._stat(job.key).score
-            if last is None:
+            if last is None or every:
                 fresh.append(job)
                 continue
             score[job.key] = before = job.evaluate()
             cap_s = self._time_cap(job)
             gains[job.key] = max(0.0, last - before) / cap_s if math.isfinite(cap_s) else 0.0
             spent[job.key] = 0.0
-        mu = min(self.config.micro_window, INIT_SHARE * result.budget / max(len(fresh), 1))
+        mu = self.config.micro_window
+        if not every:
+            mu = min(mu, INIT_SHARE * result.budget / max(len(fresh), 1))
 
         def process(job: Job, longest: float) -> None:
             before = score[job.key] if job.key in score else job.evaluate()
@@ -281,10 +293,11 @@ class Scheduler:
             self._record(result, job, work, gain)
 
         for job in fresh:  # one slice each, to initialise
-            if result.trained and result.budget - result.spent < mu / 2:
+            longest = self._first(job) if every else mu
+            if result.trained and result.budget - result.spent < longest / 2:
                 result.deferred.append(job.key)
                 continue
-            process(job, mu)
+            process(job, longest)
         demand = self._demand(jobs)
         if demand is not None and not result.deferred:
             result.budget = min(cap, max(demand, result.spent))
@@ -314,7 +327,8 @@ class Scheduler:
         result = Round("urgency", cap if demand is None else min(demand, cap))
         ranked = sorted(jobs, key=lambda j: -j.urgency)  # stable: ties keep the served order
         for n, job in enumerate(ranked):
-            if result.trained and result.budget - result.spent < mu / 2:
+            step = self._step(job, mu)
+            if result.trained and result.budget - result.spent < step:
                 result.deferred += [j.key for j in ranked[n:]]
                 break
             best = job.evaluate()
@@ -324,11 +338,11 @@ class Scheduler:
                 left = self._time_cap(job) - (result.spent - start)  # its own cap's rest
                 if job.key in result.trained and (
                     stale >= self.config.patience
-                    or result.budget - result.spent < mu / 2
+                    or result.budget - result.spent < step
                     or left <= 0
                 ):
                     break
-                work = job.train(seconds=min(mu, max(result.budget - result.spent, mu / 2), left))
+                work = job.train(seconds=min(mu, max(result.budget - result.spent, step), left))
                 if work.iterations == 0:  # the job cannot train (failed, or nothing to learn)
                     break
                 after = job.evaluate()
@@ -340,6 +354,18 @@ class Scheduler:
                         result.budget = min(cap, max(demand, result.spent))
         result.ended = "budget" if result.deferred else "done"
         return result
+
+    def _first(self, job: Job) -> float:
+        """Micro-window: a job's initial slice when the round holds one for every job."""
+        return min(self.config.micro_window, self._time_cap(job))
+
+    def _step(self, job: Job, mu: float) -> float:
+        """Urgency's shortest slice: one of the job's measured steps (half a slice while no step
+        was ever timed). Jobs are capped at their ``iterations`` steps' time, so a round whose
+        steps ran faster than measured ends with less than a slice left; it still goes to the
+        next job rather than stay idle."""
+        rate = self._rate(job.key)
+        return mu / 2 if rate is None else min(rate, mu / 2)
 
     def _time_cap(self, job: Job) -> float:
         """The time of the ``iterations`` steps round-robin gives a job (unbounded while no step
