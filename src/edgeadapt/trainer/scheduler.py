@@ -327,7 +327,7 @@ class Scheduler:
         result = Round("urgency", cap if demand is None else min(demand, cap))
         ranked = sorted(jobs, key=lambda j: -j.urgency)  # stable: ties keep the served order
         for n, job in enumerate(ranked):
-            step = self._step(job, mu)
+            step = self._step(job)
             if result.trained and result.budget - result.spent < step:
                 result.deferred += [j.key for j in ranked[n:]]
                 break
@@ -359,13 +359,14 @@ class Scheduler:
         """Micro-window: a job's initial slice when the round holds one for every job."""
         return min(self.config.micro_window, self._time_cap(job))
 
-    def _step(self, job: Job, mu: float) -> float:
+    def _step(self, job: Job) -> float:
         """Urgency's shortest slice: one of the job's measured steps (half a slice while no step
         was ever timed). Jobs are capped at their ``iterations`` steps' time, so a round whose
         steps ran faster than measured ends with less than a slice left; it still goes to the
         next job rather than stay idle."""
+        half = self.config.micro_window / 2
         rate = self._rate(job.key)
-        return mu / 2 if rate is None else min(rate, mu / 2)
+        return half if rate is None else min(rate, half)
 
     def _time_cap(self, job: Job) -> float:
         """The time of the ``iterations`` steps round-robin gives a job (unbounded while no step
