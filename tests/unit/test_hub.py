@@ -577,6 +577,15 @@ def test_a_scheduled_round_trains_every_waiting_device_within_its_budget(
         assert view["compute_seconds"] > 0
     assert hub.status()["scheduler"]["policy"] == policy
     assert hub.metrics.rounds.labels(policy, last.ended)._value.get() >= 1
+    # Two devices' 4 steps fit the 10 s round: nothing to choose, so the next frames are not
+    # held out and the held ones go to training.
+    assert hub.status()["scheduler"]["over_subscribed"] is False
+    dev = hub.devices["cam-a"]
+    session = dev.session
+    assert session is not None
+    horizon = len(session.buffer)
+    submit(hub, "cam-a", batch(4, 40.0))
+    wait(lambda: len(dev.holdout) == 0 and len(session.buffer) == horizon + 3 + 3)
     hub.stop()
 
 

@@ -208,6 +208,27 @@ def test_a_smaller_share_of_the_gpu_shrinks_the_round() -> None:
     assert result.spent == pytest.approx(4.0)
 
 
+def over(sched: Scheduler) -> bool:
+    return sched.over_subscribed
+
+
+@pytest.mark.parametrize("policy", ["micro-window", "urgency"])
+def test_over_subscribed_says_whether_the_last_round_s_jobs_wanted_more_than_its_budget(
+    policy: str,
+) -> None:
+    # K = 20 steps x 0.1 s = 2 s per job: 2 jobs want 4 s.
+    sched = Scheduler(SchedulerConfig(policy, 20, 1.0, 4.0))  # type: ignore[arg-type]
+    assert over(sched)  # nothing measured yet: frames are held out
+    sched.run([Curve("a"), Curve("b")])
+    assert not over(sched)  # 4 s wanted, 4 s cap
+    sched.run([Curve("a"), Curve("b"), Curve("c")])
+    assert over(sched)  # 6 s wanted
+    sched.run([Curve("a"), Curve("b")], share=0.5)
+    assert over(sched)  # the GPU's other users leave 2 s
+    sched.run([Curve("a", per_iteration=0.104), Curve("b", per_iteration=0.104)])
+    assert not over(sched)  # steps a little slower than the cap's: within SLACK
+
+
 def test_round_robin_gives_every_job_its_iterations() -> None:
     sched = Scheduler(SchedulerConfig("round-robin", 20, 1.0, 100.0))
     jobs = [Curve("a"), Curve("b", per_iteration=0.3)]

@@ -216,7 +216,9 @@ class Harness:
                 times = [r * cfg.interval + i * cfg.interval / len(images)
                          for i in range(len(images))]  # fmt: skip
                 released: list[Sample] = []
-                if policy != "round-robin":
+                if policy != "round-robin" and not sched.over_subscribed:
+                    released = holdout[d].release()  # as the trainer: no choice, none held
+                elif policy != "round-robin":
                     train, released = holdout[d].split(images, labels, times)
                     images, labels = images[train], labels[train]
                     times = [times[i] for i in train]

@@ -134,6 +134,12 @@ class HoldOut:
                 train.append(i)
         return train, released
 
+    def release(self) -> list[Sample]:
+        """Every held frame, released to training (the scheduler has no choice to score)."""
+        released = list(self.held)
+        self.held.clear()
+        return released
+
     def frames(self) -> tuple[np.ndarray, torch.Tensor] | None:
         """The held frames and their teacher labels, stacked (None while none is held)."""
         if not self.held:

@@ -652,7 +652,10 @@ class Hub:
                     if not train:
                         continue
                     images, kept, times = images[train], kept[train], [times[i] for i in train]
-                if self._scored_slices and dev.adapt:
+                if self._scored_slices and dev.adapt and not self.scheduler.over_subscribed:
+                    # Every device gets its steps, so no slice needs scoring: nothing is held out.
+                    released += dev.holdout.release()
+                elif self._scored_slices and dev.adapt:
                     # The scheduler scores slices on frames the job never trains on.
                     train, freed = dev.holdout.split(images, kept, times)
                     released += freed

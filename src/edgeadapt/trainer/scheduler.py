@@ -46,6 +46,13 @@ same budget, so they differ only in who gets it:
   the most urgent job takes a whole round whenever timing noise makes the round a little short,
   and the other devices starve.
 
+Micro-window and urgency score slices on held-out frames, which the trainer keeps out of training
+for a while. That costs accuracy (half a point to a point on the benchmark), and it buys nothing
+while the trainer is not over-subscribed: every job then gets its ``iterations`` steps whichever
+policy runs. ``Scheduler.over_subscribed`` says whether the last round's jobs wanted more than its
+budget (their ``iterations`` steps' measured time beyond the round's cap by more than ``SLACK``;
+True before any round); the trainer holds frames out only while it is.
+
 Compute time is measured by the jobs (CUDA events on a GPU, the process clock's wall time on a
 CPU); the scheduler only adds it up.
 """
@@ -150,6 +157,9 @@ class Scheduler:
         self.config = config
         self.rounds = 0
         self._stats: dict[str, _Stats] = {}
+        # Whether the last round's jobs wanted more than its budget: only then do the policies
+        # that score slices need held-out frames (True until a round has measured it).
+        self.over_subscribed = True
 
     # -- what the hub shows --------------------------------------------------------------
     def job_view(self, key: str) -> dict[str, float | int | None]:
@@ -184,6 +194,8 @@ class Scheduler:
             result = self._urgency(ordered, share)
         for key in result.trained:
             self._stats[key].last_round = self.rounds
+        demand = self._demand(jobs)
+        self.over_subscribed = demand is None or demand > self.config.round_cap * share * SLACK
         return result
 
     def _stat(self, key: str) -> _Stats:

@@ -97,6 +97,7 @@ def scheduler_view(scheduler: Scheduler, last: Round | None, share: float) -> di
         "round_cap_s": cfg.round_cap,
         "share": round(share, 3),
         "rounds": scheduler.rounds,
+        "over_subscribed": scheduler.over_subscribed,
         "last_round": None
         if last is None
         else {
