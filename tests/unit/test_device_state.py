@@ -168,7 +168,11 @@ def test_held_out_frames_follow_the_scene_and_are_trained_on_once_pushed_out() -
     assert frames[1].tolist() == [4, 8]
     assert len(held) == 2
     assert HoldOut().frames() is None
-    # A trainer that is not over-subscribed scores no slice: every held frame goes to training.
-    assert [int(img[0, 0, 0]) for img, _, _ in held.release()] == [4, 8]
+    # A trainer that is not over-subscribed scores no slice: every frame and every held frame
+    # goes to training.
+    train, released = held.split(images[:3], labels[:3], times[:3], hold=False)
+    assert train == [0, 1, 2]
+    assert [int(img[0, 0, 0]) for img, _, _ in released] == [4, 8]
     assert len(held) == 0
     assert held.frames() is None
+    assert held.release() == []

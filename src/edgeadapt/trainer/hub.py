@@ -652,16 +652,17 @@ class Hub:
                     if not train:
                         continue
                     images, kept, times = images[train], kept[train], [times[i] for i in train]
-                if self._scored_slices and dev.adapt and not self.scheduler.over_subscribed:
-                    # Every device gets its steps, so no slice needs scoring: nothing is held out.
-                    released += dev.holdout.release()
-                elif self._scored_slices and dev.adapt:
-                    # The scheduler scores slices on frames the job never trains on.
-                    train, freed = dev.holdout.split(images, kept, times)
+                if self._scored_slices and dev.adapt:
+                    # The scheduler scores slices on frames the job never trains on, while it
+                    # has a choice to make; otherwise every device gets its steps, none is held.
+                    hold = self.scheduler.over_subscribed
+                    train, freed = dev.holdout.split(images, kept, times, hold=hold)
                     released += freed
                     if not train:
                         continue
-                    images, kept, times = images[train], kept[train], [times[i] for i in train]
+                    if len(train) < len(images):
+                        images, kept = images[train], kept[train]
+                        times = [times[i] for i in train]
                 learned.append((images, kept, times))
             recl = self.config.recl
             if (learned or released) and dev.session is not None and dev.adapt:
