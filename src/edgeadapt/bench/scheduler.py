@@ -16,6 +16,12 @@ K steps round-robin gives a device in a round (what the trainer's 1 s default sl
 of a few steps, measured on 6 held-out frames, is mostly noise. The device runs what its phase
 committed from the next interval on; its mIoU against the teacher is scored every 2 s of video.
 
+Compute is counted in steps by default (``--clock steps``): every step is charged the rate timed
+before the runs, so a round holds the same steps in every run and policy, and the figures do not
+move with the machine's load during a run (timed slices, ``--clock measured``, made the same
+round-robin run differ by over a point between runs on a shared 2-core machine). The scheduler
+still decides on seconds, as the trainer's does; only where they come from differs.
+
 Per device count and policy: mean and p10 mIoU vs teacher, adaptation lag (median seconds after a
 cut until the device's 10 s mean is within 2 points of the best 10 s mean it reaches in that
 segment), uplink kbps per device, compute spent per round. "Devices per trainer at <= 1 point
@@ -57,13 +63,36 @@ from edgeadapt.models.zoo import SegmentationModel
 from edgeadapt.recl.zoo import per_frame_miou
 from edgeadapt.trainer.device import HoldOut, Sample
 from edgeadapt.trainer.jobs import PhaseJob, StepTimer
-from edgeadapt.trainer.scheduler import POLICIES, Scheduler, SchedulerConfig
+from edgeadapt.trainer.scheduler import POLICIES, Scheduler, SchedulerConfig, Work
 from edgeadapt.video.codec import encode_h264
 from edgeadapt.video.synthetic import NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
 BANK = 90  # EdgeSync's accuracy bank
+CLOCKS = ("steps", "measured")
+
+
+class MeteredJob(PhaseJob):
+    """A ``PhaseJob`` whose compute is counted in steps, each charged ``per_step`` seconds (the
+    rate the benchmark timed before its runs), instead of timed as it runs.
+
+    The scheduler sees exactly what it sees from a timed job (steps and seconds per slice), but a
+    step costs the same in every round, run and policy, so runs compare at equal steps whatever
+    else the machine is doing. A slice of ``seconds`` takes the steps a timed slice at that rate
+    takes: until ``seconds`` have passed, at least one. The training is the job's own."""
+
+    def __init__(self, *args: Any, per_step: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not per_step > 0:
+            raise ValueError(f"a step must cost some time, got {per_step!r} s")
+        self.per_step = per_step
+
+    def _train(self, iterations: int | None, seconds: float | None) -> Work:
+        if iterations is None:  # the steps whose charge first reaches ``seconds``
+            iterations = max(1, math.ceil((seconds or 0.0) / self.per_step - 1e-6))
+        work = super()._train(iterations, None)
+        return Work(work.iterations, work.iterations * self.per_step)
 
 
 @dataclass(frozen=True)
@@ -85,12 +114,15 @@ class SchedulerBenchConfig:
     upload_fraction: float = 0.7  # EdgeSync's k
     filter_devices: int = 4  # the device count the filter is compared at
     policies: tuple[str, ...] = POLICIES
+    clock: str = "steps"  # steps: each step costs the rate timed at the start; measured: timed
 
     def __post_init__(self) -> None:
         if not self.slice_steps >= 0:
             raise ValueError(
                 f"--slice-steps must be 0 (--iterations) or more, got {self.slice_steps:g}"
             )
+        if self.clock not in CLOCKS:
+            raise ValueError(f"--clock must be one of {', '.join(CLOCKS)}, got {self.clock!r}")
 
 
 @dataclass
@@ -216,17 +248,16 @@ class Harness:
                 times = [r * cfg.interval + i * cfg.interval / len(images)
                          for i in range(len(images))]  # fmt: skip
                 released: list[Sample] = []
-                if policy != "round-robin" and not sched.over_subscribed:
-                    released = holdout[d].release()  # as the trainer: no choice, none held
-                elif policy != "round-robin":
-                    train, released = holdout[d].split(images, labels, times)
+                if policy != "round-robin":  # as the trainer: held only while there is a choice
+                    hold = sched.over_subscribed
+                    train, released = holdout[d].split(images, labels, times, hold=hold)
                     images, labels = images[train], labels[train]
                     times = [times[i] for i in train]
                 if len(images):
                     sessions[d].ingest(images, labels, times)
                 for image, label, t in released:
                     sessions[d].ingest(image[None], label[None], [t], observe=False)
-                jobs.append(PhaseJob(
+                jobs.append(self._job(
                     f"dev-{d:02d}", sessions[d], locks[d], now, None, holdout[d].frames(),
                     list(banks[d]), NUM_CLASSES, self.device,
                 ))  # fmt: skip
@@ -240,6 +271,13 @@ class Harness:
             self._score(sessions, result, now)
         result.seconds = time.perf_counter() - t0
         return result
+
+    def _job(self, *args: Any) -> PhaseJob:
+        """A device's job for one round: timed as it runs (``clock`` measured), or charged the
+        rate timed at the start per step (``clock`` steps)."""
+        if self.cfg.clock == "measured":
+            return PhaseJob(*args)
+        return MeteredJob(*args, per_step=self.per_iteration)
 
     def _score(self, sessions: list[AMSSession], result: RunResult, start: float) -> None:
         """Each device's model on its eval frames of the interval it runs it for."""
@@ -401,6 +439,7 @@ def _run_benchmark(
         "budget_s_per_round": round(harness.budget, 3),
         "micro_window_s": round(harness.micro_window, 4),
         "slice_steps": harness.slice_steps,
+        "clock": cfg.clock,
         "torch_device": str(harness.device),
         "config": json.loads(json.dumps(asdict(cfg))),
     }
@@ -437,6 +476,11 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument(
         "--slice-steps", type=float, default=0.0,
         help="micro-window and urgency slices, in measured steps' time (default: --iterations)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--clock", choices=CLOCKS, default="steps",
+        help="compute accounting: steps (each step costs the rate timed at the start, so runs "
+        "compare at equal steps) or measured (each slice timed as it runs)",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True, help="JSON output; a .png beside it")
@@ -502,6 +546,7 @@ def run(args: argparse.Namespace) -> int:
         slice_steps=args.slice_steps,
         seed=args.seed,
         filter_devices=4 if 4 in counts else counts[0],
+        clock=args.clock,
     )
     models = {}
     for role in ("teacher", "student"):
