@@ -52,8 +52,10 @@ def test_bench_scheduler_end_to_end(tmp_path: Path) -> None:
                 report["alone"]["miou_mean"][n] - r["miou_mean"], abs=0.02
             )
     assert set(report["devices_per_trainer"]) == set(POLICIES)
-    # A slice is, by default, the time of the K steps round-robin gives a device in a round.
+    # A slice is, by default, the time of the K steps round-robin gives a device in a round;
+    # compute is counted in steps at the rate timed before the runs.
     assert report["slice_steps"] == 4
+    assert report["clock"] == "steps"
     assert report["micro_window_s"] == pytest.approx(4 * report["seconds_per_step"], abs=2e-4)
     rt = report["real_time"]  # an interval's labelling and K steps per device, on this machine
     assert rt["seconds_per_device_round"] == pytest.approx(
