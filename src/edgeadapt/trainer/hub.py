@@ -660,9 +660,7 @@ class Hub:
                     released += freed
                     if not train:
                         continue
-                    if len(train) < len(images):
-                        images, kept = images[train], kept[train]
-                        times = [times[i] for i in train]
+                    images, kept, times = images[train], kept[train], [times[i] for i in train]
                 learned.append((images, kept, times))
             recl = self.config.recl
             if (learned or released) and dev.session is not None and dev.adapt:
