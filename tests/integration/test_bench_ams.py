@@ -48,6 +48,8 @@ def test_bench_ams_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert out.with_suffix(".png").stat().st_size > 10_000
+    assert set(report["models"]) == {"teacher", "student"}
+    assert report["models"]["student"]["checkpoint"].startswith("student-tiny-")
 
     assert report["video"] == {
         "spec": "synthetic:seed=2,duration=40,size=128x64,fps=30",

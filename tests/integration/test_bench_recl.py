@@ -72,6 +72,16 @@ def test_bench_recl_end_to_end(tmp_path: Path) -> None:
     assert report["variants"]["ams"]["switches"] == 0
     assert "zoo_size" in report["variants"]["recl"]
     assert report["targets"]["downlink_within_budget"] is True
+    # The report names the models its figures were measured on: the checkpoints and their weights.
+    from edgeadapt.models.cache import ensure_checkpoint
+    from edgeadapt.models.zoo import load_checkpoint_model, weights_digest
+
+    for role in ("teacher", "student"):
+        path = ensure_checkpoint(role, "tiny")
+        assert report["models"][role] == {
+            "checkpoint": path.name,
+            "weights_sha256": weights_digest(load_checkpoint_model(path)),
+        }
     png = out.with_suffix(".png")
     assert png.read_bytes().startswith(b"\x89PNG"), "the figures are drawn beside the JSON"
 

@@ -71,5 +71,8 @@ def test_bench_scheduler_end_to_end(tmp_path: Path) -> None:
     # 10 samples per interval, 7 uploaded: the filter's uplink is measured from its own encoding.
     assert 0.1 < f["uplink_cut"] < 0.6
     assert set(report["targets"]) >= {"filter_cuts_uplink_ge_25pct", "urgency_ge_round_robin"}
+    for role in ("teacher", "student"):  # the models the figures were measured on
+        assert report["models"][role]["checkpoint"].startswith(f"{role}-tiny-")
+        assert len(report["models"][role]["weights_sha256"]) == 16
     png = out.with_suffix(".png")
     assert png.read_bytes().startswith(b"\x89PNG"), "the figures are drawn beside the JSON"

@@ -484,9 +484,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeadapt.models.cache import ensure_checkpoint, training_args
-    from edgeadapt.models.train import make_model, pick_device
-    from edgeadapt.models.zoo import load_weights
+    from edgeadapt.models.cache import bench_models
+    from edgeadapt.models.train import pick_device
 
     device = pick_device(args.device)
     if device.type == "cpu":
@@ -506,11 +505,9 @@ def run(args: argparse.Namespace) -> int:
         jit_thresholds=tuple(float(x) for x in thresholds.split(",") if x),
         variants=variants,
     )
-    models = {}
-    for role in ("teacher", "student"):
-        path = ensure_checkpoint(role, args.profile)
-        models[role] = load_weights(make_model(training_args(role, args.profile)), path)
+    models, identity = bench_models(args.profile)
     report, results = run_benchmark(cfg, models["teacher"], models["student"], device)
+    report["models"] = identity  # figures compare only between runs on the same models
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     png = args.out.with_suffix(".png")

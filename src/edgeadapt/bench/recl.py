@@ -1188,9 +1188,8 @@ def plot(path: Path, report: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeadapt.models.cache import ensure_checkpoint, training_args
-    from edgeadapt.models.train import make_model, pick_device
-    from edgeadapt.models.zoo import load_weights
+    from edgeadapt.models.cache import bench_models
+    from edgeadapt.models.train import pick_device
 
     variants = tuple(v for v in args.variants.split(",") if v)
     unknown = set(variants) - set(VARIANTS)
@@ -1211,15 +1210,13 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    models = {}
-    for role in ("teacher", "student"):
-        path = ensure_checkpoint(role, args.profile)
-        models[role] = load_weights(make_model(training_args(role, args.profile)), path)
+    models, identity = bench_models(args.profile)
     torch.manual_seed(cfg.seed)
     with tempfile.TemporaryDirectory(prefix="edgeadapt-bench-recl-") as tmp:
         report = run_benchmark(
             cfg, models["teacher"], models["student"], Path(tmp), pick_device(args.device)
         )
+    report["models"] = identity  # figures compare only between runs on the same models
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     plot(args.out.with_suffix(".png"), report)
@@ -1235,6 +1232,7 @@ def run(args: argparse.Namespace) -> int:
                 },
                 "targets": report["targets"],
                 "torch_device": report["torch_device"],
+                "models": report["models"],
             },
             indent=2,
         )

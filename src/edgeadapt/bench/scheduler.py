@@ -531,9 +531,8 @@ def plot(path: Path, report: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeadapt.models.cache import ensure_checkpoint, training_args
-    from edgeadapt.models.train import make_model, pick_device
-    from edgeadapt.models.zoo import load_weights
+    from edgeadapt.models.cache import bench_models
+    from edgeadapt.models.train import pick_device
 
     counts: tuple[int, ...] = (2, 4, 8) if args.quick else (2, 4, 8, 16)
     if args.devices:
@@ -548,13 +547,11 @@ def run(args: argparse.Namespace) -> int:
         filter_devices=4 if 4 in counts else counts[0],
         clock=args.clock,
     )
-    models = {}
-    for role in ("teacher", "student"):
-        path = ensure_checkpoint(role, args.profile)
-        models[role] = load_weights(make_model(training_args(role, args.profile)), path)
+    models, identity = bench_models(args.profile)
     torch.manual_seed(cfg.seed)
     device = pick_device(args.device)
     report = run_benchmark(cfg, models["teacher"], copy.deepcopy(models["student"]), device)
+    report["models"] = identity  # figures compare only between runs on the same models
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     plot(args.out.with_suffix(".png"), report)
@@ -569,6 +566,7 @@ def run(args: argparse.Namespace) -> int:
                 "devices_per_trainer": report["devices_per_trainer"],
                 "real_time_devices": report["real_time"]["devices_at_le_1_point_loss"],
                 "torch_device": report["torch_device"],
+                "models": report["models"],
                 "filter": {
                     k: v for k, v in (report.get("filter") or {}).items() if k != "filtered"
                 },

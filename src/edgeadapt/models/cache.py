@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeadapt.models import train
+from edgeadapt.models.zoo import SegmentationModel, load_weights, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +103,17 @@ def ensure_checkpoint(
         produced = train.main(args)
         produced.replace(path)
     return path
+
+
+def bench_models(profile: str) -> tuple[dict[str, SegmentationModel], dict[str, dict[str, str]]]:
+    """The teacher and student a benchmark runs (trained when missing) and what identifies them
+    for its report: the checkpoint's file name (its training arguments) and the digest of the
+    weights it holds (``zoo.weights_digest``), since one key can hold differently rounded
+    trainings and the figures move with them."""
+    models: dict[str, SegmentationModel] = {}
+    record: dict[str, dict[str, str]] = {}
+    for role in ("teacher", "student"):
+        path = ensure_checkpoint(role, profile)
+        models[role] = load_weights(train.make_model(training_args(role, profile)), path)
+        record[role] = {"checkpoint": path.name, "weights_sha256": weights_digest(models[role])}
+    return models, record

@@ -124,6 +124,21 @@ def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 (16 hex digits) of a model's state: every entry's name, dtype, shape and bytes, in
+    order. Two trainings under one checkpoint key can differ (float rounding differs between
+    CPUs and kernels), and a benchmark's figures move with the models, so the benchmarks record
+    this beside their figures: runs compare only when it matches."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        tensor = value.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def load_checkpoint_model(path: str | Path) -> SegmentationModel:
     """Build the model a checkpoint of ours describes (its ``ids``) and load its weights."""
     ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
