@@ -30,6 +30,7 @@ from edgeadapt.trainer.recl import (
     GatingError,
     ReclConfig,
     Window,
+    continued,
     scene_change,
     top_change,
 )
@@ -432,6 +433,77 @@ def test_strategy_recl_retraining_jobs_run_in_the_schedulers_rounds(
         assert dev.job is None, "the device's own model is not what RECL's job trains"
     finally:
         hub.stop()
+
+
+@pytest.mark.parametrize("expert_wins", [False, True])
+def test_a_retraining_job_goes_on_with_the_last_jobs_adam_state_unless_an_expert_won(
+    models: Models, tmp_path: Path, expert_wins: bool
+) -> None:
+    expert = perturbed(models[1], 4)
+    hub = make_hub(models, tmp_path, FakeGating({"zoo-a": expert}))
+
+    def score(flat: torch.Tensor, images: np.ndarray, labels: torch.Tensor) -> float:
+        state = hub.devices["cam-1"].recl
+        assert state is not None
+        if torch.equal(flat, expert):  # behind at the first window's end; then by 10 points
+            return 0.6 if expert_wins and state.windows >= 1 else 0.4
+        return 0.5
+
+    started: list[tuple[bool, int]] = []  # per job: went on with moments, Adam states after
+    start_job = hub._start_job
+
+    def record(dev: Any, recl: ReclConfig, holdout: Any, moments: Any = None) -> None:
+        start_job(dev, recl, holdout, moments)
+        assert dev.recl.optimizer is not None
+        started.append((moments is not None, len(dev.recl.optimizer.state)))
+
+    hub._miou_of = score  # type: ignore[method-assign]
+    hub._start_job = record  # type: ignore[method-assign]
+    hub.start()
+    try:
+        sent: list[pb.TrainerMessage] = []
+        hub.attach(register(hub), sent.append, lambda reason: None)
+        state = hub.devices["cam-1"].recl
+        assert state is not None
+        first_end = None
+        for seq in range(8):
+            assert hub.try_submit("cam-1", frames(seq, 8000.0 + 2.5 * seq))
+            wait(lambda s=seq: sum(m.WhichOneof("body") == "batch_ack" for m in sent) > s)  # type: ignore[misc]
+            if state.windows == 1 and first_end is None:
+                first_end = seq
+            elif state.windows == 1:  # the first job trains on new frames before the next end
+                wait(lambda: state.job_steps > 0)
+            if state.windows >= 2:
+                break
+        assert state.windows >= 2
+        assert started[0] == (False, 0), "the first job starts afresh"
+        # The device's own line is the model it runs (which wins ties) or the retrained one.
+        winners = {"expert:zoo-a"} if expert_wins else {"current", "retrained"}
+        assert state.history[1]["winner"] in winners
+        if expert_wins:  # a new line: afresh, as AMS resets its moments after a switch
+            assert started[1] == (False, 0)
+        else:  # the device kept its own line: the job goes on with the last one's moments
+            assert started[1][0]
+            assert started[1][1] > 0, "the new job's Adam holds the last one's moments"
+    finally:
+        hub.stop()
+
+
+def test_continued_copies_the_state_only_for_the_devices_own_line() -> None:
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    assert continued(None, True) is None
+    assert continued(optimizer, False) is None
+    moments = continued(optimizer, True)
+    assert moments is not None
+    saved = moments["state"][0]["exp_avg"].clone()
+    optimizer.step()  # the old job goes on (or is dropped): the copy does not change with it
+    assert torch.equal(moments["state"][0]["exp_avg"], saved)
+    fresh = torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=1e-3)
+    fresh.load_state_dict(moments)
+    assert int(fresh.state_dict()["state"][0]["step"]) == 1
 
 
 def test_without_the_gating_service_a_window_ends_without_reuse(

@@ -16,10 +16,12 @@ recent models costs a message.
   in the trainer) against the teacher and the best is sent, an expert only when it beats the
   best of the device's own two by the switching margin (``--switch-margin-points``, 2, the
   trainer's default; 0 is the paper's checker); a retraining job warm-started from
-  it trains on the training frames of the horizon (``--horizon-seconds``, AMS's 240 s: the
-  window's and the ones before it, less every fifth, held out as in the trainer) and sends its
-  sparse delta (the top ``gamma`` fraction of the change, ``trainer.recl.top_change``, as AMS's
-  updates and the trainer's jobs) to the trainer's copy;
+  it (going on with the last job's Adam state when the device kept its own line, as the
+  trainer's: ``continued``) trains on the training frames of the horizon
+  (``--horizon-seconds``, AMS's 240 s: the window's and the ones before it, less every fifth,
+  held out as in the trainer) and sends its sparse delta (the top ``gamma`` fraction of the
+  change, ``trainer.recl.top_change``, as AMS's updates and the trainer's jobs) to the
+  trainer's copy;
   models that beat the others by alpha are admitted to the shared zoo past gamma, and unused
   ones pruned. Within a window the device's model is scored on each frame as it arrives (one
   frame per upload); a scene change (``trainer.recl.scene_change``) selects at once on the frames
@@ -77,6 +79,7 @@ from edgeadapt.trainer.recl import (
     SCENE_HISTORY,
     SELECT_FRAMES,
     ReclConfig,
+    continued,
     held_out,
     scene_change,
     spaced,
@@ -214,6 +217,8 @@ class Job:
     generator: torch.Generator | None = None
     frames: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     labels: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    # Adam's state to go on with (``continued``): the last job's, when the device kept its own line
+    moments: dict[str, Any] | None = None
 
 
 @dataclass
@@ -444,6 +449,9 @@ class Harness:
             )
             freeze_batchnorm(job.model)
             job.optimizer = torch.optim.Adam(job.model.parameters(), lr=cfg.lr)
+            if job.moments is not None:
+                job.optimizer.load_state_dict(job.moments)
+                job.moments = None
             job.generator = torch.Generator().manual_seed(job.seed)
             if any(idx for _, idx in job.data):
                 job.frames = torch.cat(
@@ -850,13 +858,16 @@ class Harness:
                 dev.session.optimizer = MaskedAdam(dev.session.model.parameters(), lr=self.cfg.lr)
             dev.start = dev.session.optimizer.flat_params().detach().to("cpu", copy=True)
             return
+        previous, own = dev.job, verdict.winner in (dev.current[0], retrained_id)
         weights, running = self.deploy(dev, now, winner, verdict.winner, result)
         self._running(dev, (running or f"d{d}-w{w}-partial", weights))
         # The next window's job starts from the model the device will run (as the trainer's,
         # the winner or the part of it the link carries) on the horizon: this window's training
-        # frames and older ones.
+        # frames and older ones; it goes on with the last job's Adam state when the device
+        # kept its own line (``continued``).
         recent = self.data[d].windows[max(0, w + 1 - self.horizon_windows) : w + 1]
         dev.job = Job(f"d{d}-w{w}", weights.clone(), [(x, x.train) for x in recent], w * 100 + d)
+        dev.job.moments = continued(previous.optimizer if previous else None, own)
 
     def _check_ranking(
         self,

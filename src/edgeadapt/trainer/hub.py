@@ -80,6 +80,7 @@ from edgeadapt.trainer.recl import (
     GatingClient,
     GatingError,
     ReclConfig,
+    continued,
     scene_change,
     top_change,
 )
@@ -948,7 +949,8 @@ class Hub:
         state.window = window.next()
         state.start = session.optimizer.flat_params().detach().cpu().clone()
         if not recl.streams:
-            self._start_job(dev, recl, (held_images, held_labels))
+            own = verdict.winner in ("current", "retrained")
+            self._start_job(dev, recl, (held_images, held_labels), continued(state.optimizer, own))
         self.metrics.recl_seconds.observe(time.perf_counter() - t0)
         log.info(
             "window ended",
@@ -964,10 +966,15 @@ class Hub:
         return messages
 
     def _start_job(
-        self, dev: Device, recl: ReclConfig, holdout: tuple[np.ndarray, torch.Tensor] | None
+        self,
+        dev: Device,
+        recl: ReclConfig,
+        holdout: tuple[np.ndarray, torch.Tensor] | None,
+        moments: dict[str, Any] | None = None,
     ) -> None:
-        """Strategy recl: the device's retraining job starts afresh from the model it runs, on
-        the AMS horizon's frames (the window's training frames so far and older ones); its
+        """Strategy recl: the device's retraining job starts from the model it runs, on the AMS
+        horizon's frames (the window's training frames so far and older ones), with Adam's
+        ``moments`` when it goes on with the last job's line (``continued``), else afresh; its
         slices are scored on ``holdout``."""
         session, state = dev.session, dev.recl
         assert session is not None
@@ -975,6 +982,8 @@ class Hub:
         state.retrain = copy.deepcopy(session.model)
         freeze_batchnorm(state.retrain)
         state.optimizer = torch.optim.Adam(state.retrain.parameters(), lr=recl.lr)
+        if moments is not None:
+            state.optimizer.load_state_dict(moments)
         frames, kept = session.buffer.recent(dev.last_frame_time)
         state.job, state.job_steps = ((frames, kept) if frames else None), 0
         state.job_start = parameter_vector(state.retrain).detach().cpu().clone()

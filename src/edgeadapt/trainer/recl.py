@@ -122,6 +122,18 @@ def top_change(start: torch.Tensor, after: torch.Tensor, fraction: float) -> tor
     return out
 
 
+def continued(optimizer: torch.optim.Optimizer | None, own: bool) -> dict[str, Any] | None:
+    """The Adam state (a copy) a device's next retraining job goes on with: the last job's when
+    the device kept its own line at the window's end (its model or the job's won), so the jobs
+    of one line run as one optimisation, as AMS's session keeps its moments across updates;
+    ``None``, a fresh start, when an expert won or there was no job (as AMS resets its moments
+    after a switch). Fresh moments make each job's first steps about ``lr`` on every coordinate
+    whatever its gradient's history, which a 15-step job spends much of its compute on."""
+    if not own or optimizer is None:
+        return None
+    return copy.deepcopy(optimizer.state_dict())
+
+
 def scene_change(accuracy: Sequence[float], drop: float = SCENE_DROP) -> int:
     """How many of the last frames show a new scene under the device's model (0: none).
 
