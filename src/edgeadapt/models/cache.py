@@ -108,8 +108,8 @@ def ensure_checkpoint(
 def bench_models(profile: str) -> tuple[dict[str, SegmentationModel], dict[str, dict[str, str]]]:
     """The teacher and student a benchmark runs (trained when missing) and what identifies them
     for its report: the checkpoint's file name (its training arguments) and the digest of the
-    weights it holds (``zoo.weights_digest``), since one key can hold differently rounded
-    trainings and the figures move with them."""
+    weights it holds (``zoo.weights_digest``), since one key has held different trainings and
+    the figures move with them."""
     models: dict[str, SegmentationModel] = {}
     record: dict[str, dict[str, str]] = {}
     for role in ("teacher", "student"):

@@ -15,6 +15,7 @@ weights enum (``DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1``),
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -126,11 +127,9 @@ def num_parameters(model: nn.Module) -> int:
 
 def weights_digest(model: nn.Module) -> str:
     """SHA-256 (16 hex digits) of a model's state: every entry's name, dtype, shape and bytes, in
-    order. Two trainings under one checkpoint key can differ (float rounding differs between
-    CPUs and kernels), and a benchmark's figures move with the models, so the benchmarks record
-    this beside their figures: runs compare only when it matches."""
-    import hashlib
-
+    order. Two trainings under one checkpoint key have given different models, and a
+    benchmark's figures move with the models, so the benchmarks record this beside their
+    figures: runs compare only when it matches."""
     digest = hashlib.sha256()
     for name, value in model.state_dict().items():
         tensor = value.detach().to("cpu").contiguous()
@@ -154,8 +153,6 @@ def write_starting_checkpoint(source: str | Path, folder: str | Path) -> Path:
     """The part of a checkpoint of ours a device needs (weights, ids, input size), written once
     into ``folder`` as ``starting-<digest of source>.pth``: a training checkpoint also holds the
     optimizer and scheduler state, about twice the weights again, which edge devices never use."""
-    import hashlib
-
     from edgeadapt.durable import write_atomically
 
     source = Path(source)
