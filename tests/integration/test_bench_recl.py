@@ -70,6 +70,9 @@ def test_bench_recl_end_to_end(tmp_path: Path) -> None:
         seconds = "gpu_seconds" if report["torch_device"].startswith("cuda") else "cpu_seconds"
         assert set(v[seconds]) == {"selection", "retraining", "zoo"}
     assert report["variants"]["ams"]["switches"] == 0
+    # ams+recl streams its retraining jobs' progress within windows; recl waits for their ends.
+    assert report["variants"]["ams+recl"]["streamed_updates"] > 0
+    assert report["variants"]["recl"]["streamed_updates"] == 0
     assert "zoo_size" in report["variants"]["recl"]
     assert report["targets"]["downlink_within_budget"] is True
     # The report names the models its figures were measured on: the checkpoints and their weights.

@@ -102,9 +102,9 @@ def test_the_benchmark_scores_candidates_on_the_frames_the_trainer_scores_them_o
         [float(t) for t in range(n)],
         0,
     )
-    assert window.scored(streams=False) == list(range(n)), "recl: every frame"
-    assert window.scored(streams=True) == window.held, "ams+recl: the held-out ones"
+    assert window.selected() == list(range(n)), "every frame: none trained on any"
     assert len(window.held) == 6
+    assert sorted(window.held + window.train) == list(range(n))
 
 
 def test_a_long_window_is_scored_on_the_evenly_spaced_frames_the_trainer_sends_to_select() -> None:
@@ -116,19 +116,18 @@ def test_a_long_window_is_scored_on_the_evenly_spaced_frames_the_trainer_sends_t
     trainer.add(images, labels, [float(t) for t in range(n)])
     sent = trainer.recent(SELECT_FRAMES)[0]
     bench = Window(images, labels, [float(t) for t in range(n)], 0)
-    picks = bench.scored(streams=False)
+    picks = bench.selected()
     assert len(picks) == SELECT_FRAMES < n
     assert [int(images[i, 0, 0, 0]) for i in picks] == [int(x[0, 0, 0]) for x in sent]
     assert picks[0] == 0
     assert picks[-1] == n - 1
     # After a scene change at frame 20, both look only at the frames since it.
     trainer.since = 20
-    picks = bench.scored(streams=False, since=20)
+    picks = bench.selected(since=20)
     assert picks == list(range(20, n))
     assert [int(images[i, 0, 0, 0]) for i in picks] == [
         int(x[0, 0, 0]) for x in trainer.recent(SELECT_FRAMES)[0]
     ]
-    assert bench.scored(streams=True, since=20) == bench.held, "ams+recl: no scene changes"
 
 
 def test_a_window_too_short_to_hold_a_frame_out_is_refused() -> None:

@@ -326,11 +326,11 @@ def test_a_switch_may_take_the_link_until_the_next_window_or_under_ams_recl_the_
     horizons: list[float] = []
     deploy = hub._deploy
 
-    def spy(dev: Any, flat: torch.Tensor, expert_id: str, horizon_s: float = 30.0) -> Any:
+    def spy(dev: Any, flat: torch.Tensor, expert: str, horizon_s: float, *more: Any) -> Any:
         horizons.append(horizon_s)
-        return deploy(dev, flat, expert_id, horizon_s)
+        return deploy(dev, flat, expert, horizon_s, *more)
 
-    hub._deploy = spy  # type: ignore[method-assign]
+    hub._deploy = spy  # type: ignore[method-assign,assignment]
     hub.start()
     try:
         sent: list[pb.TrainerMessage] = []
@@ -345,9 +345,9 @@ def test_a_switch_may_take_the_link_until_the_next_window_or_under_ams_recl_the_
         hub.stop()
 
 
-@pytest.mark.parametrize(("strategy", "scored"), [("recl", 10), ("ams+recl", 2)])
+@pytest.mark.parametrize("strategy", ["recl", "ams+recl"])
 def test_candidates_are_scored_on_the_frames_none_of_them_trained_on(
-    models: Models, tmp_path: Path, strategy: str, scored: int
+    models: Models, tmp_path: Path, strategy: str
 ) -> None:
     hub = make_hub(models, tmp_path, FakeGating({"zoo-a": perturbed(models[1], 4)}), strategy)
     sizes: list[int] = []
@@ -369,19 +369,79 @@ def test_candidates_are_scored_on_the_frames_none_of_them_trained_on(
         assert state is not None
         assert session is not None
         wait(lambda: state.windows >= 1)
-        # recl: no candidate trained on the window, so all 10 frames; ams+recl: AMS trained the
-        # device's model on 8 of them, so the 2 held out.
+        # No candidate trained on the window (the job's frames end where it begins), so all 10.
         assert sizes, "the candidates were scored"
-        assert set(sizes) == {scored}
+        assert set(sizes) == {10}
         with dev.lock:
-            # Training (AMS's, or the job's that started at the window's end) never sees the
-            # held-out frames; a job's slices are scored on them.
+            # The job that started at the window's end never sees the held-out frames; its
+            # slices are scored on them.
             assert len(session.buffer) == 8
+            assert state.job is not None
+            assert state.job_holdout is not None
+            assert len(state.job[0]) == 8
+            assert len(state.job_holdout[0]) == 2
+    finally:
+        hub.stop()
+
+
+@pytest.mark.parametrize("strategy", ["recl", "ams+recl"])
+def test_under_ams_recl_the_jobs_progress_streams_within_the_window(
+    models: Models, tmp_path: Path, strategy: str
+) -> None:
+    # Windows of 4 s, AMS's updates every 2 s: window 1's job has run by 3 s into it, when
+    # ams+recl sends what it learned so far as a sparse update; recl sends nothing.
+    hub = make_hub(models, tmp_path, FakeGating({}), strategy)
+    streamed: list[torch.Tensor] = []  # what the job had learned when its progress went out
+    job_model = hub._job_model
+
+    def record(state: DeviceRecl) -> torch.Tensor:
+        streamed.append(model := job_model(state))
+        return model
+
+    hub._job_model = record  # type: ignore[method-assign]
+    hub.start()
+    try:
+        sent: list[pb.TrainerMessage] = []
+        hub.attach(register(hub), sent.append, lambda reason: None)
+        dev = hub.devices["cam-1"]
+        state, session = dev.recl, dev.session
+        assert state is not None
+        assert session is not None
+
+        def acks() -> int:
+            return sum(m.WhichOneof("body") == "batch_ack" for m in sent)
+
+        t0 = 7000.0
+        for seq in range(2):  # window 0 ends with the second batch; no job ran in it
+            assert hub.try_submit("cam-1", frames(seq, t0 + 2.5 * seq))
+            wait(lambda s=seq: acks() > s)  # type: ignore[misc]
+        wait(lambda: state.windows == 1)
+        assert state.streamed == 0, "window 0 had no job to stream"
+        assert hub.try_submit("cam-1", frames(2, t0 + 5.0, n=2))  # window 1 begins; its job runs
+        wait(lambda: state.job_steps > 0)
+        before = len(sent)
+        version = session.version
+        streamed.clear()
+        assert hub.try_submit("cam-1", frames(3, t0 + 6.0))  # 3 s into window 1
+        wait(lambda: acks() == 4)
+        with dev.lock:
+            assert state.windows == 1, "window 1 has not ended"
+            updates = [m for m in sent[before:] if m.WhichOneof("body") == "update"]
             if strategy == "recl":
-                assert state.job is not None
-                assert state.job_holdout is not None
-                assert len(state.job[0]) == 8
-                assert len(state.job_holdout[0]) == 2
+                assert not updates, "recl sends nothing between window ends"
+                assert state.streamed == 0
+                assert session.version == version
+                return
+            assert len(updates) == 1
+            assert updates[0].update.expert_id == "", "the job's progress, not an expert"
+            assert state.streamed == 1
+            assert state.switches == 0, "a streamed update is not a switch"
+            assert session.version == version + 1
+            # The device now runs the job's model as it travelled (float16).
+            assert len(streamed) == 1
+            expected = streamed[0].half().float()
+            assert torch.equal(session.optimizer.flat_params().detach().cpu(), expected)
+            assert state.view()["streamed_updates"] == 1
     finally:
         hub.stop()
 

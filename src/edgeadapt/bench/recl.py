@@ -28,9 +28,10 @@ recent models costs a message.
   since it and restarts the job from the winner, the two jobs sharing the window's steps pro
   rata to the frames each ran for, as the trainer's do;
 - ``recl_no_reuse``: the same without the zoo (the device's model and its last retrained one);
-- ``ams+recl``: RECL's selection at window boundaries, AMS's streaming within windows (on the
-  frames that are not held out; the candidates are scored on the held-out ones; the model the
-  device started the window with is a candidate);
+- ``ams+recl``: ``recl`` with AMS's sparse streaming within windows, as the trainer's: every
+  third of a window (AMS's 10 s update) the retraining job's progress so far (its top ``gamma``
+  fraction of change) goes to the device as a sparse update, paced like AMS's; the window's end
+  selects as ``recl`` does, the streamed model being the device's;
 - ``oracle_reuse``: ``recl`` with the safety checker trying every expert (no gating);
 - ``recl_unpruned``: ``recl`` with pruning off (the zoo-size comparison).
 
@@ -66,7 +67,6 @@ from torch import nn
 
 from edgeadapt.adapt.ams import AMSConfig, AMSSession, Teacher, freeze_batchnorm
 from edgeadapt.adapt.metrics import frame_miou
-from edgeadapt.adapt.optim import MaskedAdam
 from edgeadapt.adapt.update import ModelUpdate, encode_update
 from edgeadapt.bench.gpu import recorded
 from edgeadapt.models.data import to_tensor
@@ -177,8 +177,7 @@ class Window:
 
     @property
     def held(self) -> list[int]:
-        """The frames nothing trains on (as in the trainer): ams+recl's safety checker scores
-        on them."""
+        """The frames nothing trains on (as in the trainer)."""
         return [i for i in range(len(self.times)) if held_out(i)]
 
     @property
@@ -190,12 +189,6 @@ class Window:
         """The frames the trainer sends to Select: those since the last scene change (the
         window's start when there was none), at most ``SELECT_FRAMES``, evenly spaced."""
         return [since + i for i in spaced(len(self.times) - since, SELECT_FRAMES)]
-
-    def scored(self, streams: bool, since: int = 0) -> list[int]:
-        """The frames the safety checker scores on at the window's end, as the trainer's: the
-        held-out ones when AMS streamed (its model trained on the others), else the frames the
-        trainer sends to Select (no candidate has trained on any of them)."""
-        return self.held if streams else self.selected(since)
 
 
 @dataclass
@@ -322,8 +315,7 @@ class Device:
     link: Link
     scores: list[tuple[float, float]] = field(default_factory=list)
     current: tuple[str, torch.Tensor] | None = None  # the trainer's view of the device's model
-    job: Job | None = None  # strategy recl: the retraining job running through this window
-    start: torch.Tensor | None = None  # the model the window began with (ams+recl)
+    job: Job | None = None  # recl: the retraining job running through this window
     session: AMSSession | None = None
     bytes_per_coordinate: float = 2.5  # of AMS updates, measured after the first
     # Strategy recl, as the trainer watches a window: the device's model's mIoU on each frame
@@ -341,6 +333,7 @@ class VariantResult:
     # k -> [selections whose gating top k held the best-scoring expert, selections checked]
     ranking: dict[int, list[int]] = field(default_factory=dict)
     switches: int = 0
+    streamed: int = 0  # ams+recl: sparse updates of a job's progress within windows
     scene_selections: int = 0  # selections at a scene change, within a window
     cached_switches: int = 0
     partial_switches: int = 0
@@ -486,23 +479,27 @@ class Harness:
         target_id: str | None,
         result: VariantResult,
         horizon: float | None = None,
+        streamed: bool = False,
     ) -> tuple[torch.Tensor, str | None]:
         """Send ``target`` to the device over its paced link; returns what the device will run.
 
         A model the device holds (its cache of recent models) costs a message. Otherwise the
         smaller of the difference from what the device will run and a snapshot travels, when it
         fits one window's (or ``horizon``'s) share of the budget; when it does not, the largest
-        changes that fit do (as AMS's updates would), and the next windows carry the rest."""
+        changes that fit do (as AMS's updates would), and the next windows carry the rest. A
+        ``streamed`` one (ams+recl's progress) counts as an update, not a switch."""
         if target_id is not None and device.planned_id == target_id:
             return device.planned, target_id
-        result.switches += 1
         n = len(target)
         running: str | None
         if target_id is not None and target_id in device.link.cache:
+            result.switches += 1
             result.cached_switches += 1
             nbytes, weights, running = SWITCH_MESSAGE_BYTES, target.clone(), target_id
         else:
             changed = torch.nonzero(target.half() != device.planned.half()).squeeze(1)
+            if streamed and not len(changed):  # nothing new (as the trainer's: nothing sent)
+                return device.planned, device.planned_id
             diff = ModelUpdate(1, 0, n, changed.numpy().astype(np.int64),
                                target[changed].half().numpy())  # fmt: skip
             full = ModelUpdate(1, 0, n, np.arange(n, dtype=np.int64), target.half().numpy())
@@ -514,7 +511,6 @@ class Harness:
                 per = len(encode_update(diff)) / len(changed)
                 k = int(budget / per)
                 if k == 0:  # the link is full: the device keeps its model this window
-                    result.switches -= 1
                     return device.planned, device.planned_id
                 gap = (target - device.planned).abs()[changed]
                 pick = changed[torch.topk(gap, min(k, len(changed))).indices].sort().values
@@ -524,7 +520,11 @@ class Harness:
                 weights = device.planned.clone()
                 weights[pick] = target[pick].half().float()
                 running = None
-                result.partial_switches += 1
+                result.partial_switches += not streamed
+            if streamed:
+                result.streamed += 1
+            else:
+                result.switches += 1
         device.planned, device.planned_id = weights, running
 
         def apply() -> None:
@@ -577,7 +577,7 @@ class Harness:
                 fit_steps=cfg.gating_fit_steps,
                 seed=cfg.seed,
             )
-        if variant in ("ams", "ams+recl"):
+        if variant == "ams":
             ams = AMSConfig(
                 t_horizon=cfg.horizon_s,
                 t_update=10.0,
@@ -595,7 +595,7 @@ class Harness:
             for d, dev in enumerate(devices):
                 window = self.data[d].windows[w]
                 if dev.session is not None:
-                    self._ams_window(d, dev, window, t0, t1, result, variant == "ams+recl")
+                    self._ams_window(d, dev, window, t0, t1, result)
                 else:
                     self._watch(variant, zoo, d, w, dev, window, t0, t1, result)
                 if variant == "ams":
@@ -622,16 +622,13 @@ class Harness:
         t0: float,
         t1: float,
         result: VariantResult,
-        hold_out: bool,
     ) -> None:
-        """Three AMS phases over the window: ingest 10 s of frames (less the held-out ones with
-        ``hold_out``), train, send the update."""
+        """Three AMS phases over the window: ingest 10 s of frames, train, send the update."""
         assert dev.session is not None
         phase = (t1 - t0) / 3
-        usable = set(window.train if hold_out else range(len(window.times)))
         for p in range(3):
             a, b = t0 + p * phase, t0 + (p + 1) * phase
-            sel = [i for i, t in enumerate(window.times) if a <= t < b and i in usable]
+            sel = [i for i, t in enumerate(window.times) if a <= t < b]
             self.score(d, dev, a, b)
             if sel:
                 dev.session.ingest(
@@ -679,11 +676,22 @@ class Harness:
         result: VariantResult,
     ) -> None:
         """Strategy recl within a window, as the trainer: the device's model is scored on each
-        frame as it arrives, and a scene change selects at once on the frames after it."""
+        frame as it arrives, and a scene change selects at once on the frames after it. Under
+        ams+recl the job's progress streams every third of the window instead (``_stream``)."""
         dev.since, at = 0, t0
+        streams = variant == "ams+recl"
+        phase = (t1 - t0) / 3
+        due = [t0 + phase, t0 + 2 * phase] if streams else []
         for i, t in enumerate(window.times):
+            while due and t >= due[0]:
+                b = due.pop(0)
+                self.score(d, dev, at, b)
+                at = b
+                self._stream(dev, window, i, b, phase, result)
             self.score(d, dev, at, t)
             at = t
+            if streams:
+                continue
             assert dev.current is not None
             dev.accuracy.append(self.accuracy(dev.current[1], window, [i]))
             del dev.accuracy[:-SCENE_HISTORY]
@@ -691,6 +699,22 @@ class Harness:
             if fell:
                 self._scene_select(variant, zoo, d, w, dev, window, i + 1 - fell, i, t, result)
         self.score(d, dev, at, t1)
+
+    def _stream(
+        self,
+        dev: Device,
+        window: Window,
+        upto: int,
+        now: float,
+        phase: float,
+        result: VariantResult,
+    ) -> None:
+        """ams+recl, as the trainer's: the retraining job's model by frame ``upto`` goes to the
+        device as a sparse update (what differs from what it will run), paced over ``phase``."""
+        if dev.job is None:
+            return
+        _, model = self._job_model(dev.job, window, upto, result)
+        self.deploy(dev, now, model, None, result, horizon=phase, streamed=True)
 
     def _scene_select(
         self,
@@ -808,24 +832,20 @@ class Harness:
         c0 = self.clock()
         candidates: dict[str, torch.Tensor] = {dev.current[0]: dev.current[1]}
         retrained = None
-        if dev.job is not None and variant != "ams+recl":
+        if dev.job is not None:
             result.compute["selection"] += self.clock() - c0
             retrained = self._job_model(dev.job, window, len(window.times), result)
             c0 = self.clock()
             candidates[retrained[0]] = retrained[1]
-        if dev.start is not None and variant == "ams+recl":
-            candidates[f"d{d}-w{w}-start"] = dev.start
         ranked: list[str] = []
         added: list[str] = []
         if zoo is not None and zoo.snapshot.ids:
             ranked, added = self._experts(
                 variant, zoo, window.images[window.selected(dev.since)], candidates
             )
-        scored = window.scored(variant == "ams+recl", dev.since)
+        scored = window.selected(dev.since)  # no candidate trained on any of them
         scores = {c: self.accuracy(v, window, scored) for c, v in candidates.items()}
         retrained_id = retrained[0] if retrained is not None else None
-        if variant == "ams+recl":  # the streamed model, trained through this window
-            retrained_id = dev.current[0]
         verdict = safety_check(
             scores,
             current=dev.current[0],
@@ -841,25 +861,14 @@ class Harness:
             if variant in ("recl", "recl_unpruned") and len(zoo.snapshot.ids) > 1:
                 known = {e: scores[e] for e in added}  # the top-K, scored as candidates
                 self._check_ranking(zoo, window, scored, ranked, known, result)
-            if verdict.promising and variant == "ams+recl":
-                queue.append(self._candidate((f"d{d}-w{w}", dev.current[1]), d, w, window))
-            elif verdict.promising and retrained is not None and w > 0:
+            if verdict.promising and retrained is not None and w > 0:
                 queue.append(self._candidate(retrained, d, w - 1, self.data[d].windows[w - 1]))
         winner = candidates[verdict.winner]
-        if variant == "ams+recl":
-            assert dev.session is not None
-            if verdict.winner != dev.current[0]:
-                # The link until AMS's next update (a window's third), as the trainer's switch.
-                weights, _ = self.deploy(
-                    dev, now, winner, verdict.winner, result, horizon=self.cfg.window_s / 3
-                )
-                dev.session.optimizer.set_flat_params(weights.to(self.device, copy=True))
-                # A new starting point: AMS's moments belong to the old one (as the trainer's).
-                dev.session.optimizer = MaskedAdam(dev.session.model.parameters(), lr=self.cfg.lr)
-            dev.start = dev.session.optimizer.flat_params().detach().to("cpu", copy=True)
-            return
         previous, own = dev.job, verdict.winner in (dev.current[0], retrained_id)
-        weights, running = self.deploy(dev, now, winner, verdict.winner, result)
+        # Under ams+recl a switch may take the link until the next streamed update (a window's
+        # third), as the trainer's.
+        horizon = self.cfg.window_s / 3 if variant == "ams+recl" else None
+        weights, running = self.deploy(dev, now, winner, verdict.winner, result, horizon)
         self._running(dev, (running or f"d{d}-w{w}-partial", weights))
         # The next window's job starts from the model the device will run (as the trainer's,
         # the winner or the part of it the link carries) on the horizon: this window's training
@@ -981,6 +990,7 @@ def summarize(harness: Harness, result: VariantResult) -> dict[str, Any]:
         "scene_selections": result.scene_selections,
         "cached_switches": result.cached_switches,
         "partial_switches": result.partial_switches,
+        "streamed_updates": result.streamed,
         # CPU time on the CPU; on a GPU wall-clock time with the GPU's work finished
         f"{'gpu' if harness.device.type == 'cuda' else 'cpu'}_seconds": {
             k: round(v, 1) for k, v in result.compute.items()

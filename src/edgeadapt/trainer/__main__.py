@@ -109,9 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--strategy",
         choices=STRATEGIES,
         default="ams",
-        help="ams: sparse streaming; recl: zoo reuse per window; ams+recl: both; edgesync: upload"
-        " filter, urgency-first training, whole-model updates; ams+edgesync: with AMS's sparse"
-        " updates",
+        help="ams: sparse streaming; recl: zoo reuse and retraining per window; ams+recl: recl"
+        " whose retraining streams as sparse updates within windows; edgesync: upload filter,"
+        " urgency-first training, whole-model updates; ams+edgesync: with AMS's sparse updates",
     )
     p.add_argument(
         "--window-seconds", type=float, default=30.0, help="RECL's window T (capture time)"

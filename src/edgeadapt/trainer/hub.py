@@ -185,16 +185,15 @@ class Hub:
         scheduling = config.scheduler or SchedulerConfig(
             iterations=config.ams.iterations, round_cap=config.ams.t_update
         )
-        # strategy recl: the rounds run the devices' RECL retraining jobs, not AMS phases, and
-        # round-robin gives each RECL's steps per batch
-        self._retrains = config.recl is not None and not config.recl.streams
+        # strategies recl and ams+recl: the rounds run the devices' RECL retraining jobs, not
+        # AMS phases, and round-robin gives each RECL's steps per batch
+        self._retrains = config.recl is not None
         if config.recl is not None and self._retrains:
             scheduling = dataclasses.replace(scheduling, iterations=config.recl.iterations)
         self.scheduler = Scheduler(scheduling)
-        # micro-window and urgency score slices on held-out frames (not RECL's own retraining)
-        self._scored_slices = self.scheduler.config.policy != "round-robin" and (
-            config.recl is None or config.recl.streams
-        )
+        # micro-window and urgency score AMS's slices on held-out frames (RECL's retraining
+        # jobs are scored on their window's own held-out frames)
+        self._scored_slices = self.scheduler.config.policy != "round-robin" and config.recl is None
         self._pending: dict[str, None] = {}  # devices with frames for a round (worker only)
         self.last_round: Round | None = None
         self.share = 1.0  # of the GPU this trainer may use (telemetry lowers it)
@@ -665,7 +664,7 @@ class Hub:
                 learned.append((images, kept, times))
             recl = self.config.recl
             if (learned or released) and dev.session is not None and dev.adapt:
-                if recl is None or recl.streams:
+                if recl is None:
                     self._ingest(dev, learned, released)
                 else:
                     self._retrain(dev, learned, recl)
@@ -678,6 +677,15 @@ class Hub:
                 and dev.recl.window.due(dev.last_frame_time, recl.window_s)
             ):
                 window_end = self._end_window(dev, recl)
+            elif (
+                recl is not None
+                and recl.streams
+                and dev.recl is not None
+                and dev.session is not None
+                and dev.adapt
+                and dev.recl.window.stream_due(dev.last_frame_time, self.config.ams.t_update)
+            ):
+                window_end = self._stream(dev)
             elif (
                 recl is not None
                 and not recl.streams
@@ -776,7 +784,7 @@ class Hub:
             self.metrics.jobs_deferred.inc(len(result.deferred))
 
     def _recl_job(self, dev: Device) -> ReclJob | None:
-        """Strategy recl: the device's retraining job, if it has one to run."""
+        """Strategies recl and ams+recl: the device's retraining job, if it has one to run."""
         state, session, recl = dev.recl, dev.session, self.config.recl
         if state is None or session is None or recl is None or state.job is None:
             return None
@@ -870,9 +878,9 @@ class Hub:
         learned: list[tuple[np.ndarray, torch.Tensor, list[float]]],
         recl: ReclConfig,
     ) -> None:
-        """Strategy recl: the frames join the AMS horizon (its controller still sets the
-        sampling rate), and the device's retraining job (on the horizon's frames) waits for
-        the next round; nothing is sent before the window ends."""
+        """Strategies recl and ams+recl: the frames join the AMS horizon (its controller still
+        sets the sampling rate), and the device's retraining job (on the horizon's frames)
+        waits for the next round; under recl nothing is sent before the window ends."""
         session, state = dev.session, dev.recl
         assert session is not None
         assert state is not None
@@ -905,22 +913,17 @@ class Hub:
         window = state.window
         held_images, held_labels = window.held_out()
         selected, selected_labels = window.recent(SELECT_FRAMES)
-        # What the candidates are scored on: under ams+recl the device's model trained on the
-        # window's other frames, so its held-out ones; under recl the frames sent to Select (no
-        # candidate has trained on any: the retraining job's frames end where the window begins).
-        images, labels = (held_images, held_labels) if recl.streams else (selected, selected_labels)
+        # The candidates are scored on the frames sent to Select: none has trained on any (the
+        # retraining job's frames end where the window begins; under ams+recl what it streamed
+        # during the window is the device's model).
         current = session.optimizer.flat_params().detach().cpu().clone()
         candidates: dict[str, torch.Tensor] = {"current": current}
         retrained: str | None = None
-        if recl.streams:
-            retrained = "current"  # AMS retrained the device's own model during the window
-            if state.start is not None:
-                candidates["start"] = state.start
-        elif state.retrain is not None and state.job_steps:
+        if state.retrain is not None and state.job_steps:
             retrained = "retrained"
             candidates["retrained"] = self._job_model(state)
         experts, reachable = self._reuse(dev, selected, candidates)
-        verdict = self._check(recl, candidates, images, labels, retrained, experts)
+        verdict = self._check(recl, candidates, selected, selected_labels, retrained, experts)
         messages: list[pb.TrainerMessage] = []
         if verdict.winner == "current":
             pick = state.expert
@@ -947,10 +950,8 @@ class Hub:
         shown = self._note_selection(dev, "window end", verdict, pick)
         # The next window's retraining starts from the winner.
         state.window = window.next()
-        state.start = session.optimizer.flat_params().detach().cpu().clone()
-        if not recl.streams:
-            own = verdict.winner in ("current", "retrained")
-            self._start_job(dev, recl, (held_images, held_labels), continued(state.optimizer, own))
+        own = verdict.winner in ("current", "retrained")
+        self._start_job(dev, recl, (held_images, held_labels), continued(state.optimizer, own))
         self.metrics.recl_seconds.observe(time.perf_counter() - t0)
         log.info(
             "window ended",
@@ -965,6 +966,21 @@ class Hub:
         )
         return messages
 
+    def _stream(self, dev: Device) -> list[pb.TrainerMessage]:
+        """Strategy ams+recl, every ``ams.t_update`` seconds of a window: what the device's
+        retraining job has learned so far (its ``gamma`` fraction of change, as at the window's
+        end) goes to the device as a sparse update, at AMS's cadence rather than the window's;
+        the window's end still picks among that, the job's model and the zoo's experts."""
+        state = dev.recl
+        assert state is not None
+        state.window.streamed += 1
+        if state.retrain is None or not state.job_steps:
+            return []  # the first window, or the job has not run yet: nothing new
+        message = self._deploy(
+            dev, self._job_model(state), "", self.config.ams.t_update, streamed=True
+        )
+        return [message] if message is not None else []
+
     def _start_job(
         self,
         dev: Device,
@@ -972,7 +988,7 @@ class Hub:
         holdout: tuple[np.ndarray, torch.Tensor] | None,
         moments: dict[str, Any] | None = None,
     ) -> None:
-        """Strategy recl: the device's retraining job starts from the model it runs, on the AMS
+        """The device's retraining job starts from the model it runs, on the AMS
         horizon's frames (the window's training frames so far and older ones), with Adam's
         ``moments`` when it goes on with the last job's line (``continued``), else afresh; its
         slices are scored on ``holdout``."""
@@ -1012,7 +1028,7 @@ class Hub:
         )
 
     def _job_model(self, state: DeviceRecl) -> torch.Tensor:
-        """Strategy recl: the retraining job's model as a candidate, the ``gamma`` fraction of
+        """The retraining job's model as a candidate, the ``gamma`` fraction of
         its change from where it started (``top_change``)."""
         assert state.retrain is not None
         assert state.job_start is not None  # both set as the job starts
@@ -1157,7 +1173,12 @@ class Hub:
         )
 
     def _deploy(
-        self, dev: Device, flat: torch.Tensor, expert_id: str, horizon_s: float = 30.0
+        self,
+        dev: Device,
+        flat: torch.Tensor,
+        expert_id: str,
+        horizon_s: float = 30.0,
+        streamed: bool = False,
     ) -> pb.TrainerMessage | None:
         """Make ``flat`` the device's model: a cached switch, or one versioned, logged update.
 
@@ -1167,7 +1188,8 @@ class Hub:
         budgeted downlink an update carries at most what the link carries in ``horizon_s``
         (until the next window's end, or AMS's next update): the coordinates that change
         most, so the device moves part of the way (and runs no zoo expert exactly) rather than
-        falling behind by a model per window.
+        falling behind by a model per window. A ``streamed`` one (ams+recl's progress within a
+        window) is counted as a sparse update, not a switch.
         """
         session, state = dev.session, dev.recl
         assert session is not None
@@ -1193,7 +1215,7 @@ class Hub:
                 target[changed] = flat.detach().cpu().to(torch.float16).to(torch.float32)[changed]
                 checksum = model_checksum(target)
                 expert_id = ""  # part of the way: not the expert itself
-                state.partial_switches += 1
+                state.partial_switches += not streamed
         base = session.version
         update = ModelUpdate(
             version=base + 1,
@@ -1213,7 +1235,10 @@ class Hub:
         dev.updates_sent += 1
         state.expert = expert_id
         state.accuracy = []  # a new model: its own record of per-frame accuracy
-        state.switches += 1
+        if streamed:
+            state.streamed += 1
+        else:
+            state.switches += 1
         with dev.chain_lock:
             if cached:
                 state.cached.move_to_end(expert_id)
@@ -1232,7 +1257,8 @@ class Hub:
                 )
             )
         else:
-            self.metrics.updates.labels("expert" if expert_id else "retrained").inc()
+            kind = "sparse" if streamed else "expert" if expert_id else "retrained"
+            self.metrics.updates.labels(kind).inc()
             message = pb.TrainerMessage(
                 update=update_message(link.data, checksum, expert_id=expert_id)
             )

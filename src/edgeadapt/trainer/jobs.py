@@ -195,15 +195,16 @@ class PhaseJob(SlicedJob):
 
 
 class ReclJob(SlicedJob):
-    """Strategy recl: one device's retraining job (RECL §2.5) as the scheduler runs it.
+    """Strategies recl and ams+recl: a device's retraining job (RECL §2.5) as the scheduler runs
+    it.
 
     The job fine-tunes its own copy of the model the last window's safety check picked, while
     the next window fills, on the device's training frames of the last ``ams.t_horizon`` seconds
     (the AMS horizon; RECL's own horizon is one window, which overfits: recl.md §2.5); slices
-    are scored on the last window's held-out frames (RECL's "test subset"). The device's
-    deployed model is untouched until the next window's end decides whether the retrained model
-    wins. A failed slice leaves the copy as it is (the safety check judges it like any
-    candidate).
+    are scored on the last window's held-out frames (RECL's "test subset"). Under recl the
+    device's deployed model is untouched until the next window's end decides whether the
+    retrained model wins (ams+recl streams its progress within the window). A failed slice
+    leaves the copy as it is (the safety check judges it like any candidate).
     """
 
     def __init__(

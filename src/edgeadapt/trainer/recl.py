@@ -7,11 +7,9 @@ held out: never trained on, it is what the checks score on. At the end of a wind
 
 1. the window's frames go to the zoo's gating service, which answers the top-K experts;
 2. the safety checker scores those experts, the model the device runs and the model retrained
-   for it during the window against the teacher's labels: under ``recl`` on the frames sent to
-   the gating service (every frame of the window, or ``SELECT_FRAMES`` evenly spaced ones: no
-   candidate has trained on any of them, as the retraining job's frames end where the window
-   begins), under ``ams+recl`` on the held-out ones (AMS trained the device's model on the
-   others);
+   for it during the window against the teacher's labels on the frames sent to the gating
+   service (every frame of the window, or ``SELECT_FRAMES`` evenly spaced ones: no candidate
+   has trained on any of them, as the retraining job's frames end where the window begins);
 3. the device is switched to the winner: a zoo expert the agent holds in its expert cache costs
    one ``SwitchExpert`` message; any other model travels as one update (only the coordinates
    that differ, as float16, or every coordinate when that is smaller);
@@ -34,11 +32,13 @@ job restarts from the winner on the horizon as it is then (the job the window be
 none of the new scene's frames). The window and admission go on; the window's end selects on
 the frames since the change.
 
-``recl`` sends nothing else between window ends; ``ams+recl`` keeps AMS's sparse updates within
-windows (the AMS session's model, trained on the horizon, is then both the device's model and
-its retrained one, and the model it started the window with is a candidate too); a switch
-there may take the link until AMS's next update rather than the next window's end, so AMS's
-updates are not held for a window behind it.
+``recl`` sends nothing else between window ends. ``ams+recl`` adds AMS's sparse streaming
+within windows: every ``ams.t_update`` seconds of a window (10 s) what the retraining job has
+learned so far, its ``gamma`` fraction of change, goes to the device as a sparse update (as
+AMS's would), so the device runs the job's progress a window sooner; the window's end picks
+among that (the device's model), the job's model and the experts as above. A switch there may
+take the link until the next update rather than the next window's end, so the updates are not
+held for a window behind it.
 
 A gating service that cannot be reached costs reuse, never adaptation: the window ends with the
 current and the retrained models only, and the failure is counted.
@@ -337,6 +337,12 @@ class Window:
     holdout: list[int] = field(default_factory=list)  # positions in images/labels
     seen: int = 0  # frames of the window so far (the held-out choice counts them)
     since: int = 0  # where the window's last scene change began (a position)
+    streamed: int = 0  # ams+recl: the job's progress sent within the window so far
+
+    def stream_due(self, now: float, every: float) -> bool:
+        """ams+recl: another ``every`` seconds of the window have passed since the last time its
+        retraining job's progress was due to go out."""
+        return self.start is not None and now - self.start >= every * (self.streamed + 1)
 
     def add(self, images: np.ndarray, labels: torch.Tensor, times: Sequence[float]) -> list[int]:
         """Keep a batch's frames; the positions (in the batch) that are for training."""
@@ -388,15 +394,14 @@ class DeviceRecl:
     """A device's RECL state in the trainer (kept in memory: a restart starts a new window)."""
 
     window: Window = field(default_factory=Window)
-    # Strategy recl: the retraining job started at the last window's end, warm-started from
-    # that window's winner and trained on the horizon's frames while the next one fills.
+    # The retraining job started at the last window's end, warm-started from that window's
+    # winner and trained on the horizon's frames while the next one fills.
     retrain: SegmentationModel | None = None
     optimizer: torch.optim.Optimizer | None = None
     job: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # the frames it trains on
     job_holdout: tuple[np.ndarray, torch.Tensor] | None = None  # and scores its slices on
     job_steps: int = 0
     job_start: torch.Tensor | None = None  # the model the job started from (a flat vector)
-    start: torch.Tensor | None = None  # the device's model when the window began (ams+recl)
     # Strategy recl: the mIoU of the model the device runs on each frame since it began to run
     # it (NaN where a frame could not be scored); a fall is a scene change (``scene_change``).
     accuracy: list[float] = field(default_factory=list)
@@ -407,6 +412,7 @@ class DeviceRecl:
     switch_pending: str = ""  # a SwitchExpert sent and not acknowledged
     windows: int = 0
     switches: int = 0
+    streamed: int = 0  # ams+recl: sparse updates of the job's progress within windows
     switches_cached: int = 0
     partial_switches: int = 0  # cut to the downlink budget: the largest changes only
     switches_held: int = 0  # the link was still busy with the last one
@@ -442,6 +448,7 @@ class DeviceRecl:
             "scene_changes": self.scene_changes,
             "expert": self.expert or None,
             "switches": self.switches,
+            "streamed_updates": self.streamed,
             "switches_cached": self.switches_cached,
             "partial_switches": self.partial_switches,
             "switches_held": self.switches_held,
