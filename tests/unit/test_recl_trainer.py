@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,18 @@ def perturbed(model: SegmentationModel, seed: int) -> torch.Tensor:
     flat = parameter_vector(model).detach().clone()
     g = torch.Generator().manual_seed(seed)
     return flat + 0.05 * torch.randn(flat.shape, generator=g)
+
+
+@contextlib.contextmanager
+def serving(hub: Hub) -> Iterator[list[pb.TrainerMessage]]:
+    """The hub running with cam-1 attached; yields what it sent the device."""
+    hub.start()
+    try:
+        sent: list[pb.TrainerMessage] = []
+        hub.attach(register(hub), sent.append, lambda reason: None)
+        yield sent
+    finally:
+        hub.stop()
 
 
 def wait(check: Callable[[], bool], timeout: float = 60.0) -> None:
@@ -331,18 +344,13 @@ def test_a_switch_may_take_the_link_until_the_next_window_or_under_ams_recl_the_
         return deploy(dev, flat, expert, horizon_s, *more)
 
     hub._deploy = spy  # type: ignore[method-assign,assignment]
-    hub.start()
-    try:
-        sent: list[pb.TrainerMessage] = []
-        hub.attach(register(hub), sent.append, lambda reason: None)
+    with serving(hub):
         for seq in range(2):  # the first window ends with the second batch
             assert hub.try_submit("cam-1", frames(seq, 5000.0 + 2.5 * seq))
         state = hub.devices["cam-1"].recl
         assert state is not None
         wait(lambda: state.windows >= 1)
         assert horizons[0] == horizon
-    finally:
-        hub.stop()
 
 
 @pytest.mark.parametrize("strategy", ["recl", "ams+recl"])
@@ -358,10 +366,7 @@ def test_candidates_are_scored_on_the_frames_none_of_them_trained_on(
         return score(flat, images, labels)
 
     hub._miou_of = spy  # type: ignore[method-assign]
-    hub.start()
-    try:
-        sent: list[pb.TrainerMessage] = []
-        hub.attach(register(hub), sent.append, lambda reason: None)
+    with serving(hub):
         for seq in range(2):  # 10 frames: the first window ends with the second batch
             assert hub.try_submit("cam-1", frames(seq, 4000.0 + 2.5 * seq))
         dev = hub.devices["cam-1"]
@@ -380,8 +385,6 @@ def test_candidates_are_scored_on_the_frames_none_of_them_trained_on(
             assert state.job_holdout is not None
             assert len(state.job[0]) == 8
             assert len(state.job_holdout[0]) == 2
-    finally:
-        hub.stop()
 
 
 @pytest.mark.parametrize("strategy", ["recl", "ams+recl"])
@@ -399,10 +402,7 @@ def test_under_ams_recl_the_jobs_progress_streams_within_the_window(
         return model
 
     hub._job_model = record  # type: ignore[method-assign]
-    hub.start()
-    try:
-        sent: list[pb.TrainerMessage] = []
-        hub.attach(register(hub), sent.append, lambda reason: None)
+    with serving(hub) as sent:
         dev = hub.devices["cam-1"]
         state, session = dev.recl, dev.session
         assert state is not None
@@ -442,8 +442,6 @@ def test_under_ams_recl_the_jobs_progress_streams_within_the_window(
             expected = streamed[0].half().float()
             assert torch.equal(session.optimizer.flat_params().detach().cpu(), expected)
             assert state.view()["streamed_updates"] == 1
-    finally:
-        hub.stop()
 
 
 def test_strategy_recl_retraining_jobs_run_in_the_schedulers_rounds(

@@ -1207,7 +1207,7 @@ class Hub:
             room = self._switch_room(dev, horizon_s)
             if room is not None and len(changed) > room:
                 if room < MIN_SWITCH_COORDS:
-                    state.switches_held += 1
+                    state.switches_held += not streamed
                     return None  # the link is busy with the last one: the device stays
                 delta = (target[changed] - before[changed]).abs()
                 changed = changed[torch.topk(delta, room).indices].sort().values
