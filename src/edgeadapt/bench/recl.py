@@ -837,13 +837,12 @@ class Harness:
             retrained = self._job_model(dev.job, window, len(window.times), result)
             c0 = self.clock()
             candidates[retrained[0]] = retrained[1]
+        # The frames sent to Select, which the candidates are scored on: none trained on any.
+        scored = window.selected(dev.since)
         ranked: list[str] = []
         added: list[str] = []
         if zoo is not None and zoo.snapshot.ids:
-            ranked, added = self._experts(
-                variant, zoo, window.images[window.selected(dev.since)], candidates
-            )
-        scored = window.selected(dev.since)  # no candidate trained on any of them
+            ranked, added = self._experts(variant, zoo, window.images[scored], candidates)
         scores = {c: self.accuracy(v, window, scored) for c, v in candidates.items()}
         retrained_id = retrained[0] if retrained is not None else None
         verdict = safety_check(

@@ -188,7 +188,7 @@ class Hub:
         # strategies recl and ams+recl: the rounds run the devices' RECL retraining jobs, not
         # AMS phases, and round-robin gives each RECL's steps per batch
         self._retrains = config.recl is not None
-        if config.recl is not None and self._retrains:
+        if config.recl is not None:
             scheduling = dataclasses.replace(scheduling, iterations=config.recl.iterations)
         self.scheduler = Scheduler(scheduling)
         # micro-window and urgency score AMS's slices on held-out frames (RECL's retraining
@@ -669,32 +669,8 @@ class Hub:
                 else:
                     self._retrain(dev, learned, recl)
             window_end: list[pb.TrainerMessage] = []
-            if (
-                recl is not None
-                and dev.recl is not None
-                and dev.session is not None
-                and dev.adapt
-                and dev.recl.window.due(dev.last_frame_time, recl.window_s)
-            ):
-                window_end = self._end_window(dev, recl)
-            elif (
-                recl is not None
-                and recl.streams
-                and dev.recl is not None
-                and dev.session is not None
-                and dev.adapt
-                and dev.recl.window.stream_due(dev.last_frame_time, self.config.ams.t_update)
-            ):
-                window_end = self._stream(dev)
-            elif (
-                recl is not None
-                and not recl.streams
-                and dev.recl is not None
-                and dev.session is not None
-                and dev.adapt
-                and (fell := scene_change(dev.recl.accuracy, recl.scene_drop))
-            ):
-                window_end = self._scene_select(dev, recl, fell)
+            if recl is not None and dev.recl is not None and dev.session is not None and dev.adapt:
+                window_end = self._recl_event(dev, recl)
             if time.monotonic() - dev.last_checkpoint >= self.config.checkpoint_interval:
                 self._checkpoint_quietly(dev)
             for seq, frames in acks:
@@ -702,6 +678,21 @@ class Hub:
             for message in window_end:
                 dev.deliver(message)
             self._send_settings(dev)
+
+    def _recl_event(self, dev: Device, recl: ReclConfig) -> list[pb.TrainerMessage]:
+        """What a device's new frames set off under RECL: the window's end; else under ams+recl
+        the job's progress every ``ams.t_update``, under recl a scene change."""
+        state = dev.recl
+        assert state is not None
+        now = dev.last_frame_time
+        if state.window.due(now, recl.window_s):
+            return self._end_window(dev, recl)
+        if recl.streams:
+            due = state.window.stream_due(now, self.config.ams.t_update)
+            return self._stream(dev) if due else []
+        if fell := scene_change(state.accuracy, recl.scene_drop):
+            return self._scene_select(dev, recl, fell)
+        return []
 
     def _send_settings(self, dev: Device) -> None:
         settings = self._settings(dev)
@@ -832,8 +823,6 @@ class Hub:
             if dev.planner is not None:
                 dev.planner.update_sent(len(link.data), len(update.indices))
                 dev.planner.last_fraction = job.gamma
-            if dev.recl is not None:
-                dev.recl.expert = ""  # the model moved off the expert it was
             if self._log_update(dev, link):
                 dev.updates_sent += 1
                 self.metrics.updates.labels("sparse").inc()
