@@ -157,6 +157,13 @@ def test_a_switching_margin_outside_0_to_100_points_is_refused(margin: float) ->
     assert ReclBenchConfig(switch_margin=0.0).switch_margin == 0.0, "0: the paper's checker"
 
 
+@pytest.mark.parametrize("lr", [0.0, -1e-3])
+def test_a_learning_rate_that_is_not_positive_is_refused(lr: float) -> None:
+    with pytest.raises(ValueError, match="--lr must be positive"):
+        ReclBenchConfig(lr=lr)
+    assert ReclBenchConfig(lr=5e-4).lr == 5e-4
+
+
 def test_a_downlink_budget_that_is_not_positive_is_refused() -> None:
     with pytest.raises(ValueError, match="--downlink-kbps must be positive, got 0"):
         ReclBenchConfig(downlink_kbps=0.0)

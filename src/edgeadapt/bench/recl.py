@@ -129,7 +129,9 @@ class ReclBenchConfig:
     # recl.switchMarginPoints / 100 and its default; 0 is the paper's safety checker).
     switch_margin: float = ReclConfig.switch_margin
     batch_size: int = 8
-    lr: float = 1e-3
+    # Adam's learning rate, every variant's training (AMS's phases, RECL's retraining jobs): AMS's
+    # 1e-3, the trainer's default (``--lr``).
+    lr: float = AMSConfig.lr
     update_fraction: float = 0.05  # coordinates a retraining job or AMS phase changes
     downlink_kbps: float = 250.0
     cache_size: int = 8
@@ -157,6 +159,8 @@ class ReclBenchConfig:
                 "--switch-margin-points must be at least 0 and below 100,"
                 f" got {self.switch_margin * 100:g}"
             )
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be positive, got {self.lr:g}")
         if not self.downlink_kbps > 0:
             raise ValueError(f"--downlink-kbps must be positive, got {self.downlink_kbps:g}")
         if not self.window_s <= self.horizon_s <= self.duration:
@@ -1144,6 +1148,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         " (%(default)g, the trainer's default; 0: the paper's safety checker)",
     )
     parser.add_argument(
+        "--lr",
+        type=float,
+        default=ReclBenchConfig.lr,
+        help="Adam's learning rate, every variant (%(default)g, AMS's and the trainer's default)",
+    )
+    parser.add_argument(
         "--downlink-kbps",
         type=float,
         default=ReclBenchConfig.downlink_kbps,
@@ -1226,6 +1236,7 @@ def run(args: argparse.Namespace) -> int:
             switch_margin=args.switch_margin_points / 100,
             scene_s=parse_scene_seconds(args.scene_seconds, "--scene-seconds"),
             downlink_kbps=args.downlink_kbps,
+            lr=args.lr,
             variants=variants,
         )
     except ValueError as exc:
